@@ -1,0 +1,12 @@
+"""Show-o2 7B at 432x432 (showlab/show-o2-7B)."""
+from configs import common, models
+
+
+def get_config(arg=None):
+  del arg
+  c = common.base_config()
+  c.model = models.showo2_7b(tokens_per_side=27)
+  c.vae = models.wan_vae()
+  c.resolution = 432
+  c.max_seq_len = 1024
+  return c

@@ -1,0 +1,43 @@
+"""showo2-jax: Show-o2 (unified multimodal model) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.4.35",
+    "flax>=0.10",
+    "optax",
+    "orbax-checkpoint",
+    "grain",
+    "tensorflow-datasets",
+    "array-record",
+    "ml-collections",
+    "einops",
+    "transformers",
+    "tokenizers",
+    "clu",
+    "safetensors",
+    "numpy",
+    "pillow",
+    "imageio",
+    "tqdm",
+]
+
+EXTRAS = {
+    # PyTorch on CPU: only for reading .bin/.pth checkpoints and for the parity
+    # tests against HF transformers. Pin it: an unpinned torch pulls a CUDA build.
+    "torch": ["torch==2.13.0"],
+    # TensorBoard writers in clu.metric_writers import tensorflow.
+    "tf": ["tensorflow-cpu"],
+    "dev": ["pytest", "pytest-xdist"],
+}
+EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"]
+
+setup(
+    name="showo2-jax",
+    version="0.1.0",
+    description="Show-o2 in JAX/Flax: training on TPU pods, inference on GPUs, PyTorch checkpoint conversion.",
+    packages=find_packages(include=["showo2_jax", "showo2_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["showo2-jax=showo2_jax.cli.main:main"]},
+)

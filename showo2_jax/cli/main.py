@@ -1,0 +1,63 @@
+"""`showo2-jax` command line: one subcommand per module in this package.
+
+Each subcommand module defines `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported only when their command runs, so `showo2-jax --help` is fast
+and a command never pays for another's imports (e.g. tensorflow).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "check-parity": ("showo2_jax.cli.check_parity", "compare against golden outputs of the original PyTorch code"),
+    "convert": ("showo2_jax.cli.convert", "convert checkpoints between PyTorch and Orbax"),
+    "train": ("showo2_jax.cli.train", "train (stage 1, stage 2, mixed modality) on a mesh"),
+    "compile": ("showo2_jax.cli.compile", "ahead-of-time compile a train step for a topology; print memory"),
+    "precompute-latents": ("showo2_jax.cli.precompute", "encode a dataset with the VAE once, to ArrayRecord"),
+    "generate": ("showo2_jax.cli.generate", "text-to-image (and text/image-to-video) generation"),
+    "understand": ("showo2_jax.cli.understand", "answer questions about an image or a video"),
+    "mixed": ("showo2_jax.cli.mixed", "mixed-modality (interleaved text and image) generation"),
+}
+
+
+class CliError(Exception):
+  """An error the user can fix; printed as one line, without a traceback."""
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  parser = argparse.ArgumentParser(prog="showo2-jax", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  argv = sys.argv[1:] if argv is None else list(argv)
+  wanted = next((a for a in argv if not a.startswith("-")), None)
+  modules = {}
+  for name, (module_name, help_) in COMMANDS.items():
+    p = sub.add_parser(name, help=help_, description=help_)
+    if name == wanted:
+      try:
+        modules[name] = importlib.import_module(module_name)
+      except ModuleNotFoundError as e:
+        if e.name == module_name:
+          print(f"showo2-jax: command '{name}' is not available in this build", file=sys.stderr)
+          return 2
+        raise
+      modules[name].add_arguments(p)
+  args = parser.parse_args(argv)
+  if args.command is None:
+    parser.print_help()
+    return 2
+  try:
+    return int(modules[args.command].run(args) or 0)
+  except (CliError, FileNotFoundError, ValueError, KeyError) as e:
+    if logging.getLogger().isEnabledFor(logging.DEBUG):
+      raise
+    print(f"showo2-jax {args.command}: error: {e}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,52 @@
+"""Finding and loading ml_collections configs by name or path.
+
+`load_config("tiny")` loads `configs/tiny.py`; `load_config("path/to/my.py:arg")`
+loads any file and passes `arg` to its `get_config`. Config files may import their
+siblings as `from configs import models`.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = Path(os.environ.get("SHOWO2_CONFIG_DIR", REPO_ROOT / "configs"))
+
+
+class UnknownConfigError(ValueError):
+  pass
+
+
+def available_configs() -> list[str]:
+  return sorted(p.stem for p in CONFIG_DIR.glob("*.py")
+                if not p.stem.startswith("_") and p.stem not in ("common", "models"))
+
+
+def resolve_config_path(name: str) -> Path:
+  path = Path(name)
+  if path.suffix == ".py" and path.exists():
+    return path.resolve()
+  candidate = CONFIG_DIR / f"{name}.py"
+  if candidate.exists():
+    return candidate
+  raise UnknownConfigError(
+      f"unknown config '{name}': not a file, and not one of {', '.join(available_configs())} "
+      f"(in {CONFIG_DIR})")
+
+
+def load_config(spec: str):
+  """Returns the ConfigDict of `spec` = `name` | `path.py`, optionally `:arg`."""
+  name, _, arg = spec.partition(":")
+  path = resolve_config_path(name)
+  root = str(CONFIG_DIR.parent)
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  module_name = f"_showo2_config_{path.stem}"
+  spec_ = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec_)
+  spec_.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UnknownConfigError(f"{path} defines no get_config()")
+  return module.get_config(arg or None)
