@@ -1,0 +1,234 @@
+"""Reading and writing PyTorch-side checkpoints as numpy, one tensor at a time.
+
+Formats: `.safetensors` (memory-mapped, read and written by a small reader/writer
+here so that bfloat16 stays bfloat16 without torch), `.bin` / `.pth` (via
+`torch.load(weights_only=True, mmap=True)`: no pickle code is executed; needs the
+`torch` extra), single files or sharded with a `*.index.json`, and directories
+holding any of these.
+"""
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from typing import Iterator, Mapping, Optional
+
+import ml_dtypes
+import numpy as np
+
+SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}
+_NP_TO_ST = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items()}
+
+WEIGHT_FILE_NAMES = (
+    "model.safetensors.index.json", "model.safetensors",
+    "pytorch_model.bin.index.json", "pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+)
+
+
+class CheckpointFormatError(ValueError):
+  """A checkpoint path that is missing, of an unknown layout, or corrupt."""
+
+
+# ------------------------------------------------------------------ safetensors
+class SafetensorsFile:
+  """Memory-mapped safetensors file: `keys()`, `shape(k)`, `get(k)` (a numpy view)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._file = open(path, "rb")
+    try:
+      (n,) = struct.unpack("<Q", self._file.read(8))
+      header = json.loads(self._file.read(n))
+    except Exception as e:  # noqa: BLE001 - any parse failure means a corrupt file
+      self._file.close()
+      raise CheckpointFormatError(f"{path}: not a valid safetensors file ({e})") from e
+    self.metadata = header.pop("__metadata__", None) or {}
+    self._header = header
+    self._base = 8 + n
+    self._mmap = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+
+  def keys(self):
+    return list(self._header)
+
+  def shape(self, key: str) -> tuple:
+    return tuple(self._header[key]["shape"])
+
+  def dtype(self, key: str):
+    return np.dtype(SAFETENSORS_DTYPES[self._header[key]["dtype"]])
+
+  def get(self, key: str) -> np.ndarray:
+    info = self._header[key]
+    if info["dtype"] not in SAFETENSORS_DTYPES:
+      raise CheckpointFormatError(f"{self.path}: tensor {key} has unsupported dtype {info['dtype']}")
+    start, end = info["data_offsets"]
+    arr = np.frombuffer(self._mmap, dtype=SAFETENSORS_DTYPES[info["dtype"]],
+                        count=(end - start) // np.dtype(SAFETENSORS_DTYPES[info["dtype"]]).itemsize,
+                        offset=self._base + start)
+    return arr.reshape(info["shape"])
+
+  def close(self):
+    try:
+      self._mmap.close()
+    except BufferError:  # numpy views still alive: the map is freed with them
+      pass
+    self._file.close()
+
+
+def save_safetensors(tensors: Mapping[str, np.ndarray] | Iterator[tuple[str, np.ndarray]], path: str,
+                     metadata: Optional[dict] = None) -> None:
+  """Writes tensors in safetensors format (written to a temp file, then renamed).
+
+  `tensors` may be a mapping or an iterable of (name, array); with an iterable of
+  lazily produced arrays, only one tensor is in memory at a time beyond the header
+  pass (shapes/dtypes are needed first, so a generator is consumed twice: pass a
+  mapping of lazy objects with `.shape`/`.dtype` and `__array__` for true streaming).
+  """
+  items = list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
+  header, offset = {}, 0
+  for name, arr in items:
+    dt = np.dtype(arr.dtype)
+    if dt not in _NP_TO_ST:
+      raise CheckpointFormatError(f"cannot write tensor {name} of dtype {dt} to safetensors")
+    nbytes = int(np.prod(arr.shape, dtype=np.int64)) * dt.itemsize
+    header[name] = {"dtype": _NP_TO_ST[dt], "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
+    offset += nbytes
+  if metadata:
+    header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for _, arr in items:
+      f.write(np.ascontiguousarray(np.asarray(arr)).tobytes())
+  os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- torch pickles
+def _torch_load(path: str) -> dict:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise CheckpointFormatError(
+        f"{path}: reading .bin/.pth needs PyTorch (pip install -e '.[torch]'); "
+        "safetensors files need nothing extra") from e
+  try:
+    sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointFormatError(f"{path}: could not be read as a weights-only torch checkpoint ({e})") from e
+  if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+    sd = sd["state_dict"]
+  if not isinstance(sd, dict):
+    raise CheckpointFormatError(f"{path}: expected a state_dict, found {type(sd).__name__}")
+  return sd
+
+
+def torch_tensor_to_numpy(t) -> np.ndarray:
+  import torch  # pylint: disable=import-outside-toplevel
+  t = t.detach().cpu()
+  if t.dtype == torch.bfloat16:
+    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return t.numpy()
+
+
+class TorchFile:
+  def __init__(self, path: str):
+    self.path = path
+    self._sd = _torch_load(path)
+
+  def keys(self):
+    return list(self._sd)
+
+  def shape(self, key):
+    return tuple(self._sd[key].shape)
+
+  def get(self, key):
+    return torch_tensor_to_numpy(self._sd[key])
+
+  def close(self):
+    self._sd = None
+
+
+# ------------------------------------------------------------------- directories
+class StateDict:
+  """A lazy, read-only view of a (possibly sharded) checkpoint: key -> numpy."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._files: dict[str, object] = {}
+    self._where: dict[str, str] = {}
+    for file, keys in _resolve(path).items():
+      for k in keys if keys is not None else self._open(file).keys():
+        self._where[k] = file
+
+  def _open(self, file):
+    if file not in self._files:
+      if not os.path.exists(file):
+        raise CheckpointFormatError(f"{file}: listed in the index but missing")
+      self._files[file] = SafetensorsFile(file) if file.endswith(".safetensors") else TorchFile(file)
+    return self._files[file]
+
+  def keys(self):
+    return list(self._where)
+
+  def __contains__(self, key):
+    return key in self._where
+
+  def __len__(self):
+    return len(self._where)
+
+  def shape(self, key):
+    return self._open(self._where[key]).shape(key)
+
+  def __getitem__(self, key) -> np.ndarray:
+    return self._open(self._where[key]).get(key)
+
+  def items(self):
+    for k in self._where:
+      yield k, self[k]
+
+  def close(self):
+    for f in self._files.values():
+      f.close()
+    self._files.clear()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _resolve(path: str) -> dict[str, Optional[list]]:
+  """file -> keys it holds (None = read them from the file)."""
+  if not os.path.exists(path):
+    raise CheckpointFormatError(f"{path}: no such file or directory")
+  if os.path.isdir(path):
+    for name in WEIGHT_FILE_NAMES:
+      if os.path.exists(os.path.join(path, name)):
+        return _resolve(os.path.join(path, name))
+    candidates = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin", ".pth", ".pt")))
+    if len(candidates) == 1:
+      return _resolve(os.path.join(path, candidates[0]))
+    raise CheckpointFormatError(
+        f"{path}: no weights found (expected one of {', '.join(WEIGHT_FILE_NAMES)}"
+        + (f"; found several candidates {candidates}" if candidates else "") + ")")
+  if path.endswith(".index.json"):
+    with open(path) as f:
+      index = json.load(f)
+    if "weight_map" not in index:
+      raise CheckpointFormatError(f"{path}: index has no weight_map")
+    root = os.path.dirname(path)
+    files: dict[str, list] = {}
+    for key, file in index["weight_map"].items():
+      files.setdefault(os.path.join(root, file), []).append(key)
+    return files
+  if path.endswith((".safetensors", ".bin", ".pth", ".pt")):
+    return {path: None}
+  raise CheckpointFormatError(f"{path}: unknown checkpoint format (want .safetensors, .bin, .pth or an index)")

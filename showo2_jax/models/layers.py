@@ -1,0 +1,187 @@
+"""Building blocks shared by the LLM, the semantic layers and the flow head.
+
+Every parameter is created with logical axis names (`nn.with_logical_partitioning`);
+`showo2_jax.sharding` maps them to mesh axes. Numerics follow the PyTorch original
+(spec 2.6): norms compute in float32 and cast back *before* the weight multiply.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+KVCache = dict  # {"k": (B, S, Hkv, Dh), "v": (B, S, Hkv, Dh)}
+
+default_kernel_init = nn.initializers.lecun_normal()
+
+
+def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
+          param_dtype: Dtype = jnp.float32, name: Optional[str] = None,
+          kernel_init=default_kernel_init, bias_init=nn.initializers.zeros) -> nn.Dense:
+  """A Dense whose kernel (in, out) and bias (out,) carry logical axis names."""
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)))
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm as the original's Qwen2RMSNorm: fp32 normalise, cast, then scale."""
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return y.astype(x.dtype).astype(self.dtype) * scale.astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """SigLIP's LayerNorm: computed in fp32 (input and affine), cast back."""
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (d,),
+                       self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), (d,),
+                      self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+# ----------------------------------------------------------------------------- RoPE
+def rope_inv_freq(head_dim: int, theta: float, scaling=None) -> np.ndarray:
+  """Inverse frequencies in float32 as HF computes them (llama3 scaling optional)."""
+  exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+  inv = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
+  if scaling is None:
+    return inv
+  factor = np.float32(scaling.factor)
+  low, high = np.float32(scaling.low_freq_factor), np.float32(scaling.high_freq_factor)
+  old = np.float32(scaling.original_max_position_embeddings)
+  low_wavelen, high_wavelen = old / low, old / high
+  wavelen = np.float32(2 * np.pi) / inv
+  scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+  smooth = (old / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray, dtype: Dtype):
+  """cos/sin of shape (B, L, Dh) for integer positions (B, L), fp32 then cast."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x (B, L, H, Dh) * cos + rotate_half(x) * sin (rotate-half convention)."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+# ------------------------------------------------------------------------ attention
+def update_kv_cache(cache: Optional[KVCache], k: jax.Array, v: jax.Array,
+                    cache_index: Optional[jax.Array]):
+  """Writes k/v (B, Lq, Hkv, Dh) into a preallocated cache at `cache_index`.
+
+  Returns (keys, values, new_cache). Without a cache the keys/values are just k/v.
+  """
+  if cache is None:
+    return k, v, None
+  index = jnp.asarray(0 if cache_index is None else cache_index, jnp.int32)
+  zero = jnp.zeros((), jnp.int32)
+  starts = (zero, index, zero, zero)
+  new_k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), starts)
+  new_v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), starts)
+  return new_k, new_v, {"k": new_k, "v": new_v}
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
+                          scale: float) -> jax.Array:
+  """Grouped-query attention with a boolean allow-mask.
+
+  q (B, Lq, Hq, D); k, v (B, Lk, Hkv, D); mask (B, Lq, Lk) True = may attend.
+  Query head h uses kv head h // (Hq // Hkv) (repeat-interleave grouping).
+  Softmax runs in float32, as the eager/SDPA paths of the original upcast it.
+  """
+  b, lq, hq, d = q.shape
+  hkv = k.shape[2]
+  q = q.reshape(b, lq, hkv, hq // hkv, d)
+  logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, k).astype(jnp.float32) * scale
+  if mask is not None:
+    logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v)
+  return out.reshape(b, lq, hq, d)
+
+
+# --------------------------------------------------------------------------- remat
+def remat_policy(name: str):
+  """Config string -> jax.checkpoint policy (None means no remat)."""
+  policies = {
+      "none": None,
+      "full": jax.checkpoint_policies.nothing_saveable,
+      "dots": jax.checkpoint_policies.checkpoint_dots,
+      "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+      "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
+  }
+  if name not in policies:
+    raise ValueError(f"unknown remat_policy '{name}'; choose one of {sorted(policies)}")
+  return policies[name]
+
+
+def make_layer_stack(layer_cls, num_layers: int, *, scan: bool, remat: str, num_args: int,
+                     cache_argnum: Optional[int] = None, **layer_kwargs):
+  """Creates `num_layers` copies of `layer_cls`; call in `setup` and assign to an
+  attribute (e.g. `self.layers`).
+
+  Scanned: one module with params stacked on a leading "layers" axis (param path
+  `layers/...`); unrolled: a list (param paths `layers_0/...`, `layers_1/...`).
+  Layers are called as `layer(x, *args) -> (x, cache_out)` with `num_args` args.
+  """
+  policy = remat_policy(remat)
+  cls = layer_cls
+  if remat != "none":
+    cls = nn.remat(layer_cls, policy=policy, prevent_cse=not scan)
+  if not scan:
+    return [cls(**layer_kwargs) for _ in range(num_layers)]
+  in_axes = tuple(0 if i == cache_argnum else nn.broadcast for i in range(num_args))
+  return nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=in_axes,
+                 length=num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(**layer_kwargs)
+
+
+def call_layer_stack(stack, x, *args, cache_argnum: Optional[int] = None):
+  """Applies a stack from `make_layer_stack`. Returns (x, caches): per-layer caches
+  as a list (unrolled) or stacked on axis 0 (scanned); None without a cache."""
+  if not isinstance(stack, (list, tuple)):
+    return stack(x, *args)
+  has_cache = cache_argnum is not None and args[cache_argnum] is not None
+  caches = []
+  for i, layer in enumerate(stack):
+    call_args = list(args)
+    if has_cache:
+      call_args[cache_argnum] = args[cache_argnum][i]
+    x, c = layer(x, *call_args)
+    caches.append(c)
+  return x, (caches if has_cache else None)

@@ -1,0 +1,175 @@
+"""Qwen2.5 decoder (the Show-o2 LLM, `showo` in the original's state_dict).
+
+GQA with q/k/v bias, rotate-half RoPE, RMSNorm, SwiGLU MLP, tied or untied lm_head.
+The attention mask is always given by the caller (the omni-attention mask), as in
+the original's modified Qwen2; an optional preallocated KV cache makes prefill +
+incremental decoding possible.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from showo2_jax.models import layers
+from showo2_jax.models.config import Qwen2Config
+
+ACT = ("activation_batch", "activation_length", "activation_embed")
+
+
+class Qwen2Attention(nn.Module):
+  config: Qwen2Config
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, rope, mask, cache=None, cache_index=None):
+    c = self.config
+    b, l, _ = x.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    q = layers.dense(c.num_heads * c.head_dim, ("embed", "heads"), name="q_proj", **kw)(x)
+    k = layers.dense(c.num_kv_heads * c.head_dim, ("embed", "kv_heads"), name="k_proj", **kw)(x)
+    v = layers.dense(c.num_kv_heads * c.head_dim, ("embed", "kv_heads"), name="v_proj", **kw)(x)
+    q = q.reshape(b, l, c.num_heads, c.head_dim)
+    k = k.reshape(b, l, c.num_kv_heads, c.head_dim)
+    v = v.reshape(b, l, c.num_kv_heads, c.head_dim)
+    cos, sin = rope
+    q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
+    k, v, new_cache = layers.update_kv_cache(cache, k, v, cache_index)
+    out = layers.dot_product_attention(q, k, v, mask, c.head_dim ** -0.5)
+    out = checkpoint_name(out.reshape(b, l, c.num_heads * c.head_dim), "attn_out")
+    out = layers.dense(c.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj", **kw)(out)
+    return out, new_cache
+
+
+class SwiGLU(nn.Module):
+  """down(silu(gate(x)) * up(x)), no biases (Qwen2 and flow-head MLPs)."""
+  hidden_size: int
+  intermediate_size: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    gate = layers.dense(self.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
+    up = layers.dense(self.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
+    h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    return layers.dense(self.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(h)
+
+
+class Qwen2DecoderLayer(nn.Module):
+  config: Qwen2Config
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, rope, mask, cache=None, cache_index=None):
+    c = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
+    a, new_cache = Qwen2Attention(c, name="self_attn", **kw)(h, rope, mask, cache, cache_index)
+    x = x + a
+    h = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
+    x = x + SwiGLU(c.hidden_size, c.intermediate_size, name="mlp", **kw)(h)
+    return nn.with_logical_constraint(x, ACT), new_cache
+
+
+class Qwen2Model(nn.Module):
+  """Embeddings, decoder layers and final norm (`showo.model.*`)."""
+  config: Qwen2Config
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat_policy: str = "none"
+
+  def setup(self):
+    c = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embed_tokens = nn.Embed(
+        c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
+    self.layers = layers.make_layer_stack(
+        Qwen2DecoderLayer, c.num_layers, scan=self.scan_layers, remat=self.remat_policy,
+        num_args=4, cache_argnum=2, config=c, **kw)
+    self.norm = layers.RMSNorm(c.rms_norm_eps, **kw)
+    self.inv_freq = layers.rope_inv_freq(c.head_dim, c.rope_theta)
+
+  def embed(self, tokens):
+    return self.embed_tokens(tokens)
+
+  def __call__(self, inputs_embeds, positions, mask, cache=None, cache_index=None):
+    """Returns (final-norm hidden states, new cache)."""
+    x = nn.with_logical_constraint(inputs_embeds.astype(self.dtype), ACT)
+    rope = layers.rope_cos_sin(positions, self.inv_freq, self.dtype)
+    x, new_cache = layers.call_layer_stack(self.layers, x, rope, mask, cache, cache_index, cache_argnum=2)
+    return self.norm(x), new_cache
+
+
+class Qwen2ForCausalLM(nn.Module):
+  """`showo`: Qwen2Model plus the (tied or untied) language-model head."""
+  config: Qwen2Config
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  scan_layers: bool = False
+  remat_policy: str = "none"
+
+  def setup(self):
+    c = self.config
+    self.model = Qwen2Model(c, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy)
+    if not c.tie_word_embeddings:
+      self.lm_head = layers.dense(c.vocab_size, ("embed", "vocab"), use_bias=False,
+                                  dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def embed(self, tokens):
+    return self.model.embed(tokens)
+
+  def logits(self, hidden):
+    if self.config.tie_word_embeddings:
+      out = self.model.embed_tokens.attend(hidden.astype(self.dtype))
+    else:
+      out = self.lm_head(hidden)
+    return nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_vocab"))
+
+  def __call__(self, tokens=None, positions=None, mask=None, *, inputs_embeds=None, cache=None,
+               cache_index=None, return_logits=True):
+    """Plain LM forward. Without a mask it is causal (as the original's lm_generate).
+
+    Returns (logits or hidden, new_cache).
+    """
+    if inputs_embeds is None:
+      inputs_embeds = self.embed(tokens)
+    b, l = inputs_embeds.shape[:2]
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    if mask is None:
+      kv_len = l if cache is None else _cache_len(cache)
+      mask = causal_mask(positions, kv_len)
+    hidden, new_cache = self.model(inputs_embeds, positions, mask, cache, cache_index)
+    return (self.logits(hidden) if return_logits else hidden), new_cache
+
+
+def causal_mask(positions: jax.Array, kv_len: int) -> jax.Array:
+  """(B, Lq, kv_len) bool: key slot j is visible to a query at position p iff j <= p."""
+  return jnp.arange(kv_len)[None, None, :] <= positions[:, :, None]
+
+
+def _cache_len(cache) -> int:
+  first = cache[0] if isinstance(cache, (list, tuple)) else jax.tree.map(lambda a: a[0], cache)
+  return first["k"].shape[1]
+
+
+def init_kv_cache(config: Qwen2Config, batch: int, max_len: int, dtype, scan_layers: bool):
+  """A zeroed KV cache for `config.num_layers` layers (list, or stacked when scanned)."""
+  shape = (batch, max_len, config.num_kv_heads, config.head_dim)
+  return _init_cache(config.num_layers, shape, dtype, scan_layers)
+
+
+def _init_cache(num_layers, shape, dtype, scan_layers):
+  if scan_layers:
+    z = jnp.zeros((num_layers,) + shape, dtype)
+    return {"k": z, "v": z}
+  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(num_layers)]
