@@ -49,7 +49,7 @@ class PatchEmbed(nn.Module):
     y = nn.Conv(self.features, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 param_dtype=self.param_dtype, name="proj",
                 kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
-                                                         ("conv", "conv", "latent", "embed")),
+                                                         ("conv_h", "conv_w", "latent", "embed")),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
     return y.reshape(y.shape[0], -1, self.features)
 
