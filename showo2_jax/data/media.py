@@ -1,0 +1,55 @@
+"""Reading images and videos from files or bytes; failures become `MediaError`.
+
+Sources catch `MediaError` and count the sample as skipped, so one corrupt
+file never stops a training run; anything else is a bug and propagates.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+from showo2_jax.data import transforms
+
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+class MediaError(Exception):
+  """A missing, unreadable or unusable media file."""
+
+
+def open_image(path: str | None = None, data: bytes | None = None) -> Image.Image:
+  """Opens and fully decodes an image (so corruption surfaces here, not later)."""
+  try:
+    image = Image.open(io.BytesIO(data) if data is not None else path)
+    image.load()
+    return image
+  except (OSError, ValueError, Image.DecompressionBombError) as e:
+    raise MediaError(f"cannot read image {path or '<bytes>'}: {e}") from e
+
+
+def read_video_frames(path: str, num_frames: int) -> list[Image.Image]:
+  """`num_frames` uniformly sampled frames (4.5) of a video file or frame folder.
+
+  A folder holds one image per frame, in name order. Files are read with
+  imageio, so the formats are whatever its installed plugins support (GIF via
+  Pillow everywhere; mp4 needs imageio-ffmpeg or pyav).
+  """
+  try:
+    if os.path.isdir(path):
+      names = sorted(n for n in os.listdir(path) if n.lower().endswith(FRAME_SUFFIXES))
+      picked = transforms.frame_indices(len(names), num_frames)
+      return [open_image(os.path.join(path, names[i])).convert("RGB") for i in picked]
+    import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+    picked = transforms.frame_indices(iio.improps(path, index=None).shape[0], num_frames)
+    wanted, kept = set(picked.tolist()), {}
+    for i, frame in enumerate(iio.imiter(path)):  # streamed: long videos stay small
+      if i in wanted:
+        kept[i] = Image.fromarray(np.asarray(frame)[..., :3]).convert("RGB")
+    return [kept[i] for i in picked]
+  except MediaError:
+    raise
+  except (OSError, ValueError, RuntimeError, KeyError) as e:
+    raise MediaError(f"cannot read video {path}: {e}") from e
