@@ -261,12 +261,17 @@ def velocity_per_slot(v_tok, modality_positions, latent_shape, channels):
 
 
 def ntp_loss(logits, text_labels, ignore_index: int = -100):
-  """CE(logits[:, :-1], labels[:, 1:]), mean over non-ignored targets (fp32)."""
-  logits = logits[:, :-1].astype(jnp.float32)
+  """CE(logits[:, :-1], labels[:, 1:]), mean over non-ignored targets (fp32).
+
+  Written as logsumexp - target logit so XLA fuses the fp32 upcast into the
+  reduction instead of materialising a (B, L, V) fp32 log-softmax.
+  """
+  logits = logits[:, :-1]
   labels = text_labels[:, 1:]
   valid = labels != ignore_index
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+  target = jnp.take_along_axis(logits, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
+  nll = lse - target.astype(jnp.float32)
   return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
