@@ -1,0 +1,71 @@
+"""`showo2-jax train --config CONFIG --workdir DIR [--config.key=value ...]`.
+
+CONFIG is a name under configs/ (`tiny_train`, `stage1_1p5b:b`, ...) or a path to
+a config file. Re-running with the same workdir resumes from its latest
+checkpoint. On a cluster, run the same command on every host: jax.distributed is
+initialised from the environment (TPU pods, SLURM, ...) or from the flags below.
+Exit codes: 0 done, 1 user error, 3 non-finite loss, 143 preempted (checkpoint
+written; re-run to resume).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from showo2_jax.cli.main import CliError
+from showo2_jax.train import config_overrides
+
+log = logging.getLogger(__name__)
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+  g = parser.add_argument_group("multi-host (default: detected from the environment)")
+  g.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+  g.add_argument("--num_processes", type=int, default=None)
+  g.add_argument("--process_id", type=int, default=None)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--config", required=True,
+                      help="config name under configs/ or path to a config .py (optionally :arg)")
+  parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, metrics.jsonl")
+  add_distributed_arguments(parser)
+  config_overrides.accept_overrides(parser)
+  parser.epilog = "Override any config field with --config.<key>=<value>, e.g. --config.train.num_steps=100."
+
+
+def load_config(args):
+  from showo2_jax import config_lib  # pylint: disable=import-outside-toplevel
+  try:
+    config = config_lib.load_config(args.config)
+    return config_overrides.apply(config, args.config_overrides)
+  except (config_lib.UnknownConfigError, config_overrides.OverrideError) as e:
+    raise CliError(str(e)) from None
+
+
+def quiet_libraries() -> None:
+  """Orbax and absl log every save step at INFO; keep ours readable."""
+  for name in ("absl", "orbax"):
+    logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run(args) -> int:
+  quiet_libraries()
+  config = load_config(args)
+  if "train" not in config:
+    raise CliError(f"config '{args.config}' has no train block; use a training config "
+                   f"(tiny_train, stage1_1p5b, stage2_1p5b, ...)")
+  from showo2_jax.train import distributed  # pylint: disable=import-outside-toplevel
+  distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  from showo2_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  try:
+    summary = trainer.train(config, args.workdir)
+  except trainer.NonFiniteLossError as e:
+    log.error("%s", e)
+    return 3
+  if summary["status"] == "preempted":
+    return trainer.EXIT_PREEMPTED
+  m = summary["metrics"]
+  log.info("finished at step %d: %s", summary["step"],
+           ", ".join(f"{k}={v:.4f}" for k, v in m.items() if "loss" in k))
+  return 0

@@ -1,0 +1,103 @@
+"""One optimizer step as a pure function, and its jitted, sharded form.
+
+`train_step(state, batch, rng) -> (state, metrics)`:
+1. split params into trainable and frozen (frozen leaves are constants of the
+   differentiated function: no gradient is computed or stored for them);
+2. loss and gradients, over `grad_accum_steps` microbatches scanned in one
+   program (gradients summed in fp32, then averaged: the original's
+   accumulation divides each microbatch loss by the count);
+3. clip (global norm) + AdamW per group on the trainable subtree; merge back.
+
+`jit_train_step` fixes the state's shardings in and out, shards every batch
+field on its first axis over (data, fsdp), replicates rng and metrics, and
+donates the incoming state so params and moments are updated in place.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from showo2_jax.train import data as data_lib
+from showo2_jax.train import partition
+from showo2_jax.train.state import StateLayout, TrainState, replicated
+
+Objective = Callable  # (params, batch, rng) -> (loss, metrics dict of scalars)
+
+
+def microbatches(batch: Mapping[str, jax.Array], num: int) -> dict:
+  """(A*mb, ...) -> (A, mb, ...) with microbatch a = rows a, A+a, 2A+a, ...
+
+  Strided rather than contiguous, so each microbatch is spread over every device
+  that holds part of the batch and the split needs no communication.
+  """
+  def split(x):
+    y = x.reshape((x.shape[0] // num, num) + x.shape[1:]).swapaxes(0, 1)
+    names = (None, "activation_batch") + (None,) * (x.ndim - 1)
+    return nn.with_logical_constraint(y, names)
+  return {k: split(v) for k, v in batch.items()}
+
+
+def make_train_step(objective: Objective, lay: StateLayout, *, grad_accum_steps: int = 1,
+                    schedules: Mapping[str, Callable] | None = None) -> Callable:
+  labels, tx = lay.labels, lay.tx
+
+  def train_step(state: TrainState, batch, rng):
+    trainable, frozen = partition.split(state.params, labels)
+
+    def loss_fn(tr, mb, r):
+      return objective(partition.merge(tr, frozen), mb, r)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+      (_, metrics), grads = grad_fn(trainable, batch, rng)
+    else:
+      def body(acc, xs):
+        mb, r = xs
+        (_, m), g = grad_fn(trainable, mb, r)
+        return jax.tree.map(jnp.add, acc, (g, m)), None
+
+      zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
+      _, m_shape = jax.eval_shape(loss_fn, trainable, jax.tree.map(lambda x: x[0], microbatches(
+          batch, grad_accum_steps)), rng)
+      zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), m_shape)
+      xs = (microbatches(batch, grad_accum_steps), jax.random.split(rng, grad_accum_steps))
+      (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), xs)
+      grads = jax.tree.map(lambda g, p: (g / grad_accum_steps).astype(p.dtype), grads, trainable)
+      metrics = jax.tree.map(lambda m: m / grad_accum_steps, metrics)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    metrics = dict(metrics)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["param_norm"] = optax.global_norm(trainable)
+    for name, sched in (schedules or {}).items():
+      metrics[f"lr/{name}"] = jnp.asarray(sched(state.step), jnp.float32)
+    new_state = state.replace(step=state.step + 1, params=partition.merge(trainable, frozen),
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def batch_shardings(mesh: Mesh, batch_spec: Mapping) -> dict:
+  """One NamedSharding per field, batch axis over (data, fsdp); `batch_spec` maps
+  field -> anything with `.ndim` (arrays or ShapeDtypeStructs)."""
+  return {k: data_lib.batch_sharding(mesh, len(v.shape)) for k, v in batch_spec.items()}
+
+
+def jit_train_step(train_step: Callable, lay: StateLayout, batch_spec: Mapping):
+  rep = replicated(lay.mesh)
+  return jax.jit(train_step,
+                 in_shardings=(lay.shardings, batch_shardings(lay.mesh, batch_spec), rep),
+                 out_shardings=(lay.shardings, rep),
+                 donate_argnums=(0,))
+
+
+def step_rng(state_rng: jax.Array, step) -> jax.Array:
+  """The key of step `step`: a function of (base key, step) only, so a resumed run
+  draws the same t and noise as an uninterrupted one."""
+  return jax.random.fold_in(state_rng, step)

@@ -1,0 +1,179 @@
+"""The training loop: resume or init, step, log, check, checkpoint, stop.
+
+`train(config, workdir)` is the whole run. The order of things is what makes
+runs resumable and safe:
+- restore the latest complete checkpoint (state *and* data position) before
+  reading any batch; otherwise warm-start or random-init;
+- step s uses the key fold_in(base key, s), so t, noise and clean-context draws
+  are functions of the step, and a restarted run repeats the uninterrupted one;
+- metrics of a step are fetched one step late (the next step is already queued,
+  the device never idles) except at checkpoints, which wait for the step's own
+  loss: a NaN/Inf loss or gradient stops the run before anything non-finite is
+  saved, so the last checkpoint is always a good one;
+- SIGTERM (preemption) or jax's multi-host preemption sync point saves at the
+  current step, waits for the write, and returns.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Optional
+
+import jax
+import numpy as np
+
+from showo2_jax import sharding as sharding_lib
+from showo2_jax.train import checkpointing, metrics as metrics_lib, optimizer as optimizer_lib
+from showo2_jax.train import data as data_lib, partition, tasks, warm_start
+from showo2_jax.train import state as state_lib, step as step_lib
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, what an orchestrator expects from a preempted job
+
+
+class NonFiniteLossError(RuntimeError):
+  """Loss or gradient norm became NaN/Inf; the run stopped without saving."""
+
+
+class PreemptionGuard:
+  """Turns SIGTERM into a flag the loop polls between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread (e.g. some test runners)
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    log.warning("SIGTERM received: saving a checkpoint after this step, then exiting")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _host_key(rng_array) -> np.ndarray:
+  return np.asarray(rng_array.addressable_shards[0].data)
+
+
+def _finite(metrics: dict) -> bool:
+  return all(np.isfinite(metrics[k]) for k in ("loss", "grad_norm") if k in metrics)
+
+
+def build_state(task, config, lay, ckpt: checkpointing.Checkpointer, iterator):
+  """(state, restored step or None)."""
+  latest = ckpt.latest_step()
+  if latest is not None:
+    return ckpt.restore(latest, lay.abstract, iterator), latest
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(int(config.seed)))
+  params = state_lib.init_params(task.init_params, lay, init_rng)
+  params = warm_start.load(params, config.init, lay.abstract.params, task.model_config)
+  return state_lib.create(params, state_lib.place(step_rng, lay.abstract.rng), lay), None
+
+
+def train(config, workdir: str) -> dict:
+  """Runs (or resumes) a training run; returns a summary dict with `status`."""
+  os.makedirs(workdir, exist_ok=True)
+  primary = jax.process_index() == 0
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  task = tasks.build(config)
+  t = config.train
+  num_steps = int(t.num_steps)
+  mesh = sharding_lib.create_mesh(config.mesh)
+  data_lib.check_global_batch(int(t.global_batch_size), mesh, int(t.grad_accum_steps))
+  writers = metrics_lib.Writers(workdir, primary)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    every_steps=config.checkpoint.every_steps,
+                                    keep=config.checkpoint.keep,
+                                    async_save=config.checkpoint.async_save)
+  schedules = optimizer_lib.schedules(config.optim, num_steps)
+  try:
+    with jax.set_mesh(mesh), sharding_lib.axis_rules():
+      lay = state_lib.layout(
+          task.init_params, lambda labels: optimizer_lib.make_optimizer(config.optim, num_steps, labels),
+          task.labels, mesh)
+      counts = partition.summary(lay.abstract.params, lay.labels)
+      log.info("params per group: %s", {k: f"{v / 1e6:.2f}M" for k, v in sorted(counts.items())})
+      iterator = task.make_iterator(mesh)
+      state, restored = build_state(task, config, lay, ckpt, iterator)
+      return _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules, workdir)
+  finally:
+    ckpt.close()
+    writers.close()
+
+
+def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules, workdir) -> dict:
+  t = config.train
+  num_steps, global_batch = int(t.num_steps), int(t.global_batch_size)
+  step = int(restored or 0)
+  base_key = _host_key(state.rng)
+  first = next(iterator)
+  batch_spec = {k: np.asarray(v) for k, v in first.items()}
+  train_step = step_lib.jit_train_step(
+      step_lib.make_train_step(task.objective, lay, grad_accum_steps=int(t.grad_accum_steps),
+                               schedules=schedules), lay, batch_spec)
+  tokens_per_step = global_batch * task.tokens_per_row
+  report = metrics_lib.ThroughputReport(num_steps, tokens_per_step, t.report_every, writers)
+  profile = metrics_lib.profiler(workdir, int(t.profile_steps), int(t.profile_start))
+  log.info("training %s from step %d to %d: global batch %d, %d tokens/step, mesh %s",
+           task.name, step, num_steps, global_batch, tokens_per_step, dict(lay.mesh.shape))
+  pending: Optional[tuple[int, dict]] = None
+  last: dict = {}
+  status = "done"
+  local = first
+  check_every = max(int(t.get("check_finite_every", 1)), 1)
+
+  def settle(entry):
+    """Fetch one step's metrics; log them; stop on non-finite values."""
+    s, m = entry
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    if not _finite(m):
+      ckpt.wait()
+      good = ckpt.latest_step()
+      raise NonFiniteLossError(
+          f"non-finite loss at step {s} (loss={m.get('loss')}, grad_norm={m.get('grad_norm')}); "
+          f"stopped without saving. Last good checkpoint: "
+          f"{'none' if good is None else os.path.join(ckpt.directory, str(good))}")
+    if s % int(t.log_every) == 0 or s == num_steps:
+      writers.write_scalars(s, m)
+    return m
+
+  with PreemptionGuard() as guard:
+    report.start(step)
+    while step < num_steps:
+      if profile is not None:
+        profile(step)
+      batch = data_lib.to_global(local, lay.mesh, global_batch)
+      rng = np.asarray(jax.random.fold_in(base_key, step))
+      state, m = train_step(state, batch, rng)
+      step += 1
+      if pending is not None and (pending[0] % check_every == 0 or pending[0] % int(t.log_every) == 0):
+        last = settle(pending)
+      pending = (step, m)
+      preempted = guard.requested or (jax.process_count() > 1 and ckpt.reached_preemption(step))
+      if step == num_steps or preempted or ckpt.should_save(step):
+        last = settle(pending)
+        pending = None
+        ckpt.save(step, state, iterator, force=True)
+      report(step)
+      if preempted:
+        log.warning("preempted: checkpoint of step %d written; exiting", step)
+        status = "preempted"
+        break
+      if step < num_steps:
+        local = next(iterator)
+  ckpt.wait()
+  writers.flush()
+  return {"status": status, "step": step, "metrics": last}
