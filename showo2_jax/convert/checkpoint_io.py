@@ -23,9 +23,13 @@ SAFETENSORS_DTYPES = {
 }
 _NP_TO_ST = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items()}
 
+# The original Show-o2 saves through a diffusers-style ModelMixin: a single file is
+# `pytorch_model.safetensors` / `pytorch_model.bin`, shards are indexed by
+# `diffusion_pytorch_model.{safetensors,bin}.index.json`.
 WEIGHT_FILE_NAMES = (
     "model.safetensors.index.json", "model.safetensors",
-    "pytorch_model.bin.index.json", "pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors.index.json", "pytorch_model.safetensors",
+    "pytorch_model.bin.index.json", "diffusion_pytorch_model.bin.index.json", "pytorch_model.bin",
     "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
 )
 
@@ -70,6 +74,22 @@ class SafetensorsFile:
                         count=(end - start) // np.dtype(SAFETENSORS_DTYPES[info["dtype"]]).itemsize,
                         offset=self._base + start)
     return arr.reshape(info["shape"])
+
+  def release(self, key: str) -> None:
+    """Drops the pages of `key` from this process's resident set.
+
+    The data stays in the page cache and is faulted back in on the next access;
+    streaming converters call this after copying a tensor so that their RSS
+    stays at about one tensor instead of growing to the whole file.
+    """
+    if not hasattr(mmap, "MADV_DONTNEED"):
+      return
+    start, end = self._header[key]["data_offsets"]
+    page = mmap.PAGESIZE
+    lo = (self._base + start) // page * page
+    hi = self._base + end
+    if hi > lo:
+      self._mmap.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
   def close(self):
     try:
@@ -148,8 +168,15 @@ class TorchFile:
   def shape(self, key):
     return tuple(self._sd[key].shape)
 
+  def dtype(self, key):
+    import torch  # pylint: disable=import-outside-toplevel
+    return torch_tensor_to_numpy(torch.empty((0,), dtype=self._sd[key].dtype)).dtype
+
   def get(self, key):
     return torch_tensor_to_numpy(self._sd[key])
+
+  def release(self, key):  # torch owns the mapping; its pages are clean and reclaimable
+    del key
 
   def close(self):
     self._sd = None
@@ -185,6 +212,17 @@ class StateDict:
 
   def shape(self, key):
     return self._open(self._where[key]).shape(key)
+
+  def dtype(self, key) -> np.dtype:
+    return np.dtype(self._open(self._where[key]).dtype(key))
+
+  def release(self, key) -> None:
+    """Lets go of the memory behind `key` (see `SafetensorsFile.release`)."""
+    self._open(self._where[key]).release(key)
+
+  def files(self) -> list[str]:
+    """The weight files behind this state_dict, in first-use order."""
+    return list(dict.fromkeys(self._where.values()))
 
   def __getitem__(self, key) -> np.ndarray:
     return self._open(self._where[key]).get(key)

@@ -1,0 +1,303 @@
+"""Orbax checkpoints of parameter trees, with the model config written alongside.
+
+This is the one place that reads and writes our parameter checkpoints, so that
+training, inference and the converters agree on a layout:
+
+  ORBAX_DIR/                 an Orbax (v1) PyTree checkpoint of the params
+    state/ ...               tensorstore data, one array per leaf
+    _CHECKPOINT_METADATA     holds our metadata as Orbax `custom_metadata`
+    showo2_jax.json          the same metadata, for humans and non-JAX tools
+
+The metadata says what the tree is (`kind`: showo2 | qwen2 | siglip | wan_vae),
+the config needed to rebuild the model (so no other file is needed to load it),
+whether decoder layers are stacked (`scan_layers`), and, for converted
+checkpoints, what the PyTorch source looked like (key order, dtypes, config
+files), so that writing it back out reproduces the source exactly.
+
+Restoring takes target shardings (or a mesh, from which the model's logical-axis
+shardings are derived): Orbax then reads every array straight into its shards,
+each host reading only the slices its devices own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from typing import Any, Mapping, Optional
+
+import jax
+import numpy as np
+
+from showo2_jax.convert import showo2_keys
+
+log = logging.getLogger(__name__)
+
+KINDS = ("showo2", "qwen2", "siglip", "wan_vae")
+FORMAT = "showo2-jax/params"
+FORMAT_VERSION = 1
+SIDECAR = "showo2_jax.json"
+DEFAULT_CHUNK_BYTES = 1 << 30
+
+
+class OrbaxCheckpointError(ValueError):
+  """A directory that is not one of our param checkpoints, or does not fit a target."""
+
+
+def _ocp():
+  # Imported lazily: orbax pulls in tensorstore and friends, which `--help` must not pay for.
+  import orbax.checkpoint.experimental.v1 as ocp  # pylint: disable=import-outside-toplevel
+  return ocp
+
+
+# --------------------------------------------------------------------- metadata
+def config_to_dict(config: Any) -> dict:
+  if isinstance(config, Mapping):
+    return json.loads(json.dumps(dict(config)))
+  if dataclasses.is_dataclass(config):
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+  raise TypeError(f"config must be a dataclass or a dict, got {type(config).__name__}")
+
+
+def config_from_dict(kind: str, d: Mapping[str, Any]):
+  """The typed config of a `kind` from its stored dict."""
+  from showo2_jax.models import config as model_config  # pylint: disable=import-outside-toplevel
+  if kind == "showo2":
+    return model_config.Showo2Config.from_config_dict(d)
+  if kind == "qwen2":
+    return model_config.Qwen2Config(**d)
+  if kind == "siglip":
+    return model_config.SiglipConfig(**d)
+  if kind == "wan_vae":
+    from showo2_jax.vae.wan import WanVAEConfig  # pylint: disable=import-outside-toplevel
+    return WanVAEConfig(**d)
+  raise OrbaxCheckpointError(f"unknown checkpoint kind '{kind}' (known: {', '.join(KINDS)})")
+
+
+def make_meta(kind: str, config: Any, *, scan_layers: bool = False,
+              source: Optional[dict] = None) -> dict:
+  if kind not in KINDS:
+    raise ValueError(f"unknown checkpoint kind '{kind}' (known: {', '.join(KINDS)})")
+  meta = {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind,
+          "config": config_to_dict(config), "scan_layers": bool(scan_layers)}
+  if source:
+    meta["source"] = source
+  return meta
+
+
+def read_meta(path: str) -> dict:
+  """Our metadata of the checkpoint at `path` (Orbax custom metadata, else the sidecar)."""
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    raise OrbaxCheckpointError(f"{path}: no such Orbax checkpoint directory")
+  meta = None
+  orbax_meta = os.path.join(path, "_CHECKPOINT_METADATA")
+  if os.path.exists(orbax_meta):
+    with open(orbax_meta) as f:
+      meta = (json.load(f) or {}).get("custom_metadata")
+  if not meta and os.path.exists(os.path.join(path, SIDECAR)):
+    with open(os.path.join(path, SIDECAR)) as f:
+      meta = json.load(f)
+  if not meta or meta.get("format") != FORMAT:
+    raise OrbaxCheckpointError(
+        f"{path}: not a showo2-jax param checkpoint (no '{FORMAT}' metadata; "
+        "write one with `showo2-jax convert to-orbax` or orbax_io.save_params)")
+  if meta.get("version", 0) > FORMAT_VERSION:
+    raise OrbaxCheckpointError(f"{path}: metadata version {meta['version']} is newer than this code")
+  return meta
+
+
+def stored_leaves(path: str) -> dict[str, Any]:
+  """Flat {'a/b/c': Orbax leaf metadata (shape, dtype)} of the stored tree."""
+  return showo2_keys.flatten(_ocp().metadata(os.path.abspath(os.fspath(path))).metadata)
+
+
+def _write_sidecar(path: str, meta: dict) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(path, SIDECAR), "w") as f:
+      json.dump(meta, f, indent=1)
+
+
+def _clear(path: str, overwrite: bool) -> None:
+  partial = path + ".partial_save"
+  if os.path.exists(path):
+    if not overwrite:
+      raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
+    shutil.rmtree(path)
+  if os.path.exists(partial):  # a conversion that died half-way
+    log.warning("removing the unfinished partial save %s", partial)
+    shutil.rmtree(partial)
+
+
+# ----------------------------------------------------------------------- saving
+def save_params(path: str, params: Mapping, config: Any, kind: str = "showo2", *,
+                scan_layers: Optional[bool] = None, source: Optional[dict] = None,
+                overwrite: bool = False) -> None:
+  """Saves a whole param tree (numpy or jax arrays, sharded ones included).
+
+  Call on every process of a multi-host job, like any Orbax save. `config` is a
+  Showo2Config (or Qwen2Config / SiglipConfig / WanVAEConfig for the partial
+  kinds) or its dict; `scan_layers` defaults to `config.scan_layers` when there is
+  one, and must describe `params` (stacked decoder layers or `layers_{i}`).
+  """
+  if scan_layers is None:
+    scan_layers = bool(getattr(config, "scan_layers", None) or
+                       (isinstance(config, Mapping) and config.get("scan_layers")))
+  meta = make_meta(kind, config, scan_layers=scan_layers, source=source)
+  path = os.path.abspath(os.fspath(path))
+  _clear(path, overwrite)
+  _ocp().save(path, dict(params), custom_metadata=meta)
+  _write_sidecar(path, meta)
+
+
+class ParamWriter:
+  """Writes a param tree leaf by leaf, holding at most `chunk_bytes` in memory.
+
+  Leaves are buffered and flushed as Orbax partial saves; `close()` finalizes the
+  checkpoint (atomically renamed into place) and writes the sidecar. Used by the
+  converters so that a checkpoint larger than RAM never sits in memory whole.
+  """
+
+  def __init__(self, path: str, meta: dict, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+               overwrite: bool = False):
+    self.path = os.path.abspath(os.fspath(path))
+    self.meta = meta
+    self.chunk_bytes = int(chunk_bytes)
+    self._pending: dict[str, np.ndarray] = {}
+    self._pending_bytes = 0
+    self._saves = 0
+    self.leaves = 0
+    self.bytes = 0
+    _clear(self.path, overwrite)
+
+  def add(self, flat_path: str, array: np.ndarray) -> None:
+    array = np.asarray(array)
+    self._pending[flat_path] = array
+    self._pending_bytes += array.nbytes
+    self.leaves += 1
+    self.bytes += array.nbytes
+    if self._pending_bytes >= self.chunk_bytes:
+      self.flush()
+
+  def flush(self) -> None:
+    if not self._pending:
+      return
+    tree = showo2_keys.unflatten(self._pending)
+    log.info("writing %d leaves (%.1f MB) to %s", len(self._pending), self._pending_bytes / 1e6, self.path)
+    _ocp().partial.save(self.path, tree, custom_metadata=self.meta if self._saves == 0 else None)
+    self._saves += 1
+    self._pending, self._pending_bytes = {}, 0
+
+  def close(self) -> None:
+    self.flush()
+    if self._saves == 0:
+      raise OrbaxCheckpointError(f"{self.path}: nothing to write (empty param tree)")
+    _ocp().partial.finalize(self.path)
+    _write_sidecar(self.path, self.meta)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, *unused):
+    if exc_type is None:
+      self.close()
+
+
+# -------------------------------------------------------------------- restoring
+def model_shardings(kind: str, config, mesh, *, scan_layers: bool = False):
+  """Shardings of a kind's param tree on `mesh`, from the model's logical axis names.
+
+  Partial kinds get the shardings of their subtree of the full model, so a
+  stage-1 init restores with the same layout as the model it is merged into.
+  """
+  from showo2_jax import sharding  # pylint: disable=import-outside-toplevel
+  from showo2_jax.convert import showo2_torch  # pylint: disable=import-outside-toplevel
+  from showo2_jax.models import config as model_config  # pylint: disable=import-outside-toplevel
+  if kind == "wan_vae":
+    return None  # replicated; see _abstract_tree
+  if kind == "showo2":
+    full = config.replace(scan_layers=scan_layers)
+  elif kind == "qwen2":
+    full = model_config.Showo2Config(llm=config, scan_layers=scan_layers)
+  elif kind == "siglip":
+    full = model_config.Showo2Config(siglip=config, scan_layers=scan_layers)
+  else:
+    raise OrbaxCheckpointError(f"unknown checkpoint kind '{kind}'")
+  shardings = sharding.mesh_shardings(showo2_torch.abstract_params(full), mesh)
+  if kind == "qwen2":
+    return {"showo": shardings["showo"]}
+  if kind == "siglip":
+    return {"und_trans": shardings["und_trans"], "position_embedding": shardings["position_embedding"]}
+  return shardings
+
+
+def _flat_shardings(shardings, stored: Mapping[str, Any], path: str) -> dict:
+  from jax.sharding import Sharding  # pylint: disable=import-outside-toplevel
+  if isinstance(shardings, Sharding):
+    return {k: shardings for k in stored}
+  flat = showo2_keys.flatten(shardings)
+  missing = sorted(set(stored) - set(flat))
+  unexpected = sorted(set(flat) - set(stored))
+  if missing or unexpected:
+    raise showo2_keys.KeyMismatchError(missing, unexpected, source=f"{path} (target shardings)")
+  return flat
+
+
+def restore_params(path: str, shardings=None, *, mesh=None, dtype=None):
+  """Restores (kind, config, params) from a checkpoint written by this module.
+
+  - no `shardings`/`mesh`: params are host numpy arrays, in their stored dtypes;
+  - `shardings`: a tree of `jax.sharding.Sharding` matching the stored tree (or
+    one Sharding for every leaf): each array is read directly into its shards;
+  - `mesh`: shardings derived from the model's logical axis names on that mesh
+    (wan_vae: replicated).
+  `dtype` casts while reading (e.g. float32 master weights from a bf16 file).
+  `config` is typed: Showo2Config, Qwen2Config, SiglipConfig or WanVAEConfig.
+  """
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
+  path = os.path.abspath(os.fspath(path))
+  meta = read_meta(path)
+  kind, scan = meta["kind"], bool(meta.get("scan_layers", False))
+  config = config_from_dict(kind, meta["config"])
+  stored = stored_leaves(path)
+  if shardings is None and mesh is not None:
+    shardings = model_shardings(kind, config, mesh, scan_layers=scan)
+    if shardings is None:
+      shardings = NamedSharding(mesh, PartitionSpec())
+  ocp = _ocp()
+  if shardings is None:
+    params = ocp.load(path, showo2_keys.unflatten(stored))
+    if dtype is not None:
+      params = jax.tree.map(lambda a: np.asarray(a).astype(dtype), params)
+    return kind, config, params
+  flat_shardings = _flat_shardings(shardings, stored, path)
+  abstract = {}
+  for k, m in stored.items():
+    abstract[k] = jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(dtype or m.dtype), sharding=flat_shardings[k])
+  return kind, config, ocp.load(path, showo2_keys.unflatten(abstract))
+
+
+def load_partial(path: str) -> tuple[str, dict, dict]:
+  """(kind, config dict, params subtree as numpy) of a checkpoint, for merging.
+
+  A `qwen2` checkpoint holds `{'showo': ...}` and a `siglip` one
+  `{'und_trans': ..., 'position_embedding': ...}`: top-level names of the full
+  Show-o2 param tree, so initialising stage 1 is `params.update(subtree)` (check
+  shapes against the model first: `expected_shapes(config)`).
+  """
+  kind, _, params = restore_params(path)
+  return kind, read_meta(path)["config"], params
+
+
+def load_leaves(path: str, flat_paths, stored: Optional[Mapping[str, Any]] = None) -> dict:
+  """Reads only the listed leaves (flat paths) as host numpy arrays."""
+  ocp = _ocp()
+  stored = stored_leaves(path) if stored is None else stored
+  wanted = {p: stored[p] for p in flat_paths}
+  ctx = ocp.Context()
+  ctx.pytree.loading.partial_load = True
+  with ctx:
+    tree = ocp.load(os.path.abspath(os.fspath(path)), showo2_keys.unflatten(wanted))
+  flat = showo2_keys.flatten(tree)
+  return {p: flat[p] for p in wanted}

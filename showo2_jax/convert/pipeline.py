@@ -1,0 +1,372 @@
+"""PyTorch <-> Orbax conversion, one tensor at a time.
+
+to_orbax: the source is memory-mapped (safetensors) or lazily loaded (torch
+  `mmap=True`); each stored leaf is built from its tensor(s), the pages read are
+  released, and leaves are flushed to Orbax in chunks of `chunk_bytes`. Peak
+  memory is about one chunk plus the largest leaf, never the whole model.
+to_torch: leaves are read back from Orbax a few at a time (partial loads) and
+  written straight into safetensors shards (`max_shard_size`), with the source's
+  key names, order, dtypes and config files when it was a conversion.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import re
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from showo2_jax.convert import checkpoint_io, orbax_io, showo2_keys, sources
+from showo2_jax.convert import plan as plan_lib
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
+# File names the loaders of each kind look for (see docs/convert.md).
+WEIGHT_STEMS = {"showo2": "pytorch_model", "qwen2": "model", "siglip": "model"}
+INDEX_NAMES = {
+    # The original's ModelMixin reads `pytorch_model.safetensors`, and shards through
+    # diffusers' index name; the second index is the usual HF name, for other tools.
+    "showo2": ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json"),
+    "qwen2": ("model.safetensors.index.json",),
+    "siglip": ("model.safetensors.index.json",),
+}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConversionError(ValueError):
+  """A conversion that cannot be done as asked (the message says why)."""
+
+
+def np_dtype(name: Optional[str]):
+  if name is None:
+    return None
+  if name not in DTYPES:
+    raise ConversionError(f"unsupported dtype '{name}' (choose from {', '.join(DTYPES)})")
+  return np.dtype(name)
+
+
+def parse_size(text) -> int:
+  """'5GB', '500MB', '2GiB', '1e9' or an int -> bytes."""
+  if isinstance(text, (int, float)):
+    return int(text)
+  m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)\s*", str(text), re.IGNORECASE)
+  if not m:
+    raise ConversionError(f"cannot parse size '{text}' (examples: 5GB, 500MB, 2GiB, 1000000)")
+  unit = m.group(2).upper().rstrip("B")
+  base = 1024 if unit.endswith("I") else 1000
+  power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("I")]
+  return int(float(m.group(1)) * base ** power)
+
+
+# ----------------------------------------------------------------------- to-orbax
+def to_orbax(src: str, out: str, *, kind: Optional[str] = None, dtype: Optional[str] = None,
+             scan_layers: bool = False, resize_vocab: Optional[int] = None,
+             chunk_bytes: int = orbax_io.DEFAULT_CHUNK_BYTES, overwrite: bool = False) -> dict:
+  """Converts a PyTorch-side checkpoint into an Orbax checkpoint at `out`."""
+  start = time.time()
+  cast = np_dtype(dtype)
+  if os.path.abspath(src) == os.path.abspath(out):
+    raise ConversionError("--out must differ from the source")
+  source = sources.open_source(src, kind, scan_layers=scan_layers, resize_vocab=resize_vocab)
+  with source.state_dict as sd:
+    record = dict(source.record, cast=dtype)
+    meta = orbax_io.make_meta(source.kind, source.config, scan_layers=scan_layers, source=record)
+    if source.kind == "wan_vae":
+      params = showo2_keys.flatten(sources.vae_to_flax(sd, source.config, cast))
+      with orbax_io.ParamWriter(out, meta, chunk_bytes=chunk_bytes, overwrite=overwrite) as w:
+        for path, value in params.items():
+          w.add(path, value)
+      tensors = len(params)
+    else:
+      match = plan_lib.match(source.plan, sd)
+      match.raise_if_bad(src)
+      _warn_untied_copies(sd, source.plan, match)
+      with orbax_io.ParamWriter(out, meta, chunk_bytes=chunk_bytes, overwrite=overwrite) as w:
+        for leaf, entries in source.plan.by_leaf().items():
+          w.add(leaf, _build_leaf(sd, match, entries, source.plan.leaves[leaf], cast))
+      tensors = len(source.plan.entries)
+  summary = {"kind": source.kind, "source": source.path, "out": os.path.abspath(out),
+             "tensors": tensors, "leaves": w.leaves, "bytes": w.bytes,
+             "seconds": round(time.time() - start, 2)}
+  log.info("to-orbax: %s", summary)
+  return summary
+
+
+def _build_leaf(sd, match, entries, full_shape, cast) -> np.ndarray:
+  if entries[0].layer is None:
+    e = entries[0]
+    return plan_lib.read_flax(sd, match.source_key[e.key], e, cast)
+  leaf = None
+  for e in entries:  # stacked layers: fill one preallocated array, a layer at a time
+    x = plan_lib.read_flax(sd, match.source_key[e.key], e, cast)
+    if leaf is None:
+      leaf = np.empty(full_shape, x.dtype)
+    elif x.dtype != leaf.dtype:
+      raise ConversionError(f"{e.key} is {x.dtype} but earlier layers are {leaf.dtype}; "
+                            "pass --dtype to convert a mixed-dtype checkpoint with stacked layers")
+    leaf[e.layer] = x
+  return leaf
+
+
+def _warn_untied_copies(sd, plan, match) -> None:
+  """A tied LM head is stored once; say so if the file's copy was not a copy."""
+  for alias in match.tied_copies:
+    target = plan.aliases[alias]
+    if not np.array_equal(np.asarray(sd[alias]), np.asarray(sd[match.source_key[target]])):
+      log.warning("%s differs from %s, but the embeddings are tied: the model uses %s and "
+                  "%s is not stored (a round trip will write the embedding in its place)",
+                  alias, target, target, alias)
+    sd.release(alias)
+
+
+# ------------------------------------------------------------------ leaf reading
+class LeafReader:
+  """Serves stored leaves in a known request order, loading a few at a time.
+
+  Leaves are fetched with partial Orbax loads of up to `budget` bytes and dropped
+  once their last request is served, so memory stays at about one budget.
+  """
+
+  def __init__(self, path: str, stored: dict, sequence: list[str], budget: int):
+    self.path, self.stored, self.sequence, self.budget = path, stored, sequence, budget
+    self._pos = 0
+    self._cache: dict[str, np.ndarray] = {}
+    self._left = collections.Counter(sequence)
+
+  def _nbytes(self, leaf) -> int:
+    m = self.stored[leaf]
+    return math.prod(m.shape) * np.dtype(m.dtype).itemsize
+
+  def take(self, leaf: str) -> np.ndarray:
+    if self.sequence[self._pos] != leaf:
+      raise RuntimeError(f"leaf {leaf} requested out of order (expected {self.sequence[self._pos]})")
+    if leaf not in self._cache:
+      want, size = [], 0
+      for nxt in self.sequence[self._pos:]:
+        if nxt in self._cache or nxt in want:
+          continue
+        if want and size + self._nbytes(nxt) > self.budget:
+          break
+        want.append(nxt)
+        size += self._nbytes(nxt)
+      self._cache.update(orbax_io.load_leaves(self.path, want, self.stored))
+    value = self._cache[leaf]
+    self._pos += 1
+    self._left[leaf] -= 1
+    if self._left[leaf] == 0:
+      del self._cache[leaf]
+    return value
+
+
+class _LazyTensor:
+  """A torch-side tensor produced only when the safetensors writer asks for it."""
+
+  def __init__(self, key, entry, reader, dtype):
+    self.key, self.entry, self.reader = key, entry, reader
+    self.shape, self.dtype = entry.shape, np.dtype(dtype)
+
+  def __array__(self, dtype=None, copy=None):
+    del copy
+    x = plan_lib.to_torch(self.reader.take(self.entry.leaf), self.entry)
+    return x.astype(dtype or self.dtype, copy=False)
+
+
+def check_stored(plan: plan_lib.Plan, stored: dict, path: str) -> None:
+  """Every leaf of the plan is in the checkpoint, with its shape."""
+  missing = sorted(set(plan.leaves) - set(stored))
+  unexpected = sorted(set(stored) - set(plan.leaves))
+  wrong = [f"{k} {tuple(stored[k].shape)} (expected {tuple(s)})" for k, s in plan.leaves.items()
+           if k in stored and tuple(stored[k].shape) != tuple(s)]
+  if missing or unexpected or wrong:
+    raise showo2_keys.KeyMismatchError(missing, unexpected, wrong, f"{path} (Orbax, {plan.kind})")
+
+
+def leaf_major(plan: plan_lib.Plan, keys: list[str]) -> list[str]:
+  """`keys` reordered so each leaf's tensors are consecutive (stacked leaves are
+  then loaded once, not once per layer)."""
+  rank = {}
+  for k in keys:
+    rank.setdefault(plan.entry(k).leaf, len(rank))
+  return sorted(keys, key=lambda k: (rank[plan.entry(k).leaf], plan.entry(k).layer or 0))
+
+
+def plan_from_meta(meta: dict) -> tuple[Any, Optional[plan_lib.Plan]]:
+  kind = meta["kind"]
+  config = orbax_io.config_from_dict(kind, meta["config"])
+  if kind == "wan_vae":
+    return config, None
+  record = meta.get("source") or {}
+  return config, plan_lib.build(kind, config, scan_layers=bool(meta.get("scan_layers")),
+                                key_prefix=record.get("key_prefix", ""))
+
+
+# ----------------------------------------------------------------------- to-torch
+def to_torch(orbax_dir: str, out: str, *, dtype: Optional[str] = None,
+             max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
+             chunk_bytes: int = orbax_io.DEFAULT_CHUNK_BYTES, llm_model_path: Optional[str] = None,
+             clip_model_path: Optional[str] = None) -> dict:
+  """Writes the PyTorch-side checkpoint of an Orbax checkpoint into directory `out`.
+
+  `dtype`: None keeps the stored dtypes, 'source' restores the source's recorded
+  dtypes, or a dtype name casts every tensor.
+  """
+  start = time.time()
+  meta = orbax_io.read_meta(orbax_dir)
+  kind = meta["kind"]
+  record = meta.get("source") or {}
+  _prepare_out(out, overwrite)
+  config, plan = plan_from_meta(meta)
+  if kind == "wan_vae":
+    files, written = _vae_to_torch(orbax_dir, out, config, record, dtype)
+  else:
+    stored = orbax_io.stored_leaves(orbax_dir)
+    check_stored(plan, stored, orbax_dir)
+    keys = _output_keys(plan, record)
+    dtypes = _output_dtypes(plan, keys, stored, record, dtype)
+    files = _write_shards(orbax_dir, out, kind, plan, keys, dtypes, stored, max_shard_size, chunk_bytes)
+    written = len(keys)
+  files += _write_configs(out, kind, config, record, llm_model_path, clip_model_path)
+  summary = {"kind": kind, "out": os.path.abspath(out), "tensors": written, "files": files,
+             "seconds": round(time.time() - start, 2)}
+  log.info("to-torch: %s", summary)
+  return summary
+
+
+def _prepare_out(out: str, overwrite: bool) -> None:
+  if os.path.isfile(out):
+    raise ConversionError(f"--out {out} is a file; give a directory")
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    raise FileExistsError(f"{out} is not empty (pass --overwrite to write into it)")
+  os.makedirs(out, exist_ok=True)
+
+
+def _output_keys(plan: plan_lib.Plan, record: dict) -> list[str]:
+  if not record.get("tensors"):
+    return plan.default_keys()
+  keys = [k for k, _, _ in record["tensors"] if k in plan.by_key or k in plan.aliases]
+  # A tied head stored only under its alias covers the embedding it copies.
+  covered = set(keys) | {plan.aliases[k] for k in keys if k in plan.aliases}
+  return keys + [e.key for e in plan.entries if e.key not in covered]
+
+
+def _output_dtypes(plan, keys, stored, record, dtype) -> dict[str, np.dtype]:
+  recorded = {k: np.dtype(d) for k, d, _ in record.get("tensors", [])}
+  out = {}
+  for k in keys:
+    if dtype == "source" and k in recorded:
+      out[k] = recorded[k]
+    elif dtype and dtype != "source":
+      out[k] = np_dtype(dtype)
+    else:
+      out[k] = np.dtype(stored[plan.entry(k).leaf].dtype)
+  return out
+
+
+def _shards(keys, sizes, max_shard_size) -> list[list[str]]:
+  shards, current, size = [], [], 0
+  for k in keys:
+    if current and size + sizes[k] > max_shard_size:
+      shards.append(current)
+      current, size = [], 0
+    current.append(k)
+    size += sizes[k]
+  if current:
+    shards.append(current)
+  return shards
+
+
+def _write_shards(orbax_dir, out, kind, plan, keys, dtypes, stored, max_shard_size, chunk_bytes):
+  sizes = {k: math.prod(plan.entry(k).shape) * dtypes[k].itemsize for k in keys}
+  shards = [leaf_major(plan, s) for s in _shards(keys, sizes, max_shard_size)]
+  reader = LeafReader(orbax_dir, stored, [plan.entry(k).leaf for s in shards for k in s], chunk_bytes)
+  stem, n = WEIGHT_STEMS[kind], len(shards)
+  names = [f"{stem}.safetensors"] if n == 1 else [
+      f"{stem}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+  for name, shard in zip(names, shards):
+    tensors = {k: _LazyTensor(k, plan.entry(k), reader, dtypes[k]) for k in shard}
+    log.info("writing %s (%d tensors, %.1f MB)", name, len(shard), sum(sizes[k] for k in shard) / 1e6)
+    checkpoint_io.save_safetensors(tensors, os.path.join(out, name), metadata={"format": "pt"})
+  files = list(names)
+  if n > 1:
+    index = {"metadata": {"total_size": sum(sizes.values())},
+             "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
+    for index_name in INDEX_NAMES[kind]:
+      with open(os.path.join(out, index_name), "w") as f:
+        f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+      files.append(index_name)
+  return files
+
+
+def _vae_to_torch(orbax_dir, out, config, record, dtype) -> tuple[list[str], int]:
+  _, _, params = orbax_io.restore_params(orbax_dir)
+  sd = sources.vae_to_torch(params, config)
+  recorded = {k: np.dtype(d) for k, d, _ in record.get("tensors", [])}
+  order = [k for k, _, _ in record.get("tensors", []) if k in sd] or list(sd)
+  out_sd = {}
+  for k in order:
+    want = recorded.get(k) if dtype == "source" else np_dtype(dtype) if dtype else None
+    out_sd[k] = sd[k] if want is None else sd[k].astype(want)
+  weights = (record.get("weights") or ["Wan2.1_VAE.pth"])[0]
+  path = os.path.join(out, weights)
+  if weights.endswith(".safetensors"):
+    checkpoint_io.save_safetensors(out_sd, path, metadata={"format": "pt"})
+  else:
+    _torch_save(out_sd, path)
+  return [weights], len(out_sd)
+
+
+def _torch_save(sd: dict, path: str) -> None:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ConversionError(f"writing {os.path.basename(path)} needs PyTorch (pip install -e '.[torch]')") from e
+  import ml_dtypes  # pylint: disable=import-outside-toplevel
+  tensors = {}
+  for k, v in sd.items():
+    v = np.ascontiguousarray(v)
+    if v.dtype == ml_dtypes.bfloat16:
+      tensors[k] = torch.from_numpy(v.view(np.int16)).view(torch.bfloat16)
+    else:
+      tensors[k] = torch.from_numpy(v)
+  torch.save(tensors, path + ".tmp")
+  os.replace(path + ".tmp", path)
+
+
+def _write_configs(out, kind, config, record, llm_model_path, clip_model_path) -> list[str]:
+  files = dict(record.get("files") or {})
+  if not files:
+    files = _generated_configs(kind, config)
+  if kind == "qwen2" and record.get("resize_vocab") and "config.json" in files:
+    d = json.loads(files["config.json"])
+    d["vocab_size"] = config.vocab_size
+    files["config.json"] = json.dumps(d, indent=2)
+  if kind == "showo2" and (llm_model_path or clip_model_path):
+    d = json.loads(files["config.json"])
+    if llm_model_path:
+      d["llm_model_path"] = llm_model_path
+    if clip_model_path:
+      d["clip_pretrained_model_path"] = clip_model_path
+    files["config.json"] = json.dumps(d, indent=2)
+  for name, text in files.items():
+    with open(os.path.join(out, name), "w") as f:
+      f.write(text)
+  return list(files)
+
+
+def _generated_configs(kind, config) -> dict[str, str]:
+  from showo2_jax.models import config as model_config  # pylint: disable=import-outside-toplevel
+  if kind == "wan_vae":
+    return {"config.json": sources.vae_config_json(config)}
+  if kind == "showo2":
+    top, llm, sig = config.to_original_json()
+    return {"config.json": json.dumps(top, indent=2), "llm_config.json": json.dumps(llm, indent=2),
+            "siglip_config.json": json.dumps(sig, indent=2)}
+  if kind == "qwen2":
+    return {"config.json": json.dumps(model_config.Showo2Config(llm=config).to_original_json()[1], indent=2)}
+  return {"config.json": json.dumps(model_config.Showo2Config(siglip=config).to_original_json()[2], indent=2)}
