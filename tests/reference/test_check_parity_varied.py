@@ -7,6 +7,7 @@ it then writes cover what the shipped one does not: a non-square latent grid wit
 interpolated position table, untied embeddings with other widths/depths/heads, video
 with three latent frames, and an LLM as wide as the flow head (no projections).
 """
+import json
 import os
 import shutil
 
@@ -121,7 +122,6 @@ def test_hf_qwen2_takes_the_additive_4d_mask_as_given(showo2_fixture_dir):
 # --------------------------------------------------------------------------- varied directories
 def test_varied_configs_exercise_what_they_claim(fixture_dirs):
   """Guards the presets: each one covers the feature it is named for."""
-  import json  # pylint: disable=import-outside-toplevel
 
   def load(name):
     d = fixture_dirs(name)
@@ -131,7 +131,8 @@ def test_varied_configs_exercise_what_they_claim(fixture_dirs):
       sig = json.load(f)
     with open(os.path.join(d, "llm_config.json")) as f:
       llm = json.load(f)
-    return d, top, sig, llm, load_file(os.path.join(d, "model.safetensors")), np.load(os.path.join(d, "cases.npz"))
+    weights = load_file(os.path.join(d, "model.safetensors"))
+    return d, top, sig, llm, weights, np.load(os.path.join(d, "cases.npz"))
 
   d, top, sig, _, w, cases = load("nonsquare_interp")
   grid = sig["image_size"] // sig["patch_size"]
@@ -143,8 +144,10 @@ def test_varied_configs_exercise_what_they_claim(fixture_dirs):
   assert not llm["tie_word_embeddings"]
   assert not np.array_equal(w["showo.lm_head.weight"], w["showo.model.embed_tokens.weight"])
   assert w["showo.model.embed_tokens.weight"].shape == (top["llm_vocab_size"], 96)
-  assert top["flow_head"]["hidden_size"] == 48 and len({k.split(".")[1] for k in w if k.startswith("diffusion_head_a.")}) == 3
-  assert len({k.split(".")[2] for k in w if k.startswith("und_trans.layers.")}) == sig["num_hidden_layers"] - 1 == 3
+  assert top["flow_head"]["hidden_size"] == 48
+  assert len({k.split(".")[1] for k in w if k.startswith("diffusion_head_a.")}) == 3
+  used = {k.split(".")[2] for k in w if k.startswith("und_trans.layers.")}
+  assert len(used) == sig["num_hidden_layers"] - 1 == 3
 
   d, top, sig, llm, w, cases = load("video3")
   assert cases["video_latents"].shape[2] == 3
