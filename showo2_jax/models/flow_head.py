@@ -15,7 +15,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
 from showo2_jax.models import layers
 from showo2_jax.models.config import FlowHeadConfig
@@ -65,33 +64,6 @@ def modulate(x, shift, scale):
   return (x.astype(jnp.float32) * (1 + scale) + shift).astype(x.dtype)
 
 
-class FlowAttention(nn.Module):
-  config: FlowHeadConfig
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, rope, mask, cache=None, cache_index=None):
-    c = self.config
-    b, l, _ = x.shape
-    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-    q = layers.dense(c.num_heads * c.head_dim, ("embed", "heads"), name="q_proj", **kw)(x)
-    k = layers.dense(c.num_kv_heads * c.head_dim, ("embed", "kv_heads"), name="k_proj", **kw)(x)
-    v = layers.dense(c.num_kv_heads * c.head_dim, ("embed", "kv_heads"), name="v_proj", **kw)(x)
-    q = q.reshape(b, l, c.num_heads, c.head_dim)
-    k = k.reshape(b, l, c.num_kv_heads, c.head_dim)
-    v = v.reshape(b, l, c.num_kv_heads, c.head_dim)
-    norm_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, axis_name="head_dim")
-    q = layers.RMSNorm(c.qk_norm_eps, name="q_norm", **norm_kw)(q)
-    k = layers.RMSNorm(c.qk_norm_eps, name="k_norm", **norm_kw)(k)
-    cos, sin = rope
-    q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
-    k, v, new_cache = layers.update_kv_cache(cache, k, v, cache_index)
-    out = layers.dot_product_attention(q, k, v, mask, c.head_dim ** -0.5)
-    out = checkpoint_name(out.reshape(b, l, c.num_heads * c.head_dim), "attn_out")
-    return layers.dense(c.hidden_size, ("heads", "embed"), name="o_proj", **kw)(out), new_cache
-
-
 class ModulatedAttentionBlock(nn.Module):
   """adaLN-Zero block: 6-way modulation from the (unprojected) time embedding."""
   config: FlowHeadConfig
@@ -110,8 +82,9 @@ class ModulatedAttentionBlock(nn.Module):
     m = gather_modulation(mod, slot_index, identity)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(m, 6, axis=-1)
     h = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
-    a, new_cache = FlowAttention(c, name="self_attn", **kw)(
-        modulate(h, shift_msa, scale_msa), rope, mask, cache, cache_index)
+    a, new_cache = layers.GQAttention(
+        d, c.num_heads, c.num_kv_heads, c.head_dim, qk_norm_eps=c.qk_norm_eps, name="self_attn",
+        **kw)(modulate(h, shift_msa, scale_msa), rope, mask, cache, cache_index)
     x = x + (gate_msa * a).astype(x.dtype)
     h = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     mlp = SwiGLU(d, c.intermediate_size, name="mlp", **kw)(modulate(h, shift_mlp, scale_mlp))

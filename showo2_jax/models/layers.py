@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 KVCache = dict  # {"k": (B, S, Hkv, Dh), "v": (B, S, Hkv, Dh)}
@@ -134,6 +135,44 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Option
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v)
   return out.reshape(b, lq, hq, d)
+
+
+class GQAttention(nn.Module):
+  """Self-attention with grouped KV heads, RoPE and an optional KV cache.
+
+  Serves both the LLM (q/k/v biases, no qk-norm) and the flow head (no biases,
+  RMSNorm over head_dim on q and k *before* RoPE). Params: q_proj, k_proj,
+  v_proj, o_proj (bias-free), and q_norm/k_norm when `qk_norm_eps` is set.
+  """
+  hidden_size: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  qkv_bias: bool = False
+  qk_norm_eps: Optional[float] = None
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, rope, mask, cache=None, cache_index=None):
+    b, l, _ = x.shape
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    def proj(heads, axis, name):
+      y = dense(heads * self.head_dim, ("embed", axis), use_bias=self.qkv_bias, name=name, **kw)(x)
+      return y.reshape(b, l, heads, self.head_dim)
+    q = proj(self.num_heads, "heads", "q_proj")
+    k = proj(self.num_kv_heads, "kv_heads", "k_proj")
+    v = proj(self.num_kv_heads, "kv_heads", "v_proj")
+    if self.qk_norm_eps is not None:
+      q = RMSNorm(self.qk_norm_eps, name="q_norm", axis_name="head_dim", **kw)(q)
+      k = RMSNorm(self.qk_norm_eps, name="k_norm", axis_name="head_dim", **kw)(k)
+    cos, sin = rope
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k, v, new_cache = update_kv_cache(cache, k, v, cache_index)
+    out = dot_product_attention(q, k, v, mask, self.head_dim ** -0.5)
+    out = checkpoint_name(out.reshape(b, l, self.num_heads * self.head_dim), "attn_out")
+    out = dense(self.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj", **kw)(out)
+    return out, new_cache
 
 
 # --------------------------------------------------------------------------- remat

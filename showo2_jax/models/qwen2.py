@@ -12,37 +12,11 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
 from showo2_jax.models import layers
 from showo2_jax.models.config import Qwen2Config
 
 ACT = ("activation_batch", "activation_length", "activation_embed")
-
-
-class Qwen2Attention(nn.Module):
-  config: Qwen2Config
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, rope, mask, cache=None, cache_index=None):
-    c = self.config
-    b, l, _ = x.shape
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    q = layers.dense(c.num_heads * c.head_dim, ("embed", "heads"), name="q_proj", **kw)(x)
-    k = layers.dense(c.num_kv_heads * c.head_dim, ("embed", "kv_heads"), name="k_proj", **kw)(x)
-    v = layers.dense(c.num_kv_heads * c.head_dim, ("embed", "kv_heads"), name="v_proj", **kw)(x)
-    q = q.reshape(b, l, c.num_heads, c.head_dim)
-    k = k.reshape(b, l, c.num_kv_heads, c.head_dim)
-    v = v.reshape(b, l, c.num_kv_heads, c.head_dim)
-    cos, sin = rope
-    q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
-    k, v, new_cache = layers.update_kv_cache(cache, k, v, cache_index)
-    out = layers.dot_product_attention(q, k, v, mask, c.head_dim ** -0.5)
-    out = checkpoint_name(out.reshape(b, l, c.num_heads * c.head_dim), "attn_out")
-    out = layers.dense(c.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj", **kw)(out)
-    return out, new_cache
 
 
 class SwiGLU(nn.Module):
@@ -71,7 +45,9 @@ class Qwen2DecoderLayer(nn.Module):
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
-    a, new_cache = Qwen2Attention(c, name="self_attn", **kw)(h, rope, mask, cache, cache_index)
+    a, new_cache = layers.GQAttention(
+        c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, qkv_bias=True, name="self_attn",
+        **kw)(h, rope, mask, cache, cache_index)
     x = x + a
     h = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     x = x + SwiGLU(c.hidden_size, c.intermediate_size, name="mlp", **kw)(h)
