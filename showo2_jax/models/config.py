@@ -237,8 +237,14 @@ class Showo2Config:
 
 def qwen2_config_from_hf(d: Mapping[str, Any]) -> Qwen2Config:
   """HF `Qwen2Config` json -> ours (vocab left as in the json)."""
-  if d.get("rope_scaling"):
-    raise ConfigError(f"Qwen2 rope_scaling={d['rope_scaling']} is not supported (Qwen2.5 uses none)")
+  # transformers >= 5 writes rope settings under `rope_parameters`.
+  rope = dict(d.get("rope_parameters") or {})
+  scaling = d.get("rope_scaling") or {k: v for k, v in rope.items() if k not in ("rope_theta", "rope_type")}
+  if scaling and (rope.get("rope_type", "default") != "default" or d.get("rope_scaling")):
+    raise ConfigError(f"Qwen2 rope scaling {scaling} is not supported (Qwen2.5 uses none)")
+  theta = d.get("rope_theta", rope.get("rope_theta"))
+  if theta is None:
+    raise ConfigError("Qwen2 config has neither rope_theta nor rope_parameters.rope_theta")
   heads = int(d["num_attention_heads"])
   hidden = int(d["hidden_size"])
   return Qwen2Config(
@@ -246,7 +252,7 @@ def qwen2_config_from_hf(d: Mapping[str, Any]) -> Qwen2Config:
       intermediate_size=int(d["intermediate_size"]), num_layers=int(d["num_hidden_layers"]),
       num_heads=heads, num_kv_heads=int(d.get("num_key_value_heads") or heads),
       head_dim=int(d.get("head_dim") or hidden // heads),
-      rope_theta=float(d.get("rope_theta", 1e4)), rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+      rope_theta=float(theta), rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
       tie_word_embeddings=bool(d.get("tie_word_embeddings", False)))
 
 

@@ -31,7 +31,7 @@ def test_qwen2_matches_hf_qwen2_for_causal_lm(tied):
   torch.manual_seed(0)
   hf_cfg = transformers.Qwen2Config(
       vocab_size=97, hidden_size=64, intermediate_size=112, num_hidden_layers=3, num_attention_heads=8,
-      num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=tied,
+      num_key_value_heads=2, rope_theta=12345.0, rms_norm_eps=1e-6, tie_word_embeddings=tied,
       max_position_embeddings=128)
   hf = transformers.Qwen2ForCausalLM(hf_cfg).eval()
   with torch.no_grad():
