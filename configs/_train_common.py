@@ -34,6 +34,7 @@ def add_training(c, *, num_steps, global_batch_size, seed=10086):
       clean_context_prob=0.0,                # mixed modality: 0.7 (spec 4.6)
       frozen=STAGE1_FROZEN,                  # substrings; () trains everything
       log_every=50,                          # scalars to TensorBoard, the log and metrics.jsonl
+      tensorboard=True,                      # False: log + metrics.jsonl only (no tensorflow import)
       report_every=100,                      # steps/s, tokens/s, ETA
       profile_steps=0,                       # >0: trace this many steps after `profile_start`
       profile_start=10,

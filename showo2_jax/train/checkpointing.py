@@ -12,6 +12,7 @@ so a run killed mid-save (kill -9) restarts from the previous complete step.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Optional
@@ -29,9 +30,12 @@ class IteratorSnapshot:
   has moved the live iterator on."""
 
   def __init__(self, iterator):
-    self._state = iterator.get_state()
+    state = iterator.get_state()
+    # grain's handler writes bytes for anything that is not a grain iterator;
+    # a grain iterator's dict state is stored as the JSON it would write itself.
+    self._state = state if isinstance(state, bytes) else json.dumps(state, indent=4).encode()
 
-  def get_state(self):
+  def get_state(self) -> bytes:
     return self._state
 
 

@@ -37,10 +37,29 @@ def process_rows(mesh: Mesh, global_batch: int) -> tuple[int, int]:
   return lo, hi
 
 
+VISUAL_KEYS = ("latents", "latents_logvar", "pixel_values")
+
+
+def slots_by_row(local: Mapping[str, np.ndarray]) -> dict:
+  """The pipeline flattens slots into the batch axis ((B*M, ...), slot k = i*M + j);
+  the step wants (B, M, ...) so that a row keeps its images when the batch is
+  split over devices or microbatches. A free host-side reshape."""
+  b = np.shape(local["text_tokens"])[0]
+  m = np.shape(local["modality_positions"])[1]
+  out = dict(local)
+  for k in VISUAL_KEYS:
+    if k in out:
+      v = np.asarray(out[k])
+      if v.shape[0] != b * m:
+        raise ValueError(f"batch field {k} has {v.shape[0]} images for {b} rows x {m} slots")
+      out[k] = v.reshape((b, m) + v.shape[1:])
+  return out
+
+
 def to_global(local: Mapping[str, np.ndarray], mesh: Mesh, global_batch: int) -> dict:
   """Process-local numpy rows -> global jax.Arrays sharded on the batch axis."""
   out = {}
-  for k, v in local.items():
+  for k, v in slots_by_row(local).items():
     v = np.asarray(v)
     shape = (global_batch,) + v.shape[1:]
     out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v, shape)
@@ -60,17 +79,37 @@ def check_global_batch(global_batch: int, mesh: Mesh, grad_accum_steps: int) -> 
 
 
 def make_iterator(config, mesh: Mesh) -> Iterator:
-  """The training iterator of this process (get_state/set_state for checkpoints)."""
+  """This process's training iterator (with get_state/set_state for checkpoints).
+
+  `config.data` is either our synthetic block (`source='synthetic'`) or a real
+  pipeline config from configs/data.py (it has `streams`), read with the
+  tokenizer at `config.tokenizer_path`.
+  """
   d = config.data
   start, stop = process_rows(mesh, config.train.global_batch_size)
-  if d.source == "synthetic":
+  if "streams" in d:
+    return _pipeline_iterator(config, stop - start)
+  if d.get("source") == "synthetic":
     return synthetic.SyntheticIterator(synthetic.SyntheticSource(synthetic_spec(config)), start, stop)
-  if d.source == "grain":
-    # The real pipeline (showo2_jax.data) builds this process's loader; imported
-    # lazily so that synthetic runs do not need its dependencies.
-    from showo2_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-    return pipeline.make_train_iterator(config, row_start=start, row_stop=stop)
-  raise ValueError(f"unknown data.source '{d.source}'; choose synthetic or grain")
+  raise ValueError("config.data must be a synthetic block (source='synthetic') or a pipeline "
+                   "config from configs/data.py (with streams)")
+
+
+def _pipeline_iterator(config, local_rows: int):
+  # Imported here: synthetic runs need neither tokenizers nor media decoders.
+  from showo2_jax.data import build, tokenizer  # pylint: disable=import-outside-toplevel
+  d = config.data
+  per_host = sum(int(d.streams[name].batch_size) for name in d.stream_order)
+  if per_host != local_rows:
+    raise ValueError(f"the data streams give {per_host} rows per host per step, but the global "
+                     f"batch {config.train.global_batch_size} needs {local_rows} on this host")
+  if not config.get("tokenizer_path"):
+    raise ValueError("config.tokenizer_path (the Qwen2.5-Instruct tokenizer dir) is required")
+  tok, special = tokenizer.load_tokenizer(config.tokenizer_path)
+  loader = build.pipeline_from_config(
+      d, tok, special, resolution=config.resolution, max_seq_len=config.max_seq_len,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  return iter(loader)
 
 
 def synthetic_spec(config) -> synthetic.SyntheticSpec:

@@ -33,6 +33,7 @@ class JsonlWriter:
     row = {"step": int(step)}
     row.update({k: float(v) for k, v in scalars.items()})
     self._f.write(json.dumps(row) + "\n")
+    self._f.flush()  # readers (tests, dashboards) follow the file while the run goes on
 
   def flush(self):
     self._f.flush()
@@ -49,8 +50,16 @@ class JsonlWriter:
 class Writers:
   """Fan-out to clu (TensorBoard + log) and the jsonl file."""
 
-  def __init__(self, workdir: str, primary: bool):
+  def __init__(self, workdir: str, primary: bool, tensorboard: bool = True):
     self.writers = []
+    if not tensorboard:
+      self.writers.append(_LogWriter())
+    else:
+      self._add_clu(workdir, primary)
+    if primary:
+      self.writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
+
+  def _add_clu(self, workdir, primary):
     try:
       from clu import metric_writers  # pylint: disable=import-outside-toplevel
       self.writers.append(metric_writers.create_default_writer(
@@ -58,8 +67,6 @@ class Writers:
     except ImportError as e:
       log.warning("clu metric writers unavailable (%s); scalars go to the log and metrics.jsonl", e)
       self.writers.append(_LogWriter())
-    if primary:
-      self.writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
 
   def write_scalars(self, step, scalars):
     for w in self.writers:

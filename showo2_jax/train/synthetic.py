@@ -41,7 +41,8 @@ class SyntheticSpec:
 
 
 class SyntheticSource:
-  """Random-access batches: `rows(index, start, stop)` -> numpy dict."""
+  """Random-access batches: `rows(index, start, stop)` -> numpy dict, in the
+  layout of showo2_jax.data.pipeline (latents (B*M, C, H, W), slot k = i*M + j)."""
 
   def __init__(self, spec: SyntheticSpec):
     if spec.vocab_size <= FIRST_TEXT_ID + 1:
@@ -57,7 +58,10 @@ class SyntheticSource:
 
   def rows(self, index: int, start: int, stop: int) -> dict:
     out = [self._row(index, r) for r in range(start, stop)]
-    return {k: np.stack([o[k] for o in out]) for k in out[0]}
+    batch = {k: np.stack([o[k] for o in out]) for k in out[0]}
+    # Slots folded into the batch axis (B*M, C, H, W), as the real pipeline does.
+    batch["latents"] = batch["latents"].reshape((-1,) + batch["latents"].shape[2:])
+    return batch
 
   # ------------------------------------------------------------------ rows
   def _row(self, index: int, r: int) -> dict:

@@ -93,7 +93,7 @@ def train(config, workdir: str) -> dict:
   num_steps = int(t.num_steps)
   mesh = sharding_lib.create_mesh(config.mesh)
   data_lib.check_global_batch(int(t.global_batch_size), mesh, int(t.grad_accum_steps))
-  writers = metrics_lib.Writers(workdir, primary)
+  writers = metrics_lib.Writers(workdir, primary, bool(t.get("tensorboard", True)))
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     every_steps=config.checkpoint.every_steps,
                                     keep=config.checkpoint.keep,
@@ -120,7 +120,7 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
   step = int(restored or 0)
   base_key = _host_key(state.rng)
   first = next(iterator)
-  batch_spec = {k: np.asarray(v) for k, v in first.items()}
+  batch_spec = data_lib.slots_by_row(first)
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(task.objective, lay, grad_accum_steps=int(t.grad_accum_steps),
                                schedules=schedules), lay, batch_spec)
