@@ -131,7 +131,7 @@ class Task:
   num_slots = 1
 
   def __init__(self, tokenizer, special, *, resolution: int, max_seq_len: int):
-    self.tokenizer = tokenizer
+    self.tokenizer = tokenizer_lib.fast_encoder(tokenizer)
     self.special = special
     self.resolution = resolution
     self.max_seq_len = max_seq_len

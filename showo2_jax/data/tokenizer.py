@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 
-import transformers
+import tokenizers
 
 # Added by Show-o2, in this order: the order fixes their ids.
 PAD_TOKEN = "[PAD]"
@@ -85,6 +85,7 @@ def load_tokenizer(path: str | os.PathLike):
   Returns (tokenizer, SpecialTokens). No network: `path` must be a local
   directory with tokenizer.json / tokenizer_config.json.
   """
+  import transformers  # pylint: disable=g-import-not-at-top  (slow; workers never need it)
   path = os.fspath(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(
@@ -107,12 +108,25 @@ def load_tokenizer(path: str | os.PathLike):
   return tokenizer, special
 
 
+def fast_encoder(tokenizer):
+  """The Rust `tokenizers.Tokenizer` behind an HF fast tokenizer (or the argument).
+
+  It gives the same ids as the HF wrapper, and Grain worker processes can
+  unpickle it without importing transformers, which halves their start-up.
+  """
+  return getattr(tokenizer, "backend_tokenizer", tokenizer)
+
+
 def encode(tokenizer, text: str, max_length: int | None = None) -> list[int]:
   """Token ids of `text` as every Show-o2 dataset computes them.
 
-  No special tokens are added; special-token strings inside `text` (e.g.
-  '<|im_end|>') become their single ids. `max_length` truncates from the right,
-  like the original's `truncation=True, max_length=...`.
+  `tokenizer`: an HF tokenizer or its `fast_encoder`. No special tokens are
+  added; special-token strings inside `text` (e.g. '<|im_end|>') become their
+  single ids. `max_length` truncates from the right, like the original's
+  `truncation=True, max_length=...`.
   """
-  ids = tokenizer(text, add_special_tokens=False).input_ids
+  if isinstance(tokenizer, tokenizers.Tokenizer):
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+  else:
+    ids = tokenizer(text, add_special_tokens=False).input_ids
   return list(ids if max_length is None else ids[:max_length])

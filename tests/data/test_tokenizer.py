@@ -35,6 +35,13 @@ def test_special_strings_in_text_become_single_ids(tok, special):
   assert tokenizer.encode(tok, "hello world", max_length=2) == tokenizer.encode(tok, "hello world")[:2]
 
 
+def test_fast_encoder_gives_the_same_ids(tok):
+  fast = tokenizer.fast_encoder(tok)
+  for text in ("system\nYou are a helpful assistant.<|im_end|>", "<image>\nWhat?  x",
+               "a [PAD] b<|vid_end|>", " héllo 日本 \t\n\n x"):
+    assert tokenizer.encode(fast, text) == tokenizer.encode(tok, text)
+
+
 def test_adding_tokens_twice_keeps_ids(tokenizer_dir, tmp_path):
   tok, special = tokenizer.load_tokenizer(tokenizer_dir)
   tok.save_pretrained(tmp_path)  # a saved Show-o2 tokenizer already has the tokens

@@ -1,0 +1,88 @@
+"""The pipeline a data config describes (configs/data.py): streams, mix, workers.
+
+    tok, special = tokenizer.load_tokenizer(qwen_dir)
+    loader = build.pipeline_from_config(c.data, tok, special,
+                                        resolution=c.resolution, max_seq_len=c.max_seq_len)
+    it = iter(loader)                 # get_state()/set_state() for checkpoints
+    batch = next(it)                  # numpy dict, see pipeline.py
+    arrays = pipeline.global_batch(batch, mesh)
+"""
+from __future__ import annotations
+
+import glob
+from typing import NamedTuple
+
+from showo2_jax.data import pipeline
+from showo2_jax.data import sources
+from showo2_jax.data import tasks
+
+
+class TaskSpec(NamedTuple):
+  record_kind: str        # which file source reads it
+  cls: type               # the tasks.Task subclass
+  fixed: dict             # options fixed by the task name
+  options: tuple          # stream config fields passed through
+
+
+TASKS = {
+    "t2i": TaskSpec("image_text", tasks.ImageTextTask, dict(captioning=False),
+                    ("cond_dropout_prob", "min_res")),
+    "captioning": TaskSpec("image_text", tasks.ImageTextTask, dict(captioning=True), ("min_res",)),
+    "llava": TaskSpec("llava", tasks.LlavaTask, {}, ("stage",)),
+    "vist": TaskSpec("vist", tasks.VistTask, {}, ("max_num_images",)),
+    "video_t2i": TaskSpec("video_text", tasks.VideoTextTask, dict(captioning=False),
+                          ("cond_dropout_prob", "num_frames")),
+    "video_captioning": TaskSpec("video_text", tasks.VideoTextTask, dict(captioning=True),
+                                 ("num_frames",)),
+}
+FILE_SOURCES = {
+    "image_text": sources.image_text_source,
+    "llava": sources.llava_source,
+    "vist": sources.vist_source,
+    "video_text": sources.video_text_source,
+}
+
+
+def task_spec(name: str) -> TaskSpec:
+  if name not in TASKS:
+    raise ValueError(f"unknown task {name!r}; one of {sorted(TASKS)}")
+  return TASKS[name]
+
+
+def records_from_config(s):
+  """The records (grain.MapDataset) of one stream config."""
+  if s.source == "files":
+    return FILE_SOURCES[task_spec(s.task).record_kind](s.path, s.media_root or None)
+  if s.source == "array_record":
+    paths = sorted(glob.glob(s.path))
+    if not paths:
+      raise FileNotFoundError(f"no ArrayRecord files match {s.path!r}")
+    return sources.array_record_source(paths)
+  if s.source == "tfds":
+    from showo2_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+    return tfds_builder.tfds_source(s.path)
+  raise ValueError(f"unknown source {s.source!r}: 'files', 'array_record' or 'tfds'")
+
+
+def task_from_config(s, tokenizer, special, *, resolution, max_seq_len):
+  """The task object of one stream config."""
+  spec = task_spec(s.task)
+  return spec.cls(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len,
+                  **spec.fixed, **{k: s[k] for k in spec.options})
+
+
+def pipeline_from_config(cfg, tokenizer, special, *, resolution: int, max_seq_len: int,
+                         process_index: int | None = None, process_count: int | None = None):
+  """The mixed, sharded, resumable loader (a grain.IterDataset) of `cfg`."""
+  shard_index, shard_count = pipeline.shard_options(process_index, process_count)
+  streams = [pipeline.Stream(name, records_from_config(cfg.streams[name]),
+                             task_from_config(cfg.streams[name], tokenizer, special,
+                                              resolution=resolution, max_seq_len=max_seq_len),
+                             cfg.streams[name].batch_size)
+             for name in cfg.stream_order]
+  mixed = pipeline.mixed_batches(streams, seed=cfg.seed, shard_index=shard_index,
+                                 shard_count=shard_count, read_threads=cfg.read_threads,
+                                 prefetch_buffer=cfg.prefetch_buffer,
+                                 max_consecutive_skips=cfg.max_consecutive_skips)
+  return pipeline.make_loader(mixed, num_workers=cfg.num_workers,
+                              worker_buffer_size=cfg.worker_buffer_size)
