@@ -1,0 +1,105 @@
+"""`showo2-jax precompute-latents`: encode a dataset's media with the VAE once.
+
+    showo2-jax precompute-latents --config showo2_1p5b --kind image_text \\
+        --data data/t2i.jsonl --vae-weights Wan2.1_VAE.pth --out latents/t2i
+
+Writes `latents-XXXXX-of-YYYYY.array_record` shards (records: the input record
+plus `latents` and, unless --deterministic, `latents_logvar`, so training can
+still draw the posterior sample the original draws every step). Train on them
+with a stream `source='array_record', path='latents/t2i/*.array_record'`.
+Rerunning skips finished shards; on several hosts each writes its own shards.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from showo2_jax.cli.main import CliError
+
+KINDS = ("image_text", "llava", "vist", "video_text")
+
+
+def add_arguments(parser):
+  parser.add_argument("--config", default="tiny", help="config name or path (resolution, VAE)")
+  parser.add_argument("--kind", choices=KINDS, required=True, help="record format of --data")
+  parser.add_argument("--data", required=True,
+                      help="annotation file, ArrayRecord glob (--source array_record) or TFDS dir")
+  parser.add_argument("--source", choices=("files", "array_record", "tfds"), default="files")
+  parser.add_argument("--media-root", default=None, help="media folder (default: next to --data)")
+  parser.add_argument("--out", required=True, help="output folder for the shards")
+  parser.add_argument("--encoder", choices=("wan", "pool"), default="wan",
+                      help="wan: the Wan2.1 VAE; pool: 8x average pooling to 16 channels, a "
+                           "VAE-free stand-in for pipeline dry runs")
+  parser.add_argument("--vae-weights", default=None,
+                      help="Wan2.1 VAE checkpoint (.pth/.safetensors); without it a random VAE")
+  parser.add_argument("--deterministic", action="store_true",
+                      help="store the posterior mean only (no latents_logvar)")
+  parser.add_argument("--resolution", type=int, default=None, help="override the config's")
+  parser.add_argument("--min-res", type=int, nargs=2, default=None, metavar=("H", "W"),
+                      help="skip image-text images smaller than this")
+  parser.add_argument("--num-frames", type=int, default=17, help="frames per video")
+  parser.add_argument("--batch-size", type=int, default=16, help="images per encoder call")
+  parser.add_argument("--records-per-shard", type=int, default=2048)
+  parser.add_argument("--num-shards", type=int, default=None, help="default: from records-per-shard")
+  parser.add_argument("--threads", type=int, default=4, help="threads decoding media")
+  parser.add_argument("--process-index", type=int, default=None, help="default: jax.process_index()")
+  parser.add_argument("--process-count", type=int, default=None, help="default: jax.process_count()")
+  parser.add_argument("--seed", type=int, default=0, help="random VAE init when no weights")
+  parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+  from showo2_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from showo2_jax.data import build, precompute, sources, tasks  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.load_config(args.config)
+  resolution = args.resolution or cfg.resolution
+  if args.source == "files":
+    records = build.FILE_SOURCES[args.kind](args.data, args.media_root)
+  elif args.source == "array_record":
+    import glob  # pylint: disable=g-import-not-at-top
+    paths = sorted(glob.glob(args.data))
+    if not paths:
+      raise CliError(f"no files match {args.data!r}")
+    records = sources.array_record_source(paths)
+  else:
+    from showo2_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+    records = tfds_builder.tfds_source(args.data)
+  load = tasks.pixel_loader(args.kind, resolution, min_res=args.min_res, num_frames=args.num_frames)
+  encode = pool_encoder if args.encoder == "pool" else wan_encoder(
+      cfg, args.vae_weights, deterministic=args.deterministic, seed=args.seed)
+  result = precompute.precompute_latents(
+      precompute.with_pixels(records, load), encode, args.out, batch_size=args.batch_size,
+      num_shards=args.num_shards, records_per_shard=args.records_per_shard,
+      process_index=args.process_index, process_count=args.process_count,
+      read_threads=args.threads, progress=not args.no_progress)
+  print(f"wrote {result.num_records} records to {len(result.shards_written)} shards in {args.out} "
+        f"({len(result.shards_skipped)} shards already done, {result.num_skipped} records skipped)")
+  return 0
+
+
+def pool_encoder(pixels: np.ndarray, stride: int = 8, channels: int = 16) -> np.ndarray:
+  """(B, 3, [F,] H, W) -> (B, 16, [F',] H/8, W/8): a cheap deterministic stand-in for the VAE."""
+  if pixels.ndim == 5:  # video: keep frames 0, 4, 8, ... like the 4x temporal compression
+    pixels = pixels[:, :, ::4]
+  *lead, h, w = pixels.shape
+  pooled = pixels.reshape(*lead, h // stride, stride, w // stride, stride).mean(axis=(-3, -1))
+  return np.concatenate([pooled] * (-(-channels // 3)), axis=1)[:, :channels]
+
+
+def wan_encoder(cfg, weights: str | None, *, deterministic: bool, seed: int = 0):
+  """pixels -> {"latents": normalised posterior mean, "latents_logvar"} with the Wan VAE."""
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise CliError(f"the Wan VAE is not available in this build ({e}); use --encoder pool") from e
+  vae_cfg = wan.WanVAEConfig.from_config_dict(cfg.vae)
+  params = (loading.load_wan_vae_params(weights, vae_cfg) if weights
+            else wan.init_params(jax.random.PRNGKey(seed), vae_cfg))
+
+  def encode(pixels):
+    mu, logvar = wan.encode_posterior(params, pixels, vae_cfg)
+    out = {"latents": np.asarray(mu)}
+    if not deterministic:
+      out["latents_logvar"] = np.asarray(logvar)
+    return out
+  return encode
