@@ -58,6 +58,7 @@ def add_training(c, *, num_steps, global_batch_size, seed=10086):
       from_orbax="",                         # converted params (showo2_jax.convert.orbax_io)
       from_original="",                      # an original PyTorch model directory
       exclude=(),                            # substrings of params to keep at their fresh init
+      semantic_layers_from="",               # a distill_semantic run: und path on top of the above
   ))
   c.data = ml_collections.ConfigDict(dict(
       source="synthetic",

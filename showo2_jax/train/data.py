@@ -44,6 +44,8 @@ def slots_by_row(local: Mapping[str, np.ndarray]) -> dict:
   """The pipeline flattens slots into the batch axis ((B*M, ...), slot k = i*M + j);
   the step wants (B, M, ...) so that a row keeps its images when the batch is
   split over devices or microbatches. A free host-side reshape."""
+  if "modality_positions" not in local:   # not a sequence batch (e.g. distillation)
+    return dict(local)
   b = np.shape(local["text_tokens"])[0]
   m = np.shape(local["modality_positions"])[1]
   out = dict(local)
@@ -122,3 +124,29 @@ def synthetic_spec(config) -> synthetic.SyntheticSpec:
       num_visual_tokens=n + 1, vocab_size=m.llm.vocab_size, num_classes=d.num_classes,
       caption_len=d.caption_len, t2i_rows=d.t2i_rows, mmu_rows=d.mmu_rows,
       interleaved_rows=d.interleaved_rows, max_images=d.max_images, seed=config.seed)
+
+
+def slots_per_row(config) -> int:
+  d = config.data
+  if "streams" in d:
+    return max([int(d.streams[n].max_num_images) if d.streams[n].task == "vist" else 1
+                for n in d.stream_order] or [1])
+  return int(d.get("max_images", 1))
+
+
+def batch_shapes(config) -> dict:
+  """The global batch as ShapeDtypeStructs (what the step is compiled for),
+  latents already (B, M, C, H, W)."""
+  m = config.model
+  b, l, slots = int(config.train.global_batch_size), int(config.max_seq_len), slots_per_row(config)
+  p = m.patch_size
+  latent = (m.latent_channels, m.image_latent_height * p, m.image_latent_width * p)
+  i32 = np.int32
+  return {
+      "text_tokens": jax.ShapeDtypeStruct((b, l), i32),
+      "text_labels": jax.ShapeDtypeStruct((b, l), i32),
+      "image_masks": jax.ShapeDtypeStruct((b, l), i32),
+      "modality_positions": jax.ShapeDtypeStruct((b, slots, 2), i32),
+      "latents": jax.ShapeDtypeStruct((b, slots) + latent, np.float32),
+      "is_und": jax.ShapeDtypeStruct((b,), i32),
+  }

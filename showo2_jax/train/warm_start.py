@@ -42,8 +42,25 @@ def source(init_config) -> tuple[str, str]:
   return "", ""
 
 
+SEMANTIC_PREFIXES = ("image_embedder_und", "position_embedding", "und_trans")
+
+
 def load(params, init_config, abstract_params, model_config: Showo2Config):
-  """`params` with every non-excluded leaf replaced by the source's value."""
+  """`params` with every non-excluded leaf replaced by the source's value, then
+  the semantic layers from a distillation run if `semantic_layers_from` is set
+  (stage 1: Qwen2.5 + SigLIP weights, then the pre-distilled layers on top)."""
+  params = _load_main(params, init_config, abstract_params, model_config)
+  path = init_config.get("semantic_layers_from", "")
+  if path:
+    wanted = _filter(abstract_params, lambda k: k[0] in SEMANTIC_PREFIXES)
+    flat = traverse_util.flatten_dict(params)
+    flat.update(traverse_util.flatten_dict(checkpointing.restore_params(path, wanted)))
+    log.info("warm start: semantic layers from %s", path)
+    params = traverse_util.unflatten_dict(flat)
+  return params
+
+
+def _load_main(params, init_config, abstract_params, model_config):
   kind, path = source(init_config)
   if not kind:
     return params

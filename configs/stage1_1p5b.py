@@ -1,0 +1,45 @@
+"""Show-o2 1.5B stage 1 (spec 7.2; showo2_1.5b_stage_1_{a,b}.yaml).
+
+`--config stage1_1p5b` (1a) or `--config stage1_1p5b:b` (1b). Trains the
+generation side (image_embedder_gen, fusion_proj, time_embed, time_embed_proj,
+diff_proj, flow head) with the LLM and the semantic layers frozen.
+
+1a: 150k steps, constant lr 1e-4 with 2000 warm-up steps, 66M t2i + 66M
+captioning pairs at 432 px. 1b: 40k more steps on high-quality t2i data, no
+warm-up, starting from 1a's final checkpoint. Per GPU 6 t2i + 2 captioning rows;
+64 GPUs -> global batch 512.
+
+Set before running: `init.from_original` or `init.from_orbax` (Qwen2.5 +
+SigLIP weights with the pre-distilled semantic layers merged, or the
+`distill_semantic` run), `tokenizer_path`, and `data` (configs/data.py).
+"""
+from configs import _train_common as tc
+from configs import common, models
+
+GPUS = 64
+
+
+def get_config(arg=None):
+  sub = arg or "a"
+  if sub not in ("a", "b"):
+    raise ValueError(f"stage1_1p5b: sub-stage must be a or b, got {sub!r}")
+  c = common.base_config()
+  c.model = tc.bf16_training(models.showo2_1p5b(tokens_per_side=27))
+  c.vae = models.wan_vae()
+  c.resolution, c.max_seq_len = 432, 1024
+  seed = 10086 if sub == "a" else 10000
+  tc.add_training(c, num_steps=150_000 if sub == "a" else 40_000, global_batch_size=8 * GPUS, seed=seed)
+  c.mesh.update(dict(data=1, fsdp=-1, tensor=1))
+  c.train.ntp_coeff, c.train.flow_coeff = 0.2, 1.0
+  c.train.frozen = tc.STAGE1_FROZEN
+  c.train.log_every, c.train.report_every = 50, 100
+  c.optim.schedule = "constant_with_warmup"
+  c.optim.learning_rate = 1e-4
+  c.optim.warmup_steps = 2000 if sub == "a" else 0
+  c.checkpoint.every_steps, c.checkpoint.keep = 5000, 3
+  c.tokenizer_path = ""
+  if sub == "b":
+    c.init.from_checkpoint = "/path/to/stage1a/workdir"
+  # The t2i / captioning mix of the original (6 + 2 rows of every 8).
+  c.data.update(dict(t2i_rows=6, mmu_rows=2))
+  return c

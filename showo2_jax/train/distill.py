@@ -1,0 +1,128 @@
+"""Semantic-layer distillation: teach SigLIP's layers to read VAE latents (spec 1.3).
+
+Before stage 1 the paper adapts the understanding path: a new 2x2 patch embedder
+on 16-channel VAE latents (`image_embedder_und`), SigLIP's position table and its
+first 26 layers (`und_trans`) are trained so that their output on an image's
+latents matches SigLIP's own features of that image's pixels. The original's
+`ShowoSemanticLayers` loss is mean(-log(clamp(cos, 1e-4, 0.9999))) over tokens;
+the paper distills on clean and on noised latents, so that understanding
+survives the noise levels of generation: we average the loss of both, with t
+drawn as in training (logit-normal + resolution shift).
+
+Params carry Show-o2's names, so the result drops into a Show-o2 tree
+(`init.semantic_layers_from` of a stage-1 config).
+
+Batches: `latents` (B, C, H, W) clean, `teacher` (B, N, D_siglip) SigLIP
+features of the same images, precomputed offline like the latents.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from showo2_jax.models.config import Showo2Config
+from showo2_jax.models.showo2 import PatchEmbed, to_dtype
+from showo2_jax.models.siglip import SiglipEncoder, resize_position_table
+from showo2_jax.sample import transport
+from showo2_jax.train import data as data_lib
+from showo2_jax.train import objective as objective_lib
+from showo2_jax.train import synthetic
+
+SEMANTIC_PREFIXES = ("image_embedder_und", "position_embedding", "und_trans")
+
+
+class SemanticLayers(nn.Module):
+  """Show-o2's understanding path alone: latents (K, C, H, W) -> (K, N, D_siglip)."""
+  config: Showo2Config
+
+  @nn.compact
+  def __call__(self, latents):
+    c = self.config
+    dtype, pdt = to_dtype(c.dtype), to_dtype(c.param_dtype)
+    x = jnp.transpose(latents, (0, 2, 3, 1)).astype(dtype)
+    h, w = x.shape[1] // c.patch_size, x.shape[2] // c.patch_size
+    tokens = PatchEmbed(c.siglip.hidden_size, c.patch_size, dtype=dtype, param_dtype=pdt,
+                        name="image_embedder_und")(x)
+    table = nn.Embed(c.siglip.position_grid ** 2, c.siglip.hidden_size, dtype=dtype, param_dtype=pdt,
+                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                 ("pos", "embed")),
+                     name="position_embedding").embedding
+    pos = resize_position_table(table, c.siglip.position_grid, h, w)
+    return SiglipEncoder(c.siglip, dtype=dtype, param_dtype=pdt, scan_layers=c.scan_layers,
+                         remat_policy=c.remat_policy, name="und_trans")(tokens + pos.astype(dtype)[None])
+
+
+def cosine_distill_loss(student: jax.Array, teacher: jax.Array) -> jax.Array:
+  """mean over tokens of -log(clamp(cos(student, teacher), 1e-4, 0.9999)), fp32."""
+  def unit(x):
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  cos = jnp.sum(unit(student) * unit(teacher), axis=-1)
+  return jnp.mean(-jnp.log(jnp.clip(cos, 1e-4, 0.9999)))
+
+
+class DistillObjective:
+  def __init__(self, model: SemanticLayers, config):
+    self.model = model
+    self.shift_mu = objective_lib.shift_mu(config)
+
+  def __call__(self, params, batch, rng):
+    x1 = batch["latents"].astype(jnp.float32)
+    r_t, r_noise = jax.random.split(rng)
+    t = transport.sample_train_t(r_t, x1.shape[0], shift_mu=self.shift_mu)
+    x_t = transport.interpolate(x1, jax.random.normal(r_noise, x1.shape, jnp.float32), t)
+    both = self.model.apply({"params": params}, jnp.concatenate([x1, x_t]))
+    clean, noised = jnp.split(both, 2)
+    loss_clean = cosine_distill_loss(clean, batch["teacher"])
+    loss_noised = cosine_distill_loss(noised, batch["teacher"])
+    loss = 0.5 * (loss_clean + loss_noised)
+    return loss, {"loss": loss, "distill_clean": loss_clean, "distill_noised": loss_noised}
+
+
+class SyntheticTeacherSource:
+  """Latents of the synthetic classes and a fixed, learnable 'teacher': a random
+  two-layer map of each 2x2 latent patch. Random access like SyntheticSource."""
+
+  def __init__(self, spec: synthetic.SyntheticSpec, teacher_dim: int, patch_size: int):
+    self.base = synthetic.SyntheticSource(spec)
+    self.spec, self.p = spec, patch_size
+    rng = np.random.default_rng([spec.seed, 7])
+    din = spec.latent_shape[0] * patch_size * patch_size
+    self.w1 = rng.standard_normal((din, 4 * teacher_dim)).astype(np.float32) / np.sqrt(din)
+    self.w2 = rng.standard_normal((4 * teacher_dim, teacher_dim)).astype(np.float32) / np.sqrt(4 * teacher_dim)
+
+  def rows(self, index: int, start: int, stop: int) -> dict:
+    latents = self.base.rows(index, start, stop)["latents"]          # (B, C, H, W), M = 1
+    b, c, hh, ww = latents.shape
+    p = self.p
+    patches = latents.reshape(b, c, hh // p, p, ww // p, p).transpose(0, 2, 4, 3, 5, 1)
+    patches = patches.reshape(b, (hh // p) * (ww // p), p * p * c)
+    teacher = np.tanh(patches @ self.w1) @ self.w2
+    return {"latents": latents, "teacher": teacher.astype(np.float32)}
+
+
+def distill_task(config, labels_fn):
+  from showo2_jax.train.tasks import Task  # pylint: disable=import-outside-toplevel
+  mc = Showo2Config.from_config_dict(config.model)
+  model = SemanticLayers(mc)
+  p = mc.patch_size
+
+  def init(rng) -> Any:
+    return model.init(rng, jnp.zeros((1, mc.latent_channels, 2 * p, 2 * p), jnp.float32))["params"]
+
+  def make_iterator(mesh):
+    start, stop = data_lib.process_rows(mesh, config.train.global_batch_size)
+    source = SyntheticTeacherSource(data_lib.synthetic_spec(config), mc.siglip.hidden_size, p)
+    return synthetic.SyntheticIterator(source, start, stop)
+
+  if config.data.get("source") != "synthetic":
+    raise ValueError("distill_semantic reads precomputed (latents, SigLIP features) pairs; only the "
+                     "synthetic source exists so far")
+  return Task(name="distill_semantic", model_config=mc, init_params=init,
+              objective=DistillObjective(model, config), labels=labels_fn,
+              make_iterator=make_iterator,
+              tokens_per_row=mc.image_latent_height * mc.image_latent_width)
