@@ -96,7 +96,8 @@ def main():
   args = parser.parse_args()
 
   from showo2_jax.cli.precompute import pool_encoder  # pylint: disable=import-outside-toplevel
-  from showo2_jax.data import precompute, sources, tasks, testing, tokenizer  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from showo2_jax.data import precompute, sources, tasks, testing, tokenizer
   with tempfile.TemporaryDirectory() as root:
     paths = write_dataset(root, args.num_images, tuple(args.source_size))
     tok, special = tokenizer.load_tokenizer(testing.build_test_tokenizer(os.path.join(root, "tok")))

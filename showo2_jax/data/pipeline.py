@@ -74,8 +74,8 @@ def stream_batches(stream: Stream, *, seed: int, shard_index: int = 0, shard_cou
   rows = records.seed(seed).shuffle().repeat().random_map(stream.task)
   rows = rows.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                                 prefetch_buffer_size=prefetch_buffer))
-  return DropSkipped(rows, stream.name, max_consecutive_skips).batch(stream.batch_size, drop_remainder=True,
-                                 batch_fn=sequences.stack_rows)
+  rows = DropSkipped(rows, stream.name, max_consecutive_skips)
+  return rows.batch(stream.batch_size, drop_remainder=True, batch_fn=sequences.stack_rows)
 
 
 def mixed_batches(streams: Sequence[Stream], *, seed: int, shard_index: int = 0, shard_count: int = 1,

@@ -153,9 +153,11 @@ def _encode_padded(pixels, encode_fn, batch_size):
     out = out if isinstance(out, dict) else {"latents": out}
     chunks.append({k: np.asarray(v, np.float32) for k, v in out.items()})
   if "latents" not in chunks[0]:
-    raise ValueError(f"encode_fn must return latents (an array or a dict with 'latents'), got {sorted(chunks[0])}")
+    raise ValueError("encode_fn must return latents (an array or a dict with 'latents'), "
+                     f"got {sorted(chunks[0])}")
   out = {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]}
   for k, v in out.items():
     if not tasks_lib.is_visual_key(k) or len(v) != n:
-      raise ValueError(f"encode_fn output {k!r}: expected a 'latents*' array with {batch_size} rows per call, got {v.shape}")
+      raise ValueError(f"encode_fn output {k!r}: expected a 'latents*' array with "
+                       f"{batch_size} rows per call, got {v.shape}")
   return out

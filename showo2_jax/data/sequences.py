@@ -340,7 +340,9 @@ def interleaved_row(caption_ids: Sequence[Sequence[int]], special: SpecialTokens
   if not 0 < len(caption_ids) <= max_num_images:
     raise LayoutError(f"need 1..{max_num_images} images, got {len(caption_ids)}")
   budget = interleaved_max_text_len(max_seq_len, len(flag_ids), num_visual_tokens, max_num_images)
-  tokens, labels, positions = [special.bos] + list(flag_ids), [special.bos] + [IGNORE_INDEX] * len(flag_ids), []
+  tokens = [special.bos] + list(flag_ids)
+  labels = [special.bos] + [IGNORE_INDEX] * len(flag_ids)
+  positions = []
   block = visual_block(special, num_visual_tokens)
   block_labels = block if label_image_pads else (
       [special.boi] + [IGNORE_INDEX] * num_visual_tokens + [special.eoi])

@@ -103,7 +103,7 @@ def test_worker_processes_resume_exactly(data_dir, tok, special):
   it = iter(ds)
   for _ in range(3):
     next(it)
-  state = it.get_state()
+  state = json.loads(json.dumps(it.get_state()))
   expected = [next(it) for _ in range(2)]
   it.close()
   it2 = iter(ds)

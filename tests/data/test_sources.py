@@ -65,7 +65,8 @@ def test_vist_source_appends_jpg_and_checks_lengths(tmp_path):
 
 
 def test_array_record_round_trip(tmp_path):
-  records = [{"prompt": "a cat", "image_bytes": b"\x00\x01binary", "latents": np.ones((1, 4, 2, 2), np.float32),
+  records = [{"prompt": "a cat", "image_bytes": b"\x00\x01binary",
+              "latents": np.ones((1, 4, 2, 2), np.float32),
               "conversations": [{"from": "human", "value": "<image>"}]},
              {"prompt": "b", "latents": np.zeros((2, 4, 2, 2), np.float32)}]
   path = tmp_path / "x.array_record"
