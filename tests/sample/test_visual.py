@@ -53,7 +53,7 @@ def _aligned(prefixes, **kw):
   return dataclasses.asdict(prefix.align(prefixes, PAD, multiple=8, **kw))
 
 
-@pytest.mark.parametrize("latent_shape", [(8, 8), (12, 8), (2, 8, 8)], ids=["8x8", "12x8", "video"])
+@pytest.mark.parametrize("latent_shape", [(8, 8), (2, 12, 8)], ids=["image", "video_12x8"])
 def test_cached_velocity_equals_full_recompute(tiny, latent_shape):
   """Prompts of different lengths plus two null rows, as one CFG batch."""
   model, params = tiny

@@ -1,0 +1,91 @@
+"""`showo2-jax understand`: an image (or a video) and questions -> answers.
+
+  showo2-jax understand --checkpoint CKPT --tokenizer QWEN --vae WAN \\
+      --image cat.jpg --question "What is in the image?"
+  showo2-jax understand ... --video clip.mp4 --num-frames 32 --question "What happens?"
+
+Several --image give a batch (one question each, or one question for all);
+questions may also be joined with ' *** ' as in the original script. Decoding is
+greedy by default (as the original); --temperature / --top-k / --top-p sample.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from showo2_jax.cli.main import CliError
+from showo2_jax.data import media as data_media
+from showo2_jax.sample import cli_args, media
+from showo2_jax.sample.pipeline import PromptTooLongError
+from showo2_jax.sample.tokens import TokenSampling
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  cli_args.add_model_arguments(parser)
+  src = parser.add_mutually_exclusive_group(required=True)
+  src.add_argument("--image", action="append", help="image file (repeat for a batch)")
+  src.add_argument("--video", help="video file (or a folder of frames)")
+  parser.add_argument("--question", action="append", required=True,
+                      help="question (repeat, or join with ' *** ')")
+  parser.add_argument("--max-new-tokens", type=int, help="default 300")
+  parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  parser.add_argument("--top-k", type=int, default=0)
+  parser.add_argument("--top-p", type=float, default=1.0)
+  parser.add_argument("--num-frames", type=int, default=32, help="frames sampled from a video")
+  parser.add_argument("--batch-size", type=int, default=1)
+  parser.add_argument("--parity-mode", action="store_true",
+                      help="the original scripts' prompt layout, off-by-one visual block included")
+  parser.add_argument("--sample-posterior", action="store_true",
+                      help="sample the VAE posterior as the original (default: its mean)")
+  parser.add_argument("--json", help="also write the answers to this JSON file")
+
+
+def _questions(args) -> list[str]:
+  return [q.strip() for arg in args.question for q in arg.split(" *** ") if q.strip()]
+
+
+def run(args) -> int:
+  questions = _questions(args)
+  if not questions:
+    raise CliError("--question is empty")
+  try:
+    sampling = TokenSampling(args.temperature, args.top_k, args.top_p)
+  except ValueError as e:
+    raise CliError(str(e)) from None
+  max_new = args.max_new_tokens or cli_args.sample_default(args, "max_new_tokens", 300)
+  kw = dict(sampling=sampling, max_new_tokens=max_new, parity_mode=args.parity_mode,
+            seed=args.seed, sample_posterior=args.sample_posterior,
+            show_progress=cli_args.show_progress(args))
+  results = []
+  try:
+    if args.image:
+      images = [media.load_image(p) for p in args.image]  # fail before loading the model
+      pipe = cli_args.load_pipeline(args, need_vae=True)
+      if len(questions) == 1:
+        pairs = [(p, im, questions[0]) for p, im in zip(args.image, images)]
+      elif len(images) == 1:
+        pairs = [(args.image[0], images[0], q) for q in questions]
+      elif len(images) == len(questions):
+        pairs = list(zip(args.image, images, questions))
+      else:
+        raise CliError(f"{len(images)} images but {len(questions)} questions")
+      answers = pipe.understand([im for _, im, _ in pairs], [q for _, _, q in pairs],
+                                batch_size=args.batch_size, **kw)
+      results = [{"image": p, "question": q, "answer": a} for (p, _, q), a in zip(pairs, answers)]
+    else:
+      try:
+        frames = data_media.read_video_frames(args.video, args.num_frames)
+      except data_media.MediaError as e:
+        raise CliError(str(e)) from None
+      pipe = cli_args.load_pipeline(args, need_vae=True)
+      for q in questions:
+        results.append({"video": args.video, "question": q,
+                        "answer": pipe.understand_video(frames, q, **kw)})
+  except (cli_args.InferenceSetupError, PromptTooLongError, media.ImageLoadError) as e:
+    raise CliError(str(e)) from None
+  for r in results:
+    print(f"Q: {r['question']}\nA: {r['answer']}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
+  return 0

@@ -1,0 +1,88 @@
+"""Arguments and loading shared by the inference commands (generate, understand, mixed).
+
+Defaults come, in order, from the command line, the optional `--config` (its
+`resolution`, `max_seq_len` and `sample.*` fields) and the built-in ones.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import jax
+
+from showo2_jax.sample import loading
+from showo2_jax.sample.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class InferenceSetupError(ValueError):
+  """A user-fixable problem with the inference inputs (shown without a traceback)."""
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+  g = parser.add_argument_group("model")
+  g.add_argument("--checkpoint", required=True,
+                 help="Orbax checkpoint of showo2-jax, or the original Show-o2 directory "
+                      "(config.json + pytorch_model.bin / model.safetensors)")
+  g.add_argument("--tokenizer", required=True,
+                 help="local Qwen2.5-Instruct tokenizer directory (Show-o2 tokens are added)")
+  g.add_argument("--vae", help="Wan2.1 VAE: Wan2.1_VAE.pth, a directory with config.json, "
+                               "or an Orbax wan_vae checkpoint")
+  g.add_argument("--config", help="optional config name/path for defaults (resolution, "
+                                  "max_seq_len, sample.*), e.g. showo2_1p5b_hq512")
+  g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                 help="compute dtype; auto = bfloat16 on an accelerator (as the original), "
+                      "float32 on CPU")
+  g.add_argument("--resolution", type=int, help="pixels per side (default: the checkpoint's)")
+  g.add_argument("--max-seq-len", type=int,
+                 help="the original's sequence length, bounding the prompt (default by resolution)")
+  g.add_argument("--seed", type=int, default=0)
+  g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_defaults(args) -> dict:
+  """{'resolution', 'max_seq_len', 'sample': {...}} from --config (empty without it)."""
+  if not getattr(args, "config", None):
+    return {}
+  from showo2_jax.config_lib import load_config  # pylint: disable=g-import-not-at-top
+  cfg = load_config(args.config)
+  return {"resolution": cfg.resolution, "max_seq_len": cfg.max_seq_len,
+          "sample": dict(cfg.sample)}
+
+
+def sample_default(args, name: str, fallback):
+  return config_defaults(args).get("sample", {}).get(name, fallback)
+
+
+def resolve_dtype(name: str) -> str:
+  if name != "auto":
+    return name
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def load_pipeline(args, need_vae: bool = False) -> Pipeline:
+  """Builds the pipeline, turning missing files into one-line errors."""
+  for flag, path in (("--checkpoint", args.checkpoint), ("--tokenizer", args.tokenizer),
+                     ("--vae", args.vae)):
+    if path and not os.path.exists(path):
+      raise InferenceSetupError(f"{flag}: '{path}' does not exist")
+  if need_vae and not args.vae:
+    raise InferenceSetupError("this command needs the Wan VAE: pass --vae")
+  defaults = config_defaults(args)
+  dtype = resolve_dtype(args.dtype)
+  try:
+    pipe = Pipeline.load(
+        args.checkpoint, args.tokenizer, args.vae, dtype=dtype,
+        resolution=args.resolution or defaults.get("resolution"),
+        max_seq_len=args.max_seq_len or defaults.get("max_seq_len"))
+  except loading.CheckpointNotFoundError as e:
+    raise InferenceSetupError(str(e)) from None
+  log.info("loaded %s (%s, %d px, max_seq_len %d)", args.checkpoint, dtype, pipe.resolution,
+           pipe.max_seq_len)
+  return pipe
+
+
+def show_progress(args) -> bool:
+  return not args.no_progress

@@ -1,0 +1,121 @@
+"""Loading what inference needs: Show-o2 weights, the Wan VAE, the tokenizer.
+
+Checkpoints come in two layouts and are told apart by their files:
+  * our Orbax param checkpoints (`showo2_jax.json` / `_CHECKPOINT_METADATA`,
+    written by `showo2_jax.convert.orbax_io`), which carry their own config;
+  * the original PyTorch model directory (`config.json` + `pytorch_model.bin` /
+    `model.safetensors`, optionally `llm_config.json` / `siglip_config.json`).
+Both load to host numpy params, then go to the device in the compute dtype.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from showo2_jax.models.config import Showo2Config
+from showo2_jax.models.showo2 import to_dtype
+
+log = logging.getLogger(__name__)
+
+ORBAX_MARKERS = ("showo2_jax.json", "_CHECKPOINT_METADATA")
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+  """The checkpoint path does not exist or holds no known checkpoint."""
+
+
+def is_orbax_dir(path: str) -> bool:
+  return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in ORBAX_MARKERS)
+
+
+def _check_exists(path: str, what: str) -> str:
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise CheckpointNotFoundError(f"{what} not found: '{path}'")
+  return path
+
+
+def _restore_orbax(path: str, kind: str):
+  from showo2_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
+  got, config, params = orbax_io.restore_params(path)
+  if got != kind:
+    raise ValueError(f"{path}: an Orbax '{got}' checkpoint, expected '{kind}'")
+  return config, params
+
+
+def load_showo2(path: str, dtype: str = "float32") -> tuple[Showo2Config, Any]:
+  """(config with compute dtype `dtype`, device params cast to `dtype`).
+
+  Params are cast to the compute dtype, as the original casts the whole model
+  (`model.to(bfloat16)`) for generation.
+  """
+  path = _check_exists(path, "checkpoint")
+  if is_orbax_dir(path):
+    config, params = _restore_orbax(path, "showo2")
+  else:
+    root = path if os.path.isdir(path) else os.path.dirname(path)
+    if not os.path.exists(os.path.join(root, "config.json")):
+      raise CheckpointNotFoundError(
+          f"'{path}' is neither an Orbax checkpoint of showo2-jax nor an original Show-o2 "
+          "directory (config.json + pytorch_model.bin / model.safetensors)")
+    from showo2_jax.convert.showo2_torch import load_original  # pylint: disable=g-import-not-at-top
+    config, params = load_original(path)
+  config = config.replace(dtype=dtype, param_dtype=dtype)
+  return config, to_device(params, to_dtype(dtype))
+
+
+def to_device(params, dtype) -> Any:
+  """Host params -> device arrays in `dtype` (floating leaves only)."""
+  def cast(a):
+    return jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype, jnp.floating) else jnp.asarray(a)
+  return jax.tree.map(cast, params)
+
+
+@dataclasses.dataclass
+class Vae:
+  """The Wan2.1 VAE with its params: pixels in [-1, 1] <-> normalised latents."""
+  params: Any
+  config: Any
+
+  @property
+  def stride(self) -> int:
+    return self.config.spatial_factor
+
+  def encode(self, pixels, rng=None) -> jax.Array:
+    """(B, 3, H, W) or (B, 3, T, H, W) -> latents; rng samples the posterior as the
+    original (`vae.sample`), None takes its mean."""
+    from showo2_jax.vae import wan  # pylint: disable=g-import-not-at-top
+    return wan.encode_latents(self.params, jnp.asarray(pixels, jnp.float32), self.config, rng)
+
+  def decode(self, latents) -> jax.Array:
+    """(B, 16, [T,] h, w) -> pixels in [-1, 1], float32 (clamped)."""
+    from showo2_jax.vae import wan  # pylint: disable=g-import-not-at-top
+    return wan.decode_video(self.params, jnp.asarray(latents, jnp.float32), self.config)
+
+
+def load_vae(path: str, dtype: str = "float32") -> Vae:
+  """`Wan2.1_VAE.pth`, a directory with config.json + weights, or an Orbax wan_vae."""
+  from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
+  path = _check_exists(path, "VAE checkpoint")
+  if is_orbax_dir(path):
+    config, params = _restore_orbax(path, "wan_vae")
+  else:
+    cfg_file = os.path.join(path, "config.json") if os.path.isdir(path) else None
+    config = wan.WanVAEConfig.from_json(cfg_file) if cfg_file and os.path.exists(cfg_file) \
+        else wan.WanVAEConfig()
+    params = loading.load_wan_vae_params(path, config)
+  config = dataclasses.replace(config, dtype=dtype)
+  return Vae(jax.tree.map(jnp.asarray, params), config)
+
+
+def load_tokenizer(path: str):
+  """(tokenizer, SpecialTokens) from a local Qwen2.5 tokenizer directory."""
+  from showo2_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  _check_exists(path, "tokenizer directory")
+  return tokenizer_lib.load_tokenizer(path)

@@ -1,0 +1,265 @@
+"""One object for every inference task: weights, tokenizer, VAE and the layouts.
+
+`Pipeline` turns user inputs (prompts, image files, questions) into the token
+layouts of `data.sequences` and runs the cached samplers of this package:
+  * `generate`  text -> image latents (also text -> video, image -> video);
+  * `understand` / `understand_video`  image or video + question -> answer;
+  * `mixed.generate_story` (in mixed.py) interleaved text and images.
+Batches are padded to a fixed size (repeating the last item) so every batch of a
+run shares one compilation; per-item noise comes from `fold_in(seed, index)`, so
+an item's output does not depend on the batch size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from showo2_jax.data import sequences, transforms
+from showo2_jax.data import tokenizer as tokenizer_lib
+from showo2_jax.models.config import Showo2Config
+from showo2_jax.models.showo2 import Showo2
+from showo2_jax.sample import decode, loading, media, progress, transport, understanding, visual
+from showo2_jax.sample import prefix as prefix_lib
+from showo2_jax.sample.tokens import GREEDY, TokenSampling
+
+log = logging.getLogger(__name__)
+
+# The original's sequence lengths per resolution (spec 1.7); they bound the prompt.
+MAX_SEQ_LEN = {432: 1024, 512: 1280, 1024: 4352}
+DEFAULT_MAX_TEXT_LEN = 290
+QWEN_MAX_POSITIONS = 32768
+VAE_STRIDE = 8
+
+
+class PromptTooLongError(ValueError):
+  """A prompt does not fit the model's context."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSampling:
+  """ODE settings. num_steps counts grid points (N points = N - 1 Euler steps)."""
+  num_steps: int = 50
+  guidance_scale: float = 7.5
+  time_shifting_factor: float = 3.0
+  method: str = "euler"
+
+  def evaluations(self) -> Optional[int]:
+    """Model evaluations per image (None: adaptive)."""
+    per_step = {"euler": 1, "heun": 2}.get(self.method)
+    return None if per_step is None else per_step * (self.num_steps - 1)
+
+
+def _chunks(items: Sequence[Any], size: int):
+  """Fixed-size batches; the last is padded with its last item. Yields (batch, n_real)."""
+  for i in range(0, len(items), size):
+    batch = list(items[i:i + size])
+    yield batch + [batch[-1]] * (size - len(batch)), len(batch)
+
+
+class Pipeline:
+  """Show-o2 inference on one device (or whatever jit places it on)."""
+
+  def __init__(self, config: Showo2Config, params, tokenizer, special: tokenizer_lib.SpecialTokens,
+               vae: Optional[loading.Vae] = None, *, resolution: Optional[int] = None,
+               max_seq_len: Optional[int] = None, max_context: int = QWEN_MAX_POSITIONS,
+               bucket_multiple: int = 32):
+    self.config = config
+    self.model = Showo2(config, empty_slots_overwrite_bos=False)
+    self.params = params
+    self.tokenizer = tokenizer
+    self.special = special
+    self.vae = vae
+    stride = VAE_STRIDE * config.patch_size
+    self.resolution = resolution or config.image_latent_height * stride
+    if self.resolution % stride:
+      raise ValueError(f"resolution {self.resolution} must be a multiple of {stride}")
+    self.max_seq_len = max_seq_len or MAX_SEQ_LEN.get(
+        self.resolution, self.image_block + 4 + DEFAULT_MAX_TEXT_LEN)
+    self.max_context = max_context
+    self.bucket_multiple = bucket_multiple
+    self.chat = sequences.ChatIds.build(tokenizer)
+
+  @classmethod
+  def load(cls, checkpoint: str, tokenizer: str, vae: Optional[str] = None, dtype: str = "float32",
+           **kw) -> "Pipeline":
+    config, params = loading.load_showo2(checkpoint, dtype)
+    tok, special = loading.load_tokenizer(tokenizer)
+    if len(tok) > config.llm.vocab_size:
+      raise ValueError(f"the tokenizer has {len(tok)} tokens but the model only "
+                       f"{config.llm.vocab_size} embeddings: wrong tokenizer for this checkpoint?")
+    return cls(config, params, tok, special, loading.load_vae(vae) if vae else None, **kw)
+
+  # ------------------------------------------------------------------ geometry
+  @property
+  def latent_size(self) -> int:
+    return self.resolution // VAE_STRIDE
+
+  @property
+  def num_image_tokens(self) -> int:
+    return (self.latent_size // self.config.patch_size) ** 2
+
+  @property
+  def image_block(self) -> int:
+    """Visual block length of one image: N patches plus the time slot."""
+    return self.num_image_tokens + 1
+
+  def latent_shape(self, latent_frames: int = 1) -> tuple[int, ...]:
+    s, c = self.latent_size, self.config.latent_channels
+    return (c, s, s) if latent_frames == 1 else (c, latent_frames, s, s)
+
+  def _need_vae(self) -> loading.Vae:
+    if self.vae is None:
+      raise ValueError("this needs the Wan VAE: pass its checkpoint (--vae)")
+    return self.vae
+
+  # ------------------------------------------------------------------- prompts
+  @property
+  def max_text_len(self) -> int:
+    """The original's prompt budget at this resolution (290 at 432 px; spec 1.7)."""
+    return sequences.t2i_max_text_len(self.max_seq_len, self.image_block)
+
+  def prompt_ids(self, prompts: Sequence[str], truncate: bool = False) -> list[list[int]]:
+    """Token ids per prompt, checked against `max_text_len` (videos use the image budget)."""
+    limit = self.max_text_len
+    out = []
+    for p in prompts:
+      ids = tokenizer_lib.encode(self.tokenizer, p)
+      if len(ids) > limit:
+        if not truncate:
+          raise PromptTooLongError(
+              f"prompt of {len(ids)} tokens is longer than the context allows ({limit} text "
+              f"tokens at max_seq_len {self.max_seq_len}): '{p[:60]}...' (shorten it, or truncate)")
+        ids = ids[:limit]
+      out.append(ids)
+    return out
+
+  # ---------------------------------------------------------------- generation
+  def generate(self, prompts: Sequence[str], sampling: FlowSampling = FlowSampling(), *,
+               seed: int = 0, batch_size: int = 1, num_frames: int = 1,
+               condition_image: Optional[np.ndarray] = None, truncate: bool = False,
+               show_progress: bool = False) -> np.ndarray:
+    """Prompts -> final latents (n, C, H, W), or (n, C, T', H, W) for videos.
+
+    num_frames counts pixel frames (1 + 4k; T' = 1 + k latent frames).
+    condition_image (3, R, R) in [-1, 1] makes it image-to-video: its latent is
+    latent frame 0 and is not denoised (the original's first_frame_as_cond).
+    """
+    if (num_frames - 1) % 4:
+      raise ValueError(f"num_frames must be 1 + 4k (1, 5, 9, 17, ...), got {num_frames}")
+    latent_frames = 1 + (num_frames - 1) // 4
+    if condition_image is not None and latent_frames < 2:
+      raise ValueError("image-to-video needs num_frames >= 5 (two latent frames)")
+    shape = self.latent_shape(latent_frames)
+    ids = self.prompt_ids(prompts, truncate)
+    cond_latent = None
+    if condition_image is not None:
+      cond_latent = self._need_vae().encode(np.asarray(condition_image)[None])[0]
+    use_cfg = sampling.guidance_scale != 0
+    grid = transport.time_grid(sampling.num_steps, sampling.time_shifting_factor)
+    evals = sampling.evaluations()
+    n_batches = math.ceil(len(prompts) / batch_size)
+    key = jax.random.PRNGKey(seed)
+    outputs = []
+    with progress.bar(None if evals is None else evals * n_batches, "denoising", show_progress):
+      for start, (batch, n_real) in zip(range(0, len(ids), batch_size), _chunks(ids, batch_size)):
+        noise = jnp.stack([transport.initial_noise(jax.random.fold_in(key, start + i), shape)
+                           for i in range(len(batch))])
+        if cond_latent is not None:
+          noise = noise.at[:, :, 0].set(cond_latent)
+        rows = [[self.special.bos] + r + [self.special.boi] for r in batch]
+        if use_cfg:
+          rows += [[self.special.bos, self.special.boi]] * len(batch)
+        a = prefix_lib.align(rows, self.special.pad, multiple=self.bucket_multiple)
+        out = visual.sample_latents(
+            self.model, self.params, a.tokens, a.shift, a.lengths, a.placement, a.attention,
+            None, None, noise, grid, sampling.guidance_scale, method=sampling.method,
+            use_cfg=use_cfg, first_frame_as_cond=cond_latent is not None,
+            show_progress=show_progress)
+        outputs.append(np.asarray(out)[:n_real])
+    return np.concatenate(outputs)
+
+  def decode(self, latents) -> np.ndarray:
+    """Latents -> uint8 images (n, H, W, 3) or videos (n, T, H, W, 3)."""
+    return media.denorm_to_uint8(np.asarray(self._need_vae().decode(latents)))
+
+  # ------------------------------------------------------------- understanding
+  def encode_pixels(self, pixels: np.ndarray, rng=None) -> jax.Array:
+    """(K, 3, R, R) in [-1, 1] -> clean latents (K, C, h, w) (rng: sample the posterior)."""
+    return self._need_vae().encode(pixels, rng)
+
+  def image_pixels(self, image) -> np.ndarray:
+    """An RGB image (PIL or uint8 HWC) -> (3, R, R) in [-1, 1], center-cropped as the
+    original's understanding and mixed-modality scripts do (spec 7.5)."""
+    if not isinstance(image, Image.Image):
+      image = Image.fromarray(np.asarray(image, np.uint8))
+    return transforms.image_transform(image.convert("RGB"), self.resolution)
+
+  def _check_context(self, rows, max_new_tokens):
+    longest = max(r["prompt_length"] for r in rows)
+    if longest + max_new_tokens > self.max_context:
+      raise PromptTooLongError(
+          f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the context of "
+          f"{self.max_context} positions")
+
+  def _answer(self, rows, vis, sampling, max_new_tokens, rng, show_progress):
+    self._check_context(rows, max_new_tokens)
+    gen = understanding.answer_rows(
+        self.model, self.params, rows, vis, pad_id=self.special.pad, stop_ids=[self.special.eos],
+        max_new_tokens=max_new_tokens, sampling=sampling, rng=rng,
+        bucket_multiple=self.bucket_multiple, show_progress=show_progress)
+    ids = decode.trim(np.asarray(gen.tokens), [self.special.eos])
+    return [self.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
+
+  def understand(self, images: Sequence[Any], questions: Sequence[str], *,
+                 sampling: TokenSampling = GREEDY, max_new_tokens: int = 300,
+                 parity_mode: bool = False, seed: int = 0, batch_size: int = 1,
+                 sample_posterior: bool = False, show_progress: bool = False) -> list[str]:
+    """One answer per (image, question) pair; images are PIL or uint8 HWC arrays."""
+    if len(images) != len(questions):
+      raise ValueError(f"{len(images)} images but {len(questions)} questions")
+    key = jax.random.PRNGKey(seed)
+    answers = []
+    pairs = list(zip(images, questions))
+    with progress.bar(None, "decoding", show_progress):
+      for start, (batch, n_real) in zip(range(0, len(pairs), batch_size), _chunks(pairs, batch_size)):
+        pixels = np.stack([self.image_pixels(im) for im, _ in batch])
+        rng = jax.random.fold_in(key, start) if sample_posterior else None
+        vis = understanding.image_tokens(self.model, self.params, self.encode_pixels(pixels, rng))
+        rows = [sequences.understanding_prompt(
+            self.tokenizer, q, self.special, self.chat, num_visual_tokens=self.image_block,
+            parity_mode=parity_mode) for _, q in batch]
+        answers += self._answer(rows, vis, sampling, max_new_tokens,
+                                jax.random.fold_in(key, 1 << 20 | start), show_progress)[:n_real]
+    return answers
+
+  def understand_video(self, frames: Sequence[Any], question: str, *,
+                       sampling: TokenSampling = GREEDY, max_new_tokens: int = 300,
+                       parity_mode: bool = False, seed: int = 0, sample_posterior: bool = False,
+                       show_progress: bool = False) -> str:
+    """frames: PIL images or uint8 HWC arrays, already sampled from the video.
+
+    Each frame is letterboxed (resize_and_pad) and encoded as its own image, as
+    the original's video script does (spec 4.5).
+    """
+    pixels = np.stack([transforms.to_pixels(transforms.resize_and_pad(
+        f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f, np.uint8)),
+        self.resolution)) for f in frames])
+    key = jax.random.PRNGKey(seed)
+    latents = self.encode_pixels(pixels, key if sample_posterior else None)
+    side = self.latent_size // self.config.patch_size
+    pooled = understanding.pooled_side(side)
+    vis = understanding.video_tokens(self.model, self.params, latents, pooled)
+    row = sequences.video_understanding_prompt(
+        self.tokenizer, question, self.special, self.chat, num_frames=len(frames),
+        tokens_per_frame=pooled * pooled, parity_mode=parity_mode,
+        parity_block_length=self.image_block if parity_mode else None)
+    with progress.bar(None, "decoding", show_progress):
+      return self._answer([row], vis, sampling, max_new_tokens, jax.random.fold_in(key, 1),
+                          show_progress)[0]

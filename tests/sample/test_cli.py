@@ -1,0 +1,93 @@
+"""`showo2-jax generate / understand / mixed` on a checkpoint written by the test."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from showo2_jax.cli import main as cli
+from showo2_jax.convert import checkpoint_io, showo2_keys
+from showo2_jax.data import testing
+
+from tiny_model import random_params, tiny_config
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, wan_vae_fixture_dir):
+  """An original-layout Show-o2 directory of random tiny weights, a tokenizer, the VAE."""
+  root = tmp_path_factory.mktemp("cli")
+  ckpt = root / "showo2"
+  ckpt.mkdir()
+  config = tiny_config()
+  for name, d in zip(("config.json", "llm_config.json", "siglip_config.json"),
+                     config.to_original_json()):
+    (ckpt / name).write_text(json.dumps(d))
+  checkpoint_io.save_safetensors(showo2_keys.params_to_state_dict(random_params(config)),
+                                 str(ckpt / "model.safetensors"))
+  tok = testing.build_test_tokenizer(root / "tokenizer")
+  image = root / "in.png"
+  testing.random_image(np.random.default_rng(0), 72, 64).save(image)
+  return {"root": root, "model": ["--checkpoint", str(ckpt), "--tokenizer", tok,
+                                  "--vae", str(wan_vae_fixture_dir), "--max-seq-len", "50"],
+          "image": str(image)}
+
+
+def _run(capsys, *argv):
+  rc = cli.main(list(argv))
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
+def test_generate_writes_pngs(assets, capsys):
+  out_dir = assets["root"] / "t2i"
+  rc, out, _ = _run(capsys, "generate", *assets["model"], "a dog", "a cat", "--steps", "3",
+                    "--guidance", "3.0", "--no-progress", "--out", str(out_dir))
+  assert rc == 0
+  files = sorted(p for p in os.listdir(out_dir) if p.endswith(".png"))
+  assert files == ["00000.png", "00001.png"]
+  assert np.asarray(Image.open(out_dir / files[0])).shape == (64, 64, 3)
+  meta = json.loads((out_dir / "prompts.json").read_text())
+  assert [m["prompt"] for m in meta] == ["a dog", "a cat"]
+  assert str(out_dir / files[1]) in out
+
+
+def test_understand_answers_each_question(assets, capsys):
+  rc, out, _ = _run(capsys, "understand", *assets["model"], "--image", assets["image"],
+                    "--question", "What is in the image? *** Is it a dog?",
+                    "--max-new-tokens", "4", "--no-progress", "--json",
+                    str(assets["root"] / "answers.json"))
+  assert rc == 0
+  assert out.count("Q: ") == 2
+  answers = json.loads((assets["root"] / "answers.json").read_text())
+  assert [a["question"] for a in answers] == ["What is in the image?", "Is it a dog?"]
+
+
+def test_mixed_writes_a_story(assets, capsys):
+  out_dir = assets["root"] / "story"
+  rc, out, err = _run(capsys, "mixed", *assets["model"], "--rounds", "1", "--max-text-tokens", "3",
+                      "--steps", "3", "--out", str(out_dir))
+  assert rc == 0
+  story = json.loads((out_dir / "story.json").read_text())
+  assert len(story["texts"]) == 1 and story["prompt"].startswith("Mixed-modality")
+  assert "round 0: text" in err  # the progress bar over tokens
+
+
+@pytest.mark.parametrize("case", ["missing_checkpoint", "unreadable_image", "long_prompt"])
+def test_clear_errors(assets, capsys, case):
+  model = list(assets["model"])
+  if case == "missing_checkpoint":
+    model[1] = str(assets["root"] / "nope")
+    argv = ["generate", *model, "x", "--no-progress"]
+    expect = "does not exist"
+  elif case == "unreadable_image":
+    bad = assets["root"] / "bad.png"
+    bad.write_bytes(b"not a png")
+    argv = ["understand", *model, "--image", str(bad), "--question", "q"]
+    expect = "cannot load image"
+  else:
+    argv = ["generate", *model, "a photo of a dog in the park " * 10, "--no-progress"]
+    expect = "longer than the context"
+  rc, _, err = _run(capsys, *argv)
+  assert rc == 1
+  assert expect in err and "Traceback" not in err
