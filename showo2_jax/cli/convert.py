@@ -33,8 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  help="stack decoder layers on a leading axis (for models run with scan_layers=True)")
   p.add_argument("--resize-vocab", type=int, metavar="N",
                  help="Qwen2: keep the first N embedding/LM-head rows (as resize_token_embeddings)")
-  p.add_argument("--chunk-size", default="1GiB", metavar="SIZE",
-                 help="bytes held in memory before each Orbax write (default: 1GiB)")
+  p.add_argument("--chunk-size", default="256MiB", metavar="SIZE",
+                 help="bytes held in memory before each Orbax write (default: 256MiB)")
   p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
   p = sub.add_parser("to-torch", help="Orbax -> safetensors loadable by the original PyTorch code",
@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "(default: the stored dtypes)")
   p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
                  help="shard above this size, with an index (default: 5GB)")
-  p.add_argument("--chunk-size", default="1GiB", metavar="SIZE",
-                 help="bytes read from Orbax at a time (default: 1GiB)")
+  p.add_argument("--chunk-size", default="256MiB", metavar="SIZE",
+                 help="bytes read from Orbax at a time (default: 256MiB)")
   p.add_argument("--llm-model-path", help="Show-o2: set llm_model_path in config.json")
   p.add_argument("--clip-model-path", help="Show-o2: set clip_pretrained_model_path in config.json")
   p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")

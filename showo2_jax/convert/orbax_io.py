@@ -20,6 +20,7 @@ each host reading only the slices its devices own.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
@@ -38,7 +39,11 @@ KINDS = ("showo2", "qwen2", "siglip", "wan_vae")
 FORMAT = "showo2-jax/params"
 FORMAT_VERSION = 1
 SIDECAR = "showo2_jax.json"
-DEFAULT_CHUNK_BYTES = 1 << 30
+# Host bytes buffered per Orbax write / read while converting. Orbax holds about
+# two more copies while it writes, so the peak is ~3x this (or 3x the largest leaf).
+DEFAULT_CHUNK_BYTES = 256 << 20
+# Storage chunks on disk: a host restoring a shard reads only the chunks it overlaps.
+STORAGE_CHUNK_BYTES = 32 << 20
 
 
 class OrbaxCheckpointError(ValueError):
@@ -49,6 +54,24 @@ def _ocp():
   # Imported lazily: orbax pulls in tensorstore and friends, which `--help` must not pay for.
   import orbax.checkpoint.experimental.v1 as ocp  # pylint: disable=import-outside-toplevel
   return ocp
+
+
+def _save_context():
+  """Chunked storage (see STORAGE_CHUNK_BYTES), zstd-compressed as Orbax's default."""
+  ocp = _ocp()
+  ctx = ocp.Context()
+  ctx.array.saving.storage_options = ocp.options.ArrayOptions.Saving.StorageOptions(
+      chunk_byte_size=STORAGE_CHUNK_BYTES)
+  return ctx
+
+
+def _trim_heap() -> None:
+  """Hands freed memory back to the OS. Tensorstore's writer threads free their
+  buffers into glibc arenas that would otherwise stay resident between chunks."""
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):  # not glibc: nothing to do
+    pass
 
 
 # --------------------------------------------------------------------- metadata
@@ -147,7 +170,8 @@ def save_params(path: str, params: Mapping, config: Any, kind: str = "showo2", *
   meta = make_meta(kind, config, scan_layers=scan_layers, source=source)
   path = os.path.abspath(os.fspath(path))
   _clear(path, overwrite)
-  _ocp().save(path, dict(params), custom_metadata=meta)
+  with _save_context():
+    _ocp().save(path, dict(params), custom_metadata=meta)
   _write_sidecar(path, meta)
 
 
@@ -185,9 +209,12 @@ class ParamWriter:
       return
     tree = showo2_keys.unflatten(self._pending)
     log.info("writing %d leaves (%.1f MB) to %s", len(self._pending), self._pending_bytes / 1e6, self.path)
-    _ocp().partial.save(self.path, tree, custom_metadata=self.meta if self._saves == 0 else None)
+    with _save_context():
+      _ocp().partial.save(self.path, tree, custom_metadata=self.meta if self._saves == 0 else None)
     self._saves += 1
     self._pending, self._pending_bytes = {}, 0
+    del tree
+    _trim_heap()
 
   def close(self) -> None:
     self.flush()
@@ -299,5 +326,6 @@ def load_leaves(path: str, flat_paths, stored: Optional[Mapping[str, Any]] = Non
   ctx.pytree.loading.partial_load = True
   with ctx:
     tree = ocp.load(os.path.abspath(os.fspath(path)), showo2_keys.unflatten(wanted))
+  _trim_heap()
   flat = showo2_keys.flatten(tree)
   return {p: flat[p] for p in wanted}
