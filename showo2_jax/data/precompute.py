@@ -55,7 +55,7 @@ def _add_pixels(record, load_pixels):
   try:
     return {**record, "pixel_values": load_pixels(record)}
   except tasks_lib.DATA_ERRORS as e:
-    return tasks_lib.skipped_or_raise(e)
+    return tasks_lib.as_skipped(e)
 
 
 def precompute_latents(dataset: grain.MapDataset, encode_fn: Callable, out_dir: str, *,

@@ -64,7 +64,7 @@ def num_visual_tokens(resolution: int, latent_frames: int = 1, vae_stride: int =
 DATA_ERRORS = (Filtered, media.MediaError, sequences.LayoutError)
 
 
-def skipped_or_raise(error: Exception) -> Skipped:
+def as_skipped(error: Exception) -> Skipped:
   """A data error as `Skipped`, logging the first bad samples, then a trickle."""
   if isinstance(error, Filtered):
     return Skipped("filtered", str(error))
@@ -157,7 +157,7 @@ class Task:
         visuals = {"pixel_values": self.load_pixels(record)}
       row = self.layout(record, rng)
     except DATA_ERRORS as e:
-      return skipped_or_raise(e)
+      return as_skipped(e)
     for key, value in visuals.items():
       row[key] = _to_slots(value, self.num_slots)
     row["is_und"] = np.asarray(self.is_und)

@@ -63,7 +63,7 @@ class SpecialTokens:
     return cls(**{role: vocab[s] for role, s in TOKEN_STRINGS.items()})
 
   def as_showo_dict(self) -> dict[str, int]:
-    """The original's `showo_token_ids` dict (keys like 'bos_id')."""
+    """The original's `showo_token_ids` dict (keys like 'bos_id'), plus 'pad_token_id'."""
     return {f"{k}_id" if k != "pad" else "pad_token_id": v
             for k, v in dataclasses.asdict(self).items()}
 
