@@ -49,20 +49,10 @@ def add_arguments(parser):
 
 def run(args) -> int:
   from showo2_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from showo2_jax.data import build, precompute, sources, tasks  # pylint: disable=g-import-not-at-top
+  from showo2_jax.data import build, precompute, tasks  # pylint: disable=g-import-not-at-top
   cfg = config_lib.load_config(args.config)
   resolution = args.resolution or cfg.resolution
-  if args.source == "files":
-    records = build.FILE_SOURCES[args.kind](args.data, args.media_root)
-  elif args.source == "array_record":
-    import glob  # pylint: disable=g-import-not-at-top
-    paths = sorted(glob.glob(args.data))
-    if not paths:
-      raise CliError(f"no files match {args.data!r}")
-    records = sources.array_record_source(paths)
-  else:
-    from showo2_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
-    records = tfds_builder.tfds_source(args.data)
+  records = build.load_records(args.kind, args.source, args.data, args.media_root)
   load = tasks.pixel_loader(args.kind, resolution, min_res=args.min_res, num_frames=args.num_frames)
   encode = pool_encoder if args.encoder == "pool" else wan_encoder(
       cfg, args.vae_weights, deterministic=args.deterministic, seed=args.seed)

@@ -49,19 +49,24 @@ def task_spec(name: str) -> TaskSpec:
   return TASKS[name]
 
 
-def records_from_config(s):
-  """The records (grain.MapDataset) of one stream config."""
-  if s.source == "files":
-    return FILE_SOURCES[task_spec(s.task).record_kind](s.path, s.media_root or None)
-  if s.source == "array_record":
-    paths = sorted(glob.glob(s.path))
+def load_records(kind: str, source: str, path: str, media_root: str | None = None):
+  """Records (grain.MapDataset) of a record kind from annotation files, shards or TFDS."""
+  if source == "files":
+    return FILE_SOURCES[kind](path, media_root)
+  if source == "array_record":
+    paths = sorted(glob.glob(path))
     if not paths:
-      raise FileNotFoundError(f"no ArrayRecord files match {s.path!r}")
+      raise FileNotFoundError(f"no ArrayRecord files match {path!r}")
     return sources.array_record_source(paths)
-  if s.source == "tfds":
+  if source == "tfds":
     from showo2_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
-    return tfds_builder.tfds_source(s.path)
-  raise ValueError(f"unknown source {s.source!r}: 'files', 'array_record' or 'tfds'")
+    return tfds_builder.tfds_source(path)
+  raise ValueError(f"unknown source {source!r}: 'files', 'array_record' or 'tfds'")
+
+
+def records_from_config(s):
+  """The records of one stream config."""
+  return load_records(task_spec(s.task).record_kind, s.source, s.path, s.media_root or None)
 
 
 def task_from_config(s, tokenizer, special, *, resolution, max_seq_len):
