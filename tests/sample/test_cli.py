@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from showo2_jax.cli import main as cli
-from showo2_jax.convert import checkpoint_io, showo2_keys
+from showo2_jax.convert import checkpoint_io, orbax_io, showo2_keys
 from showo2_jax.data import testing
 
 from tiny_model import random_params, tiny_config
@@ -23,14 +23,16 @@ def assets(tmp_path_factory, wan_vae_fixture_dir):
   for name, d in zip(("config.json", "llm_config.json", "siglip_config.json"),
                      config.to_original_json()):
     (ckpt / name).write_text(json.dumps(d))
-  checkpoint_io.save_safetensors(showo2_keys.params_to_state_dict(random_params(config)),
+  params = random_params(config)
+  checkpoint_io.save_safetensors(showo2_keys.params_to_state_dict(params),
                                  str(ckpt / "model.safetensors"))
+  orbax_io.save_params(str(root / "orbax"), params, config)
   tok = testing.build_test_tokenizer(root / "tokenizer")
   image = root / "in.png"
   testing.random_image(np.random.default_rng(0), 72, 64).save(image)
   return {"root": root, "model": ["--checkpoint", str(ckpt), "--tokenizer", tok,
                                   "--vae", str(wan_vae_fixture_dir), "--max-seq-len", "50"],
-          "image": str(image)}
+          "image": str(image), "orbax": str(root / "orbax")}
 
 
 def _run(capsys, *argv):
@@ -39,7 +41,7 @@ def _run(capsys, *argv):
   return rc, out, err
 
 
-def test_generate_writes_pngs(assets, capsys):
+def test_generate_writes_pngs_from_original_and_orbax_checkpoints(assets, capsys):
   out_dir = assets["root"] / "t2i"
   rc, out, _ = _run(capsys, "generate", *assets["model"], "a dog", "a cat", "--steps", "3",
                     "--guidance", "3.0", "--no-progress", "--out", str(out_dir))
@@ -50,6 +52,14 @@ def test_generate_writes_pngs(assets, capsys):
   meta = json.loads((out_dir / "prompts.json").read_text())
   assert [m["prompt"] for m in meta] == ["a dog", "a cat"]
   assert str(out_dir / files[1]) in out
+  # The same weights as an Orbax checkpoint give the same image.
+  orbax = list(assets["model"])
+  orbax[1] = assets["orbax"]
+  rc, _, _ = _run(capsys, "generate", *orbax, "a dog", "--steps", "3", "--guidance", "3.0",
+                  "--no-progress", "--out", str(out_dir / "orbax"))
+  assert rc == 0
+  np.testing.assert_array_equal(np.asarray(Image.open(out_dir / "orbax" / files[0])),
+                                np.asarray(Image.open(out_dir / files[0])))
 
 
 def test_understand_answers_each_question(assets, capsys):
