@@ -7,11 +7,17 @@ per step, eoi/eos/pads dropped, no lm_head.
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from showo2_jax.config_lib import load_config
+from showo2_jax.convert.showo2_torch import abstract_params
+from showo2_jax.data import sequences
+from showo2_jax.models.config import Showo2Config
+from showo2_jax.models.showo2 import Showo2
 from showo2_jax.sample import prefix, transport, visual
 
 PAD, BOS, EOS, BOI, EOI, IMG_PAD = 0, 1, 2, 3, 4, 5
@@ -115,3 +121,23 @@ def test_in_context_image_sees_clean_history(tiny):
   got = _cached_velocity(model, params, a, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
                          ctx_vis, ctx_te)
   assert _rel(got, ref) < 1e-5
+
+
+@pytest.mark.parametrize("name,side,block,text_budget", [
+    ("showo2_1p5b", 54, 730, 290), ("showo2_1p5b_hq512", 64, 1025, 251),
+    ("showo2_1p5b_hq1024", 128, 4097, 251)])
+def test_released_resolutions_trace_with_the_right_geometry(name, side, block, text_budget):
+  """The real 1.5B architecture at 432 / 512 / 1024 px, shapes only (scanned layers,
+  which also exercises the stacked-cache path)."""
+  cfg = load_config(name)
+  config = Showo2Config.from_config_dict(cfg.model).replace(scan_layers=True)
+  model = Showo2(config, empty_slots_overwrite_bos=False)
+  assert 1 + (side // config.patch_size) ** 2 == block
+  assert sequences.t2i_max_text_len(cfg.max_seq_len, block) == text_budget
+  a = prefix.align([[BOS] + [7] * text_budget + [BOI], [BOS, BOI]], PAD, multiple=32)
+  out = jax.eval_shape(
+      lambda p, noise: visual.sample_latents(
+          model, p, a.tokens, a.shift, a.lengths, a.placement, a.attention, None, None, noise,
+          transport.time_grid(50), 7.5),
+      nn.meta.unbox(abstract_params(config)), jax.ShapeDtypeStruct((1, 16, side, side), jnp.float32))
+  assert out.shape == (1, 16, side, side)
