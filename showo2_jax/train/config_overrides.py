@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import sys
 from typing import Sequence
 
 PREFIX = "--config."
@@ -105,7 +106,7 @@ def accept_overrides(parser: argparse.ArgumentParser, dest: str = "config_overri
   parse_known = parser.parse_known_args
 
   def parse_known_args(args=None, namespace=None):
-    pairs, rest = split_overrides(args if args is not None else [])
+    pairs, rest = split_overrides(sys.argv[1:] if args is None else args)
     ns, extra = parse_known(rest, namespace)
     setattr(ns, dest, getattr(ns, dest, []) + pairs)
     return ns, extra

@@ -1,0 +1,40 @@
+"""Model FLOPs of a training step, for MFU (the formula the benchmarks state).
+
+Counted per row of L tokens with M images of N patches, matmuls only (2 FLOPs
+per multiply-add), forward pass:
+  LLM, per layer:   2L(2D*H*hd + 2D*KV*hd) + 4L^2*H*hd + 2L*3*D*I
+  LM head:          2L*D*V
+  diff_proj:        2L(D*Dh + Dh*Dh)                    (when D != Dh)
+  flow head/layer:  2L(2Dh*Hf*hf + 2Dh*KVf*hf) + 4L^2*Hf*hf + 2L*3*Dh*If
+  final layer:      2L*Dh*p^2*C
+  per image:        SigLIP layers 2N*4*Ds^2 + 4N^2*Ds + 2N*2*Ds*Is each,
+                    patch embeds 2N*p^2*C*(Ds + D), fusion 2N((Ds+D)*D + D*D)
+Training = 3 x forward (backward = 2 x forward). Rematerialisation is not
+counted (model FLOPs, not hardware FLOPs); attention over the full L x L
+matrix is counted (the omni mask is dense), adaLN/time embeddings are ignored.
+"""
+from __future__ import annotations
+
+
+def forward_flops_per_row(model, seq_len: int, images_per_row: int) -> float:
+  llm, sig, fh = model.llm, model.siglip, model.flow_head
+  L, D = seq_len, llm.hidden_size
+  attn = lambda d, h, kv, hd: 2 * L * (2 * d * h * hd + 2 * d * kv * hd) + 4 * L * L * h * hd
+  total = llm.num_layers * (attn(D, llm.num_heads, llm.num_kv_heads, llm.head_dim)
+                            + 2 * L * 3 * D * llm.intermediate_size)
+  total += 2 * L * D * llm.vocab_size
+  dh = fh.hidden_size
+  if D != dh:
+    total += 2 * L * (D * dh + dh * dh)
+  total += fh.num_layers * (attn(dh, fh.num_heads, fh.num_kv_heads, fh.head_dim)
+                            + 2 * L * 3 * dh * fh.intermediate_size)
+  p2c = model.patch_size ** 2 * model.latent_channels
+  total += 2 * L * dh * p2c
+  n, ds = model.image_latent_height * model.image_latent_width, sig.hidden_size
+  per_image = sig.num_layers * (2 * n * 4 * ds * ds + 4 * n * n * ds + 2 * n * 2 * ds * sig.intermediate_size)
+  per_image += 2 * n * p2c * (ds + D) + 2 * n * ((ds + D) * D + D * D)
+  return float(total + images_per_row * per_image)
+
+
+def train_flops_per_step(model, seq_len: int, images_per_row: int, global_batch: int) -> float:
+  return 3.0 * global_batch * forward_flops_per_row(model, seq_len, images_per_row)
