@@ -69,3 +69,17 @@ def test_tokenizer_without_qwen_tokens_is_rejected(tmp_path):
   transformers.PreTrainedTokenizerFast(tokenizer_object=raw).save_pretrained(tmp_path)
   with pytest.raises(ValueError, match=r"lacks the Qwen2.5 special tokens.*<\|im_start\|>"):
     tokenizer.load_tokenizer(tmp_path)
+
+
+@pytest.mark.skipif(not os.environ.get("SHOWO2_QWEN_TOKENIZER"),
+                    reason="set SHOWO2_QWEN_TOKENIZER to a local Qwen2.5-Instruct tokenizer dir")
+def test_real_qwen_ids_match_spec_4_1():
+  tok, special = tokenizer.load_tokenizer(os.environ["SHOWO2_QWEN_TOKENIZER"])
+  assert len(tok) == 151669
+  assert (special.bos, special.eos, special.boi, special.eoi, special.img_pad, special.vid_pad,
+          special.pad, special.img, special.bov, special.eov) == (
+              151644, 151645, 151652, 151653, 151655, 151656, 151665, 151666, 151667, 151668)
+  assert tokenizer.encode(tok, "system\nYou are a helpful assistant.<|im_end|>") == [
+      8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645]
+  assert tokenizer.encode(tok, "\n<|im_start|>user\n") == [198, 151644, 872, 198]
+  assert tokenizer.encode(tok, "\n<|im_start|>assistant\n") == [198, 151644, 77091, 198]
