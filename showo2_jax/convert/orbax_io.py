@@ -197,6 +197,8 @@ class ParamWriter:
 
   def add(self, flat_path: str, array: np.ndarray) -> None:
     array = np.asarray(array)
+    if self._pending and self._pending_bytes + array.nbytes > self.chunk_bytes:
+      self.flush()  # a large leaf goes out alone rather than on top of a full buffer
     self._pending[flat_path] = array
     self._pending_bytes += array.nbytes
     self.leaves += 1

@@ -56,17 +56,28 @@ class Report:
     return "\n".join(lines)
 
 
+def _bit_equal(a: np.ndarray, b: np.ndarray, block: int = 1 << 24) -> bool:
+  """Bitwise equality (NaN payloads and -0.0 included), a block at a time so a
+  large tensor costs no full-size temporary."""
+  a, b = a.reshape(-1), b.reshape(-1)
+  view = np.dtype(f"u{a.dtype.itemsize}")
+  for i in range(0, a.size, block):
+    if not np.array_equal(a[i:i + block].view(view), b[i:i + block].view(view)):
+      return False
+  return True
+
+
 def _compare(report: Report, key: str, src: np.ndarray, stored: np.ndarray) -> None:
   report.compared += 1
-  src = np.ascontiguousarray(src)
+  src, stored = np.ascontiguousarray(src), np.ascontiguousarray(stored)
+  if src.shape != stored.shape:
+    report.wrong_shape.append(f"{key} {src.shape} (stored {stored.shape})")
+    return
   if src.dtype != stored.dtype:
     report.casts[(src.dtype.name, stored.dtype.name)] += 1
     src = src.astype(stored.dtype)
-  if src.shape == stored.shape and src.tobytes() == np.ascontiguousarray(stored).tobytes():
+  if _bit_equal(src, stored):
     report.exact += 1
-    return
-  if src.shape != stored.shape:
-    report.wrong_shape.append(f"{key} {src.shape} (stored {stored.shape})")
     return
   diff = np.max(np.abs(src.astype(np.float64) - stored.astype(np.float64))) if src.size else 0.0
   report.differing.append((key, float(diff)))
