@@ -169,9 +169,10 @@ def save_params(path: str, params: Mapping, config: Any, kind: str = "showo2", *
                        (isinstance(config, Mapping) and config.get("scan_layers")))
   meta = make_meta(kind, config, scan_layers=scan_layers, source=source)
   path = os.path.abspath(os.fspath(path))
-  _clear(path, overwrite)
-  with _save_context():
-    _ocp().save(path, dict(params), custom_metadata=meta)
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+  with _save_context():  # Orbax replaces an existing checkpoint collectively, across hosts
+    _ocp().save(path, dict(params), overwrite=overwrite, custom_metadata=meta)
   _write_sidecar(path, meta)
 
 
@@ -262,6 +263,7 @@ def model_shardings(kind: str, config, mesh, *, scan_layers: bool = False):
 
 
 def _flat_shardings(shardings, stored: Mapping[str, Any], path: str) -> dict:
+  """One sharding per stored leaf; a tree that does not fit is an error naming the leaves."""
   from jax.sharding import Sharding  # pylint: disable=import-outside-toplevel
   if isinstance(shardings, Sharding):
     return {k: shardings for k in stored}
@@ -269,7 +271,10 @@ def _flat_shardings(shardings, stored: Mapping[str, Any], path: str) -> dict:
   missing = sorted(set(stored) - set(flat))
   unexpected = sorted(set(flat) - set(stored))
   if missing or unexpected:
-    raise showo2_keys.KeyMismatchError(missing, unexpected, source=f"{path} (target shardings)")
+    hint = ("; decoder layers are stacked in this checkpoint" if any("/layers/" in k for k in stored)
+            else "; decoder layers are unrolled (layers_N) in this checkpoint")
+    raise showo2_keys.KeyMismatchError(missing, unexpected,
+                                       source=f"{path} (target shardings{hint})")
   return flat
 
 

@@ -86,6 +86,22 @@ def test_tied_head_stored_either_way(showo2_fixture_dir, tmp_path, drop):
   assert verify.verify(str(src), str(ox)).ok
 
 
+def test_untied_head(showo2_fixture_dir, tmp_path):
+  """As the 7B model: lm_head is its own (transposed) parameter."""
+  def untie(t):
+    t["showo.lm_head.weight"] = t["showo.lm_head.weight"][::-1].copy()
+    return t
+  src = copy_fixture(showo2_fixture_dir, tmp_path / "src", transform=untie)
+  llm = json.loads((src / "llm_config.json").read_text())
+  (src / "llm_config.json").write_text(json.dumps(dict(llm, tie_word_embeddings=False)))
+  ox, pt = _round_trip(src, tmp_path)
+  _, config, params = orbax_io.restore_params(str(ox))
+  assert not config.llm.tie_word_embeddings
+  with checkpoint_io.StateDict(str(src)) as sd:
+    np.testing.assert_array_equal(params["showo"]["lm_head"]["kernel"], sd["showo.lm_head.weight"].T)
+  assert_same_tensors(src, pt)
+
+
 def test_trained_checkpoint_writes_tied_head(showo2_fixture_dir, tmp_path):
   """Without a recorded source, to-torch writes what the original's state_dict has."""
   _, config, params = orbax_io.restore_params(str(_round_trip(showo2_fixture_dir, tmp_path)[0]))
@@ -127,6 +143,6 @@ def test_wan_vae_pth_round_trip(wan_vae_fixture_dir, tmp_path):
   pth.parent.mkdir()
   torch.save(tensors, pth)
   (pth.parent / "config.json").write_text((wan_vae_fixture_dir / "config.json").read_text())
-  ox, pt = _round_trip(pth, tmp_path, kind="wan_vae")
+  ox, pt = _round_trip(pth, tmp_path)  # detected from the key names
   assert sorted(os.listdir(pt)) == ["Wan2.1_VAE.pth", "config.json"]
   assert_same_tensors(pth, pt / "Wan2.1_VAE.pth")
