@@ -20,8 +20,9 @@ class UnknownConfigError(ValueError):
 
 
 def available_configs() -> list[str]:
+  """Names of the config files that define `get_config` (helpers like models.py don't)."""
   return sorted(p.stem for p in CONFIG_DIR.glob("*.py")
-                if not p.stem.startswith("_") and p.stem not in ("common", "models"))
+                if not p.stem.startswith("_") and "def get_config" in p.read_text())
 
 
 def resolve_config_path(name: str) -> Path:
