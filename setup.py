@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "numpy",
     "pillow",
     "imageio",
+    "imageio-ffmpeg",  # MP4 read/write for video understanding and generation
     "tqdm",
 ]
 
