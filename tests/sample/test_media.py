@@ -65,7 +65,7 @@ def _frames(t=5):
   # Distinct frames: Pillow merges consecutive identical GIF frames.
   frames = np.zeros((t, 16, 16, 3), np.uint8)
   for i in range(t):
-    frames[i, :, :, i % 3] = 40 * (i + 1)
+    frames[i, :, :, i % 3] = (40 * (i + 1)) % 256
   return frames
 
 
@@ -94,6 +94,8 @@ def test_save_video_mp4_when_a_backend_exists(tmp_path):
     pytest.skip("no imageio video backend (imageio-ffmpeg / av) installed")
   path = media.save_video(_frames(8), tmp_path / "clip.mp4", fps=8)
   assert path.suffix == ".mp4" and path.stat().st_size > 0
+  import imageio.v3 as iio  # pylint: disable=import-outside-toplevel
+  assert iio.imread(path).shape[:3] == (8, 16, 16)
 
 
 def test_save_video_validates_input(tmp_path):
