@@ -195,7 +195,7 @@ class CausalConv3d(nn.Module):
       return y + bias.astype(self.dtype), new_cache
     if front:
       history = jnp.zeros((x.shape[0], front) + x.shape[2:], x.dtype) if cache is None else cache
-      x = jnp.concatenate([history, x.astype(self.dtype)], 1)
+      x = jnp.concatenate([history, x], 1)
       new_cache = x[:, -front:]
     else:
       new_cache = None
@@ -297,10 +297,10 @@ class Resample(nn.Module):
     new_cache = None
     c = x.shape[-1]
     if self.mode == "upsample3d":
-      time_conv = CausalConv3d(2 * c, (3, 1, 1), (1, 0, 0), dtype=self.dtype, name="time_conv")
       if cache is None:
         new_cache = jnp.zeros((x.shape[0], 2) + x.shape[2:], self.dtype)
       else:
+        time_conv = CausalConv3d(2 * c, (3, 1, 1), (1, 0, 0), dtype=self.dtype, name="time_conv")
         x, new_cache = time_conv(x, cache)
         b, t, h, w, _ = x.shape
         x = x.reshape(b, t, h, w, 2, c).transpose(0, 1, 4, 2, 3, 5).reshape(b, 2 * t, h, w, c)
@@ -310,11 +310,9 @@ class Resample(nn.Module):
     else:
       x = Conv2d(self.features, ((0, 1), (0, 1)), (2, 2), dtype=self.dtype, name="resample")(x)
     if self.mode == "downsample3d":
-      time_conv = CausalConv3d(c, (3, 1, 1), stride_t=2, dtype=self.dtype, name="time_conv")
-      if cache is None:
-        new_cache = x[:, -1:]
-      else:
-        new_cache = x[:, -1:]
+      new_cache = x[:, -1:]
+      if cache is not None:
+        time_conv = CausalConv3d(c, (3, 1, 1), stride_t=2, dtype=self.dtype, name="time_conv")
         x, _ = time_conv(jnp.concatenate([cache, x], 1))
     return x, new_cache
 
@@ -477,7 +475,9 @@ def _decode_frames(params, z, cfg):
   model = WanVAE(cfg)
   variables = {"params": params}
   mean, inv_std = _scale(cfg)
-  z = z.astype(mean.dtype) / inv_std + mean
+  # Torch promotes float32 latents against bf16 constants to float32: do the same.
+  dt = jnp.promote_types(z.dtype, mean.dtype)
+  z = z.astype(dt) / inv_std.astype(dt) + mean.astype(dt)
   out, cache = model.apply(variables, z[:, :1], method=WanVAE.decode_chunk)
   if z.shape[1] > 1:
 

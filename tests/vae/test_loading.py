@@ -1,6 +1,7 @@
 """Checkpoint loading: key mapping both ways, file formats, and the error report."""
 import pickle
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -123,3 +124,18 @@ def test_directory_loading_reads_its_config(wan_vae_fixture_dir, wan_vae_params)
 
 class _Unsafe:
   """Stands for arbitrary pickled code; weights_only loading must refuse it."""
+
+
+@pytest.mark.parametrize("cfg", [
+    wan.WanVAEConfig(dim=4, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1,
+                     temperal_downsample=(True, False), latents_mean=(0.0,) * 4,
+                     latents_std=(1.0,) * 4),
+    wan.WanVAEConfig(dim=4, num_res_blocks=3),
+])
+def test_the_flax_module_creates_exactly_the_table(cfg):
+  params = wan.init_params(jax.random.PRNGKey(0), cfg)
+  sd = loading.flax_to_torch_state_dict(params, cfg)  # strict: raises on any mismatch
+  assert set(sd) == {e.original_key for e in loading.param_table(cfg)}
+  inferred = loading.infer_config(params)
+  assert (inferred.dim_mult, inferred.num_res_blocks, inferred.temperal_downsample) == (
+      cfg.dim_mult, cfg.num_res_blocks, cfg.temperal_downsample)
