@@ -305,7 +305,7 @@ def _write_shards(orbax_dir, out, kind, plan, keys, dtypes, stored, max_shard_si
 
 def _vae_to_torch(orbax_dir, out, config, record, dtype) -> tuple[list[str], int]:
   _, _, params = orbax_io.restore_params(orbax_dir)
-  sd = sources.vae_to_torch(params, config)
+  sd = sources.vae_to_torch(params, config, record.get("vae_layout", "original"))
   recorded = {k: np.dtype(d) for k, d, _ in record.get("tensors", [])}
   order = [k for k, _, _ in record.get("tensors", []) if k in sd] or list(sd)
   out_sd = {}

@@ -3,7 +3,8 @@
 Four layouts are understood (`KIND` names are stored with the Orbax checkpoint):
   showo2   an original Show-o2 model directory: config.json (+ llm_config.json,
            siglip_config.json) and pytorch_model.bin / *.safetensors / shards;
-  wan_vae  `Wan2.1_VAE.pth` (or a directory with the VAE's weights + config.json);
+  wan_vae  `Wan2.1_VAE.pth` (or a directory with the VAE's weights + config.json),
+           original or diffusers (`AutoencoderKLWan`) key names;
   qwen2    a Hugging Face Qwen2/Qwen2.5 directory (stage-1 LLM init);
   siglip   a Hugging Face SigLIP directory (stage-1 semantic-layer init).
 A `Source` bundles the lazy state_dict, the typed config, the tensor plan and a
@@ -64,7 +65,7 @@ def detect_kind(path: str) -> str:
       return "qwen2"
     if mt in hf.SIGLIP_MODEL_TYPES:
       return "siglip"
-    if _is_vae_config(cfg):
+    if _is_vae_config(cfg) or cfg.get("_class_name") == "AutoencoderKLWan":
       return "wan_vae"
     if str(cfg.get("_class_name", "")).startswith("Showo2") or "llm_vocab_size" in cfg:
       return "showo2"
@@ -139,6 +140,7 @@ def open_source(path: str, kind: Optional[str] = None, *, scan_layers: bool = Fa
       record["key_prefix"] = key_prefix
     else:
       config = _vae_config(path)
+      record["vae_layout"] = vae_layout(sd.keys())  # original | diffusers
     if kind != "wan_vae":
       plan = plan_lib.build(kind, config, scan_layers=scan_layers, key_prefix=key_prefix,
                             resize_vocab=resize_vocab)
@@ -165,8 +167,13 @@ def vae_to_flax(state_dict, config, dtype=None) -> dict:
   return loading.torch_state_dict_to_flax(dict(state_dict.items()), config, dtype=dtype)
 
 
-def vae_to_torch(params, config) -> dict:
-  return _vae_loading().flax_to_torch_state_dict(params, config)
+def vae_to_torch(params, config, layout: str = "original") -> dict:
+  """Flax VAE params -> state_dict with the original (or diffusers) key names."""
+  return _vae_loading().flax_to_torch_state_dict(params, config, layout=layout)
+
+
+def vae_layout(keys) -> str:
+  return _vae_loading().detect_layout(keys)
 
 
 def vae_config_json(config) -> str:

@@ -118,7 +118,7 @@ def verify(torch_path: str, orbax_dir: str, *,
 
 def _verify_vae(report: Report, sd, orbax_dir: str, config) -> None:
   _, _, params = orbax_io.restore_params(orbax_dir)
-  ours = sources.vae_to_torch(params, config)
+  ours = sources.vae_to_torch(params, config, sources.vae_layout(sd.keys()))
   keys = set(sd.keys())
   report.missing = sorted(set(ours) - keys)
   report.unexpected = sorted(keys - set(ours))

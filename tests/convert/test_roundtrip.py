@@ -146,3 +146,19 @@ def test_wan_vae_pth_round_trip(wan_vae_fixture_dir, tmp_path):
   ox, pt = _round_trip(pth, tmp_path)  # detected from the key names
   assert sorted(os.listdir(pt)) == ["Wan2.1_VAE.pth", "config.json"]
   assert_same_tensors(pth, pt / "Wan2.1_VAE.pth")
+
+
+def test_wan_vae_diffusers_layout_round_trip(tmp_path):
+  pytest.importorskip("showo2_jax.vae.loading")
+  diffusers = pytest.importorskip("diffusers")
+  torch = pytest.importorskip("torch")
+  torch.manual_seed(0)
+  model = diffusers.AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                                     attn_scales=[], temperal_downsample=[False, True, True])
+  src = tmp_path / "diffusers_vae"
+  model.save_pretrained(src)
+  ox, pt = _round_trip(src, tmp_path)
+  _, config, _ = orbax_io.restore_params(str(ox))
+  assert config.dim == 8
+  assert_same_tensors(src, pt)
+  assert verify.verify(str(src), str(ox)).ok
