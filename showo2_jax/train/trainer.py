@@ -120,6 +120,10 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
   step = int(restored or 0)
   base_key = _host_key(state.rng)
   first = next(iterator)
+  if task.name == "showo2" and "latents" not in first:
+    raise ValueError("batches carry pixel_values but no latents: train from precomputed latents "
+                     "(showo2-jax precompute-latents, then an array_record data source); "
+                     "VAE encoding inside the loop is not supported yet")
   batch_spec = data_lib.slots_by_row(first)
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(task.objective, lay, grad_accum_steps=int(t.grad_accum_steps),
