@@ -27,7 +27,7 @@ EXTRAS = {
     # tests against HF transformers. Pin it: an unpinned torch pulls a CUDA build.
     "torch": ["torch==2.13.0"],
     # TensorBoard writers in clu.metric_writers import tensorflow.
-    "tf": ["tensorflow-cpu"],
+    "tf": ["tensorflow-cpu", "tensorboard"],
     "dev": ["pytest", "pytest-xdist"],
 }
 EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"]
