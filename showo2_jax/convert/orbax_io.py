@@ -232,6 +232,8 @@ class ParamWriter:
   def __exit__(self, exc_type, *unused):
     if exc_type is None:
       self.close()
+    else:  # leave nothing half-written behind
+      shutil.rmtree(self.path + ".partial_save", ignore_errors=True)
 
 
 # -------------------------------------------------------------------- restoring
