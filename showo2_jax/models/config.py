@@ -200,6 +200,10 @@ class Showo2Config:
         "num_diffusion_layers": self.flow_head.num_layers,
         "add_time_embeds": self.add_time_embeds,
         "add_qk_norm": True,
+        # Read by the original's constructor (it builds the LLM config from it).
+        "llm_model_path": {1536: "Qwen/Qwen2.5-1.5B-Instruct", 3584: "Qwen/Qwen2.5-7B-Instruct"}.get(
+            self.llm.hidden_size, ""),
+        "clip_pretrained_model_path": "google/siglip-so400m-patch14-384",
         "flow_head": {
             "hidden_size": self.flow_head.hidden_size,
             "head_dim": self.flow_head.head_dim,
