@@ -6,6 +6,7 @@ Defaults come, in order, from the command line, the optional `--config` (its
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 
@@ -44,10 +45,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_defaults(args) -> dict:
   """{'resolution', 'max_seq_len', 'sample': {...}} from --config (empty without it)."""
-  if not getattr(args, "config", None):
+  return _config_defaults(getattr(args, "config", None))
+
+
+@functools.lru_cache(maxsize=4)
+def _config_defaults(spec) -> dict:
+  if not spec:
     return {}
   from showo2_jax.config_lib import load_config  # pylint: disable=g-import-not-at-top
-  cfg = load_config(args.config)
+  cfg = load_config(spec)
   return {"resolution": cfg.resolution, "max_seq_len": cfg.max_seq_len,
           "sample": dict(cfg.sample)}
 

@@ -90,17 +90,19 @@ def generate(model: Showo2, params, tokens, shift, lengths, placement, attention
   return Generated(out, i, prompt_logits, buf if record_logits else None)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling", "compute_all_logits"))
+@functools.partial(jax.jit, static_argnames=(
+    "model", "max_new_tokens", "sampling", "compute_all_logits", "num_steps"))
 def generate_uncached(model: Showo2, params, tokens, shift, lengths, placement, attention, visual,
                       pad_id, rng, *, max_new_tokens: int, sampling: TokenSampling,
-                      compute_all_logits: bool = True) -> jax.Array:
+                      compute_all_logits: bool = True, num_steps: Optional[int] = None) -> jax.Array:
   """The original's loop: every token recomputes the full (padded) sequence.
 
   Same inputs as `generate` (no stopping: it always runs max_new_tokens steps).
   The sequence is padded to P + max_new_tokens once, so it compiles once; the
   not-yet-generated slots are in the future of every query that matters, so
   causality makes them irrelevant. `compute_all_logits` applies the lm_head to
-  every position, as the original does. Returns (B, max_new_tokens) tokens.
+  every position, as the original does. `num_steps` < max_new_tokens runs only
+  the first steps (benchmarks time a few and extrapolate). Returns (B, max_new_tokens).
   """
   del lengths
   b, p = tokens.shape
@@ -125,7 +127,7 @@ def generate_uncached(model: Showo2, params, tokens, shift, lengths, placement, 
     tok = sample_next(sub, logits, sampling)
     return jax.lax.dynamic_update_slice(seq, tok[:, None], (0, slot + 1)), rng
 
-  seq, _ = jax.lax.fori_loop(0, max_new_tokens, body, (seq, rng))
+  seq, _ = jax.lax.fori_loop(0, num_steps or max_new_tokens, body, (seq, rng))
   return seq[:, p:]
 
 

@@ -74,7 +74,8 @@ def sample_latents(model: Showo2, params, tokens, shift, lengths, placement, att
   """Generates one visual block per row after its (aligned) prefix.
 
   tokens (R, P) are the prefixes up to and including boi, left-aligned
-  (`prefix.align`); with CFG, R = 2B rows [cond; null]. context_visual /
+  (`prefix.align`); with CFG, R = 2B rows [cond; null]. lengths (R,) are the
+  prefix lengths, i.e. the true position of each row's time token. context_visual /
   context_te: visual tokens and time embeddings of clean images inside the
   prefixes (None for plain T2I). noise (B, C, [T,] H, W) float32 (for I2V with
   frame 0 already set to the condition latent); grid from `transport.time_grid`.
