@@ -225,10 +225,11 @@ def infer_config(params) -> WanVAEConfig:
   res_per_stage.append(count)
   if len(set(res_per_stage)) != 1:
     raise ValueError(f"cannot infer num_res_blocks: stages have {res_per_stage} blocks")
+  wan21 = z_dim == len(wan.WAN_LATENTS_MEAN)
   return WanVAEConfig(dim=dim, z_dim=z_dim, dim_mult=tuple(dim_mult),
                       num_res_blocks=res_per_stage[0], temperal_downsample=tuple(temporal),
-                      latents_mean=wan.WAN_LATENTS_MEAN[:z_dim] if z_dim == 16 else (0.0,) * z_dim,
-                      latents_std=wan.WAN_LATENTS_STD[:z_dim] if z_dim == 16 else (1.0,) * z_dim)
+                      latents_mean=wan.WAN_LATENTS_MEAN if wan21 else (0.0,) * z_dim,
+                      latents_std=wan.WAN_LATENTS_STD if wan21 else (1.0,) * z_dim)
 
 
 def flax_to_torch_state_dict(params, cfg: Optional[WanVAEConfig] = None, *,
@@ -237,6 +238,8 @@ def flax_to_torch_state_dict(params, cfg: Optional[WanVAEConfig] = None, *,
 
   The config is inferred from the params when not given. Strict like the other direction.
   """
+  if layout not in ("original", "diffusers"):
+    raise ValueError(f"layout must be 'original' or 'diffusers', got {layout!r}")
   cfg = infer_config(params) if cfg is None else cfg
   flat = {path: np.asarray(v) for path, v in _flatten(params).items()}
   table = param_table(cfg)

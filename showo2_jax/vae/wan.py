@@ -92,6 +92,13 @@ class WanVAEConfig:
     d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
     if "base_dim" in d:  # diffusers AutoencoderKLWan config.json
       d["dim"] = d["base_dim"]
+      variant = {k: d.get(k) for k in ("decoder_base_dim", "is_residual", "patch_size",
+                                       "in_channels", "out_channels")}
+      if (variant["is_residual"] or variant["patch_size"]
+          or variant["decoder_base_dim"] not in (None, d["dim"])
+          or variant["in_channels"] not in (None, 3) or variant["out_channels"] not in (None, 3)):
+        raise ValueError(f"not a Wan2.1 VAE config (Wan2.2-style fields {variant}); only "
+                         "the Wan2.1 architecture is implemented")
     d.update(overrides)
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in fields})

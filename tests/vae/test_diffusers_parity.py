@@ -11,7 +11,7 @@ from showo2_jax.parity.wan_vae import relative_error
 from showo2_jax.vae import loading, wan
 
 
-def test_matches_diffusers_autoencoder_kl_wan(wan_vae_cfg):
+def test_matches_diffusers_autoencoder_kl_wan(wan_vae_cfg, tmp_path):
   diffusers = pytest.importorskip("diffusers")
   torch = pytest.importorskip("torch")
   cfg = wan_vae_cfg  # dim 8: the same shapes as the golden fixture
@@ -29,6 +29,11 @@ def test_matches_diffusers_autoencoder_kl_wan(wan_vae_cfg):
   sd = {k: v.numpy() for k, v in model.state_dict().items()}
   assert loading.detect_layout(sd) == "diffusers"
   params = loading.torch_state_dict_to_flax(sd, cfg)
+  model.save_pretrained(tmp_path)  # config.json (diffusers fields) + safetensors
+  from_dir = loading.load_wan_vae_params(tmp_path)
+  np.testing.assert_array_equal(from_dir["decoder"]["upsamples_3"]["time_conv"]["kernel"],
+                                params["decoder"]["upsamples_3"]["time_conv"]["kernel"])
+  assert wan.WanVAEConfig.from_json(tmp_path / "config.json").dim == cfg.dim
 
   video = np.random.default_rng(0).uniform(-1, 1, (1, 3, 9, 32, 32)).astype(np.float32)
   mean = np.asarray(cfg.latents_mean, np.float32).reshape(1, -1, 1, 1, 1)

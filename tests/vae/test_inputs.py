@@ -47,3 +47,9 @@ def test_config_json_with_dropout_is_rejected(tmp_path):
   (tmp_path / "config.json").write_text('{"dim": 8, "dropout": 0.1}')
   with pytest.raises(ValueError, match="dropout"):
     wan.WanVAEConfig.from_json(tmp_path / "config.json")
+
+
+def test_wan22_style_diffusers_configs_are_rejected():
+  with pytest.raises(ValueError, match="not a Wan2.1 VAE config"):
+    wan.WanVAEConfig.from_config_dict(dict(base_dim=160, z_dim=48, is_residual=True,
+                                           patch_size=2))
