@@ -36,7 +36,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
                  help="compute dtype; auto = bfloat16 on an accelerator (as the original), "
                       "float32 on CPU")
-  g.add_argument("--resolution", type=int, help="pixels per side (default: the checkpoint's)")
+  g.add_argument("--resolution", type=int,
+                 help="pixels per side (default: the checkpoint's for generation, 432 at full "
+                      "size for understanding)")
   g.add_argument("--max-seq-len", type=int,
                  help="the original's sequence length, bounding the prompt (default by resolution)")
   g.add_argument("--seed", type=int, default=0)
@@ -85,8 +87,8 @@ def load_pipeline(args, need_vae: bool = False) -> Pipeline:
         max_seq_len=args.max_seq_len or defaults.get("max_seq_len"))
   except loading.CheckpointNotFoundError as e:
     raise InferenceSetupError(str(e)) from None
-  log.info("loaded %s (%s, %d px, max_seq_len %d)", args.checkpoint, dtype, pipe.resolution,
-           pipe.max_seq_len)
+  log.info("loaded %s (%s, generation %d px, understanding %d px, max_seq_len %d)",
+           args.checkpoint, dtype, pipe.resolution, pipe.understanding_resolution, pipe.max_seq_len)
   return pipe
 
 

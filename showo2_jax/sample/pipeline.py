@@ -68,6 +68,7 @@ class Pipeline:
 
   def __init__(self, config: Showo2Config, params, tokenizer, special: tokenizer_lib.SpecialTokens,
                vae: Optional[loading.Vae] = None, *, resolution: Optional[int] = None,
+               understanding_resolution: Optional[int] = None,
                max_seq_len: Optional[int] = None, max_context: int = QWEN_MAX_POSITIONS,
                bucket_multiple: int = 32):
     self.config = config
@@ -77,9 +78,15 @@ class Pipeline:
     self.special = special
     self.vae = vae
     stride = VAE_STRIDE * config.patch_size
+    # Generation at the checkpoint's resolution (432 / 512 / 1024 px); understanding at
+    # the semantic layers' native grid (27 x 16 = 432 px), as the original's MMU scripts
+    # (which add the 27x27 position table without resizing it). `resolution` sets both.
     self.resolution = resolution or config.image_latent_height * stride
-    if self.resolution % stride:
-      raise ValueError(f"resolution {self.resolution} must be a multiple of {stride}")
+    self.understanding_resolution = (understanding_resolution or resolution
+                                     or config.siglip.position_grid * stride)
+    for r in (self.resolution, self.understanding_resolution):
+      if r % stride:
+        raise ValueError(f"resolution {r} must be a multiple of {stride}")
     self.max_seq_len = max_seq_len or MAX_SEQ_LEN.get(
         self.resolution, self.image_block + 4 + DEFAULT_MAX_TEXT_LEN)
     self.max_context = max_context
@@ -109,6 +116,12 @@ class Pipeline:
   def image_block(self) -> int:
     """Visual block length of one image: N patches plus the time slot."""
     return self.num_image_tokens + 1
+
+  @property
+  def understanding_block(self) -> int:
+    """Visual block length of one understanding image (730 at 432 px)."""
+    side = self.understanding_resolution // VAE_STRIDE // self.config.patch_size
+    return side * side + 1
 
   def latent_shape(self, latent_frames: int = 1) -> tuple[int, ...]:
     s, c = self.latent_size, self.config.latent_channels
@@ -194,12 +207,12 @@ class Pipeline:
     """(K, 3, R, R) in [-1, 1] -> clean latents (K, C, h, w) (rng: sample the posterior)."""
     return self._need_vae().encode(pixels, rng)
 
-  def image_pixels(self, image) -> np.ndarray:
+  def image_pixels(self, image, resolution: Optional[int] = None) -> np.ndarray:
     """An RGB image (PIL or uint8 HWC) -> (3, R, R) in [-1, 1], center-cropped as the
-    original's understanding and mixed-modality scripts do (spec 7.5)."""
+    original's scripts do (spec 7.5). R defaults to the generation resolution."""
     if not isinstance(image, Image.Image):
       image = Image.fromarray(np.asarray(image, np.uint8))
-    return transforms.image_transform(image.convert("RGB"), self.resolution)
+    return transforms.image_transform(image.convert("RGB"), resolution or self.resolution)
 
   def _check_context(self, rows, max_new_tokens):
     longest = max(r["prompt_length"] for r in rows)
@@ -224,19 +237,19 @@ class Pipeline:
     """One answer per (image, question) pair; images are PIL or uint8 HWC arrays."""
     if len(images) != len(questions):
       raise ValueError(f"{len(images)} images but {len(questions)} questions")
-    key = jax.random.PRNGKey(seed)
+    vae_key, text_key = jax.random.split(jax.random.PRNGKey(seed))
     answers = []
     pairs = list(zip(images, questions))
     with progress.bar(None, "decoding", show_progress):
       for start, (batch, n_real) in zip(range(0, len(pairs), batch_size), _chunks(pairs, batch_size)):
-        pixels = np.stack([self.image_pixels(im) for im, _ in batch])
-        rng = jax.random.fold_in(key, start) if sample_posterior else None
+        pixels = np.stack([self.image_pixels(im, self.understanding_resolution) for im, _ in batch])
+        rng = jax.random.fold_in(vae_key, start) if sample_posterior else None
         vis = understanding.image_tokens(self.model, self.params, self.encode_pixels(pixels, rng))
         rows = [sequences.understanding_prompt(
-            self.tokenizer, q, self.special, self.chat, num_visual_tokens=self.image_block,
+            self.tokenizer, q, self.special, self.chat, num_visual_tokens=self.understanding_block,
             parity_mode=parity_mode) for _, q in batch]
         answers += self._answer(rows, vis, sampling, max_new_tokens,
-                                jax.random.fold_in(key, 1 << 20 | start), show_progress)[:n_real]
+                                jax.random.fold_in(text_key, start), show_progress)[:n_real]
     return answers
 
   def understand_video(self, frames: Sequence[Any], question: str, *,
@@ -250,16 +263,15 @@ class Pipeline:
     """
     pixels = np.stack([transforms.to_pixels(transforms.resize_and_pad(
         f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f, np.uint8)),
-        self.resolution)) for f in frames])
-    key = jax.random.PRNGKey(seed)
-    latents = self.encode_pixels(pixels, key if sample_posterior else None)
-    side = self.latent_size // self.config.patch_size
+        self.understanding_resolution)) for f in frames])
+    vae_key, text_key = jax.random.split(jax.random.PRNGKey(seed))
+    latents = self.encode_pixels(pixels, vae_key if sample_posterior else None)
+    side = self.understanding_resolution // VAE_STRIDE // self.config.patch_size
     pooled = understanding.pooled_side(side)
     vis = understanding.video_tokens(self.model, self.params, latents, pooled)
     row = sequences.video_understanding_prompt(
         self.tokenizer, question, self.special, self.chat, num_frames=len(frames),
         tokens_per_frame=pooled * pooled, parity_mode=parity_mode,
-        parity_block_length=self.image_block if parity_mode else None)
+        parity_block_length=self.understanding_block if parity_mode else None)
     with progress.bar(None, "decoding", show_progress):
-      return self._answer([row], vis, sampling, max_new_tokens, jax.random.fold_in(key, 1),
-                          show_progress)[0]
+      return self._answer([row], vis, sampling, max_new_tokens, text_key, show_progress)[0]

@@ -4,8 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from showo2_jax.config_lib import load_config
 from showo2_jax.data import testing
 from showo2_jax.data import tokenizer as tokenizer_lib
+from showo2_jax.models.config import Showo2Config
 from showo2_jax.sample import loading, mixed, pipeline
 
 FEW_STEPS = pipeline.FlowSampling(num_steps=3, guidance_scale=3.0)
@@ -112,3 +114,13 @@ def test_mixed_context_images_are_clean_t1_by_default(pipe, monkeypatch):
   mixed.image_round(pipe, history + [22], positions, [latent], FEW_STEPS,
                     jnp.zeros((16, 8, 8), jnp.float32))
   assert times == [1.0, 0.0, 1.0]
+
+
+def test_resolutions_follow_the_checkpoint(pipe):
+  """HQ 512 generates at 512 px but understands at 432 (the 27x27 semantic grid)."""
+  config = Showo2Config.from_config_dict(load_config("showo2_1p5b_hq512").model)
+  hq = pipeline.Pipeline(config, None, pipe.tokenizer, pipe.special)
+  assert (hq.resolution, hq.understanding_resolution) == (512, 432)
+  assert (hq.image_block, hq.understanding_block, hq.max_text_len) == (1025, 730, 251)
+  both = pipeline.Pipeline(config, None, pipe.tokenizer, pipe.special, resolution=1024)
+  assert (both.resolution, both.understanding_resolution, both.max_text_len) == (1024, 1024, 251)
