@@ -2,6 +2,7 @@
 import json
 import os
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 from PIL import Image
@@ -60,6 +61,19 @@ def test_generate_writes_pngs_from_original_and_orbax_checkpoints(assets, capsys
   assert rc == 0
   np.testing.assert_array_equal(np.asarray(Image.open(out_dir / "orbax" / files[0])),
                                 np.asarray(Image.open(out_dir / files[0])))
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")  # imageio-ffmpeg spawns ffmpeg (fork + exec)
+def test_generate_image_to_video(assets, capsys):
+  out_dir = assets["root"] / "i2v"
+  rc, out, _ = _run(capsys, "generate", *assets["model"], "a dog runs", "--num-frames", "5",
+                    "--image", assets["image"], "--steps", "3", "--guidance", "3.0",
+                    "--no-progress", "--out", str(out_dir))
+  assert rc == 0
+  written = [p for p in os.listdir(out_dir) if p.startswith("00000.")]
+  assert written in (["00000.mp4"], ["00000.gif"])  # GIF when imageio has no video backend
+  frames = iio.imread(out_dir / written[0])
+  assert frames.shape[0] == 5 and frames.shape[1:3] == (64, 64)
 
 
 def test_understand_answers_each_question(assets, capsys):
