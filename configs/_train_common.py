@@ -21,6 +21,13 @@ STAGE2_GROUP_PATTERNS = dict(
 def add_training(c, *, num_steps, global_batch_size, seed=10086):
   """Adds the train/optim/checkpoint/init/data blocks to a model config `c`."""
   c.seed = seed
+  # The frozen VAE that encodes `pixel_values` inside the step (spec 7.1 step 1). Only
+  # read when batches carry pixels and no latents; precomputed latents are faster.
+  # Wan2.1_VAE.pth, a .safetensors, a directory holding one, an Orbax wan_vae dir
+  # (showo2-jax convert), or "random" (fresh weights from `seed`: tests, demos).
+  # Its architecture is `c.vae`.
+  c.vae_checkpoint = ""
+  c.vae_dtype = "bfloat16"                 # VAE compute dtype: the original's bf16 autocast
   c.train = ml_collections.ConfigDict(dict(
       num_steps=num_steps,
       global_batch_size=global_batch_size,   # rows per optimizer step, all hosts
@@ -66,6 +73,7 @@ def add_training(c, *, num_steps, global_batch_size, seed=10086):
       t2i_rows=6, mmu_rows=2, interleaved_rows=0,
       num_classes=8, max_images=1,
       caption_len=6,
+      pixels=False,                          # True: pixel_values (needs vae_checkpoint), not latents
   ))
   return c
 

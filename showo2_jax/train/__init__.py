@@ -9,6 +9,7 @@ Modules, in the order a run uses them:
   warm_start    params from a previous stage, converted or original weights
   data          per-process batches -> global sharded arrays
   synthetic     in-memory learnable data with the real layout
+  vae_encoder   the frozen VAE: pixels -> sampled latents inside the step
   noising       per-image t, noise, clean context, flow masks
   objective     ntp_coeff * NTP + flow_coeff * FM
   step          the jitted, sharded, donated train step

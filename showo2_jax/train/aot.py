@@ -4,8 +4,9 @@
 a run would use (same state and batch shardings, same donation) against
 abstract inputs only: nothing is allocated, nothing runs. XLA's memory analysis
 of the result is the per-device footprint: arguments (params, optimizer state,
-batch), outputs, temporaries (activations, gradients) and the aliased (donated)
-part, so a run can be sized before a pod is rented.
+batch, the VAE encoder's params when the step encodes pixels), outputs,
+temporaries (activations, gradients) and the aliased (donated) part, so a run
+can be sized before a pod is rented.
 
 `devices` are either N fake CPU devices (`jax_num_cpu_devices`) or the devices
 of a TPU topology description (`jax.experimental.topologies`, needs libtpu).
@@ -21,7 +22,7 @@ import numpy as np
 
 from showo2_jax import sharding as sharding_lib
 from showo2_jax.train import data as data_lib, optimizer as optimizer_lib, tasks
-from showo2_jax.train import state as state_lib, step as step_lib
+from showo2_jax.train import state as state_lib, step as step_lib, vae_encoder
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,9 @@ def tpu_devices(topology: str):
   return list(topo.devices)
 
 
-def compile_train_step(config, devices) -> CompileReport:
+def lower_train_step(config, devices):
+  """(lowered step, StateLayout): the run's exact step traced against abstract
+  inputs on a mesh of `devices`; nothing is compiled or allocated."""
   task = tasks.build(config)
   num_steps = int(config.train.num_steps)
   mesh = sharding_lib.create_mesh(config.mesh, devices)
@@ -95,13 +98,25 @@ def compile_train_step(config, devices) -> CompileReport:
     shard = step_lib.batch_shardings(mesh, shapes)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shard[k]) for k, v in shapes.items()}
     rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=state_lib.replicated(mesh))
+    encoder, args = None, ()
+    if "pixel_values" in shapes:    # the VAE encode is part of the step: size it too
+      encoder = vae_encoder.VaeEncoder(vae_encoder.vae_config(config))
+      args = (vae_encoder.abstract_params(encoder.cfg, mesh),)
     fn = step_lib.jit_train_step(
         step_lib.make_train_step(task.objective, lay, grad_accum_steps=int(config.train.grad_accum_steps),
-                                 schedules=optimizer_lib.schedules(config.optim, num_steps)),
-        lay, shapes)
-    t0 = time.perf_counter()
-    compiled = fn.lower(lay.abstract, batch, rng).compile()
-    seconds = time.perf_counter() - t0
+                                 schedules=optimizer_lib.schedules(config.optim, num_steps),
+                                 encoder=encoder),
+        lay, shapes, with_vae=encoder is not None)
+    return fn.lower(lay.abstract, batch, rng, *args), lay
+
+
+def compile_train_step(config, devices) -> CompileReport:
+  lowered, lay = lower_train_step(config, devices)
+  mesh = lay.mesh
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh), sharding_lib.axis_rules():
+    compiled = lowered.compile()
+  seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -5,7 +5,8 @@ global batch, derived from the batch sharding), and `to_global` assembles the
 process-local numpy batches into one global jax.Array per field. A batch is a
 dict of numpy arrays (`text_tokens`, `text_labels`, `modality_positions`,
 `image_masks`, `latents`, `is_und`, ...), the one boundary between host-side data
-work and the jitted step.
+work and the jitted step. Images come as `latents` (precomputed, the fast path)
+or as `pixel_values` that the step encodes with the frozen VAE (vae_encoder.py).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from showo2_jax.train import synthetic
+from showo2_jax.train import synthetic, vae_encoder
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -58,10 +59,19 @@ def slots_by_row(local: Mapping[str, np.ndarray]) -> dict:
   return out
 
 
+def step_fields(local: Mapping[str, np.ndarray]) -> dict:
+  """The fields the step reads: pixels are dropped when latents are there too
+  (precomputed latents win; no point shipping images to the devices)."""
+  out = dict(local)
+  if "latents" in out:
+    out.pop("pixel_values", None)
+  return out
+
+
 def to_global(local: Mapping[str, np.ndarray], mesh: Mesh, global_batch: int) -> dict:
   """Process-local numpy rows -> global jax.Arrays sharded on the batch axis."""
   out = {}
-  for k, v in slots_by_row(local).items():
+  for k, v in slots_by_row(step_fields(local)).items():
     v = np.asarray(v)
     shape = (global_batch,) + v.shape[1:]
     out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v, shape)
@@ -123,7 +133,29 @@ def synthetic_spec(config) -> synthetic.SyntheticSpec:
       latent_shape=(m.latent_channels, m.image_latent_height * p, m.image_latent_width * p),
       num_visual_tokens=n + 1, vocab_size=m.llm.vocab_size, num_classes=d.num_classes,
       caption_len=d.caption_len, t2i_rows=d.t2i_rows, mmu_rows=d.mmu_rows,
-      interleaved_rows=d.interleaved_rows, max_images=d.max_images, seed=config.seed)
+      interleaved_rows=d.interleaved_rows, max_images=d.max_images, seed=config.seed,
+      pixel_shape=pixel_shape(config) if d.get("pixels", False) else None)
+
+
+def pixel_shape(config) -> tuple:
+  """(3, R, R) of one image; R must give the model's latent grid through the VAE."""
+  m, r = config.model, int(config.resolution)
+  stride = vae_encoder.vae_config(config).spatial_factor
+  want = (m.image_latent_height * m.patch_size, m.image_latent_width * m.patch_size)
+  if (r // stride, r // stride) != want or r % stride:
+    raise ValueError(f"resolution {r} gives {r // stride}x{r // stride} latents through the VAE "
+                     f"(stride {stride}); the model's grid needs {want[0]}x{want[1]}")
+  return (3, r, r)
+
+
+def uses_pixels(config) -> bool:
+  """Whether this run's batches carry pixels for the step's VAE: synthetic data
+  says so (`data.pixels`); a pipeline's records are only known once read, so a
+  set `vae_checkpoint` stands for pixels there (e.g. for `showo2-jax compile`)."""
+  d = config.data
+  if d.get("source") == "synthetic":
+    return bool(d.get("pixels", False))
+  return bool(config.get("vae_checkpoint", ""))
 
 
 def slots_per_row(config) -> int:
@@ -135,18 +167,22 @@ def slots_per_row(config) -> int:
 
 
 def batch_shapes(config) -> dict:
-  """The global batch as ShapeDtypeStructs (what the step is compiled for),
-  latents already (B, M, C, H, W)."""
+  """The global batch as ShapeDtypeStructs (what the step is compiled for), images
+  already (B, M, ...): latents, or pixels when `uses_pixels(config)` (images only;
+  video streams are not sized here)."""
   m = config.model
   b, l, slots = int(config.train.global_batch_size), int(config.max_seq_len), slots_per_row(config)
   p = m.patch_size
-  latent = (m.latent_channels, m.image_latent_height * p, m.image_latent_width * p)
+  if uses_pixels(config):
+    visual = ("pixel_values", pixel_shape(config))
+  else:
+    visual = ("latents", (m.latent_channels, m.image_latent_height * p, m.image_latent_width * p))
   i32 = np.int32
   return {
       "text_tokens": jax.ShapeDtypeStruct((b, l), i32),
       "text_labels": jax.ShapeDtypeStruct((b, l), i32),
       "image_masks": jax.ShapeDtypeStruct((b, l), i32),
       "modality_positions": jax.ShapeDtypeStruct((b, slots, 2), i32),
-      "latents": jax.ShapeDtypeStruct((b, slots) + latent, np.float32),
+      visual[0]: jax.ShapeDtypeStruct((b, slots) + visual[1], np.float32),
       "is_und": jax.ShapeDtypeStruct((b,), i32),
   }

@@ -8,6 +8,10 @@ steps show both losses falling:
 - captioning rows (spec 4.3, stage 1) ask for the caption given the latent (NTP),
 - interleaved rows (spec 4.6) alternate captions and images (both losses).
 
+With `pixel_shape` set, rows carry `pixel_values` in [-1, 1] instead of
+latents (each class a fixed blocky picture plus noise), so the step must
+encode them with the VAE, as it does for a pipeline reading raw images.
+
 Row r of global batch n is drawn from its own generator seeded (seed, n, r), so
 any process can build any slice of any batch: the iterator is random-access,
 resumable from one integer, and independent of how many hosts read it.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Optional
 
 import numpy as np
 
@@ -38,11 +43,13 @@ class SyntheticSpec:
   max_images: int = 1            # M, slots per row
   seed: int = 0
   noise_scale: float = 0.3
+  pixel_shape: Optional[tuple] = None   # (3, R, R): emit pixel_values instead of latents
 
 
 class SyntheticSource:
   """Random-access batches: `rows(index, start, stop)` -> numpy dict, in the
-  layout of showo2_jax.data.pipeline (latents (B*M, C, H, W), slot k = i*M + j)."""
+  layout of showo2_jax.data.pipeline (latents (B*M, C, H, W) or pixel_values
+  (B*M, 3, R, R), slot k = i*M + j)."""
 
   def __init__(self, spec: SyntheticSpec):
     if spec.vocab_size <= FIRST_TEXT_ID + 1:
@@ -52,6 +59,13 @@ class SyntheticSource:
     self.captions = rng.integers(FIRST_TEXT_ID, spec.vocab_size,
                                  (spec.num_classes, spec.caption_len)).astype(np.int32)
     self.patterns = rng.standard_normal((spec.num_classes,) + tuple(spec.latent_shape)).astype(np.float32)
+    self.visual_key, self.visual_shape = "latents", tuple(spec.latent_shape)
+    if spec.pixel_shape is not None:
+      # 8x8-pixel blocks: structure a VAE with 8x downsampling keeps per latent.
+      c, h, w = spec.pixel_shape
+      coarse = rng.uniform(-0.8, 0.8, (spec.num_classes, c, -(-h // 8), -(-w // 8)))
+      self.patterns = coarse.repeat(8, axis=2).repeat(8, axis=3)[:, :, :h, :w].astype(np.float32)
+      self.visual_key, self.visual_shape = "pixel_values", (c, h, w)
     self._cycle = ["t2i"] * spec.t2i_rows + ["mmu"] * spec.mmu_rows + ["interleaved"] * spec.interleaved_rows
     if not self._cycle:
       raise ValueError("synthetic data needs at least one of t2i_rows, mmu_rows, interleaved_rows")
@@ -60,7 +74,8 @@ class SyntheticSource:
     out = [self._row(index, r) for r in range(start, stop)]
     batch = {k: np.stack([o[k] for o in out]) for k in out[0]}
     # Slots folded into the batch axis (B*M, C, H, W), as the real pipeline does.
-    batch["latents"] = batch["latents"].reshape((-1,) + batch["latents"].shape[2:])
+    v = batch.pop("visual")
+    batch[self.visual_key] = v.reshape((-1,) + v.shape[2:])
     return batch
 
   # ------------------------------------------------------------------ rows
@@ -105,13 +120,15 @@ class SyntheticSource:
     tokens = np.asarray(tokens + [PAD] * pad, np.int32)
     labels = np.asarray(labels + [IGNORE] * pad, np.int32)
     positions = np.zeros((s.max_images, 2), np.int32)
-    latents = np.zeros((s.max_images,) + tuple(s.latent_shape), np.float32)
+    visual = np.zeros((s.max_images,) + self.visual_shape, np.float32)
     for j, (offset, c) in enumerate(slots):
       positions[j] = (offset, s.num_visual_tokens)
-      noise = rng.standard_normal(s.latent_shape).astype(np.float32)
-      latents[j] = self.patterns[c] + s.noise_scale * noise
+      noise = rng.standard_normal(self.visual_shape).astype(np.float32)
+      visual[j] = self.patterns[c] + s.noise_scale * noise
+    if s.pixel_shape is not None:
+      visual = np.clip(visual, -1.0, 1.0)
     return dict(text_tokens=tokens, text_labels=labels, modality_positions=positions,
-                image_masks=(tokens == IMG_PAD).astype(np.int32), latents=latents,
+                image_masks=(tokens == IMG_PAD).astype(np.int32), visual=visual,
                 is_und=np.asarray(is_und, np.int32))
 
 

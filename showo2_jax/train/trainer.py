@@ -4,6 +4,9 @@
 runs resumable and safe:
 - restore the latest complete checkpoint (state *and* data position) before
   reading any batch; otherwise warm-start or random-init;
+- if the batches carry pixels (no latents), load the frozen VAE from
+  `config.vae_checkpoint` and pass its params to every step (they are not part
+  of the state, so a restart reloads them rather than reading a checkpoint);
 - step s uses the key fold_in(base key, s), so t, noise and clean-context draws
   are functions of the step, and a restarted run repeats the uninterrupted one;
 - metrics of a step are fetched one step late (the next step is already queued,
@@ -15,6 +18,7 @@ runs resumable and safe:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -27,7 +31,7 @@ import numpy as np
 from showo2_jax import sharding as sharding_lib
 from showo2_jax.train import checkpointing, metrics as metrics_lib, optimizer as optimizer_lib
 from showo2_jax.train import data as data_lib, partition, tasks, warm_start
-from showo2_jax.train import state as state_lib, step as step_lib
+from showo2_jax.train import state as state_lib, step as step_lib, vae_encoder
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,24 @@ def build_state(task, config, lay, ckpt: checkpointing.Checkpointer, iterator):
   return state_lib.create(params, state_lib.place(step_rng, lay.abstract.rng), lay), None
 
 
+def load_vae_if_needed(config, first_batch, mesh):
+  """(VaeEncoder, replicated params) when the batches carry pixels but no latents,
+  else (None, None): precomputed latents never load the VAE."""
+  if "pixel_values" not in first_batch or "latents" in first_batch:
+    return None, None
+  if not vae_encoder.uses_vae(config):
+    raise ValueError(
+        "batches carry pixel_values but no latents, and config.vae_checkpoint is empty: set it "
+        "to Wan2.1_VAE.pth (or a .safetensors, a diffusers VAE directory, an Orbax wan_vae "
+        "checkpoint) to encode pixels in the step, or, faster, train from precomputed latents "
+        "(showo2-jax precompute-latents, then an array_record data source)")
+  return vae_encoder.load_params(config, mesh)
+
+
+def _with_vae(train_step, vae_params, state, batch, rng):
+  return train_step(state, batch, rng, vae_params)
+
+
 def train(config, workdir: str) -> dict:
   """Runs (or resumes) a training run; returns a summary dict with `status`."""
   os.makedirs(workdir, exist_ok=True)
@@ -120,14 +142,14 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
   step = int(restored or 0)
   base_key = _host_key(state.rng)
   first = next(iterator)
-  if task.name == "showo2" and "latents" not in first:
-    raise ValueError("batches carry pixel_values but no latents: train from precomputed latents "
-                     "(showo2-jax precompute-latents, then an array_record data source); "
-                     "VAE encoding inside the loop is not supported yet")
-  batch_spec = data_lib.slots_by_row(first)
+  encoder, vae_params = load_vae_if_needed(config, first, lay.mesh)
+  batch_spec = data_lib.slots_by_row(data_lib.step_fields(first))
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(task.objective, lay, grad_accum_steps=int(t.grad_accum_steps),
-                               schedules=schedules), lay, batch_spec)
+                               schedules=schedules, encoder=encoder),
+      lay, batch_spec, with_vae=encoder is not None)
+  if encoder is not None:
+    train_step = functools.partial(_with_vae, train_step, vae_params)
   tokens_per_step = global_batch * task.tokens_per_row
   report = metrics_lib.ThroughputReport(num_steps, tokens_per_step, t.report_every, writers)
   profile = metrics_lib.profiler(workdir, int(t.profile_steps), int(t.profile_start))

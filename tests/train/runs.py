@@ -33,20 +33,22 @@ def env(devices: int = 1) -> dict:
   return e
 
 
-def train_cmd(workdir, *extra) -> list[str]:
-  return [sys.executable, "-m", "showo2_jax.cli.main", "train", "--config", "tiny_train",
+def train_cmd(workdir, *extra, config: str = "tiny_train") -> list[str]:
+  return [sys.executable, "-m", "showo2_jax.cli.main", "train", "--config", config,
           "--workdir", str(workdir), *SHORT_RUN, *extra]
 
 
-def start(workdir, *extra, devices: int = 1, log_name: str = "log.txt") -> subprocess.Popen:
+def start(workdir, *extra, devices: int = 1, log_name: str = "log.txt",
+          config: str = "tiny_train") -> subprocess.Popen:
   Path(workdir).mkdir(parents=True, exist_ok=True)
   log = open(Path(workdir) / log_name, "ab")
-  return subprocess.Popen(train_cmd(workdir, *extra), env=env(devices), stdout=log,
+  return subprocess.Popen(train_cmd(workdir, *extra, config=config), env=env(devices), stdout=log,
                           stderr=subprocess.STDOUT, cwd=REPO)
 
 
-def run(workdir, *extra, devices: int = 1, timeout: float = 400) -> dict[int, dict]:
-  proc = start(workdir, *extra, devices=devices)
+def run(workdir, *extra, devices: int = 1, timeout: float = 400,
+        config: str = "tiny_train") -> dict[int, dict]:
+  proc = start(workdir, *extra, devices=devices, config=config)
   rc = proc.wait(timeout=timeout)
   assert rc == 0, f"train exited {rc}; log:\n{log_tail(workdir)}"
   return read_metrics(workdir)

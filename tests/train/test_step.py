@@ -1,4 +1,4 @@
-"""The jitted step: frozen params untouched, gradient accumulation, a learning run."""
+"""The jitted step: frozen params, the VAE pixel path, gradient accumulation, a learning run."""
 import json
 
 import jax
@@ -8,11 +8,13 @@ import optax
 import pytest
 from flax import traverse_util
 
+from configs import _train_common as tc
 from showo2_jax import sharding as sharding_lib
 from showo2_jax.config_lib import load_config
 from showo2_jax.train import data as data_lib, optimizer, partition, tasks, trainer
 from showo2_jax.train import state as state_lib, step as step_lib
-from showo2_jax.train import synthetic
+from showo2_jax.train import synthetic, vae_encoder
+from showo2_jax.vae import wan
 
 
 def _setup(config):
@@ -24,29 +26,73 @@ def _setup(config):
   return task, mesh, lay
 
 
-def test_stage1_step_updates_only_trainable_params():
-  config = load_config("tiny_train")
-  config.train.frozen = ("image_embedder_und", "und_trans", "showo", "position_embedding")
+def _flat(tree):
+  return traverse_util.flatten_dict(jax.device_get(tree))
+
+
+def test_stage1_pixel_step_consumes_the_vae_sample_and_keeps_frozen_params():
+  """Stage-1 freezing on pixel batches with the tiny random Wan VAE (bf16, as autocast).
+
+  One compile each of the pixel step and the latents step proves:
+  - the pixel step equals the latents step fed `vae.sample` of the same pixels
+    with the step's VAE key (same loss, gradients and update), and not the
+    posterior mean: the step consumes exactly the VAE's sampled output;
+  - frozen params stay bit-identical over 3 steps, trainable ones move, losses
+    stay finite.
+  Two programs may order float reductions differently, hence the tight
+  tolerance instead of bit equality; the wrong latents miss it by far.
+  """
+  config = load_config("tiny_train:pixels")
+  config.train.frozen = tc.STAGE1_FROZEN
   config.optim.warmup_steps = 0       # the warm-up's first lr is 0, as the original's
   task, mesh, lay = _setup(config)
   with jax.set_mesh(mesh), sharding_lib.axis_rules():
+    encoder, vae_params = vae_encoder.load_params(config, mesh)
+    assert encoder.cfg.dtype == "bfloat16" and encoder.cfg.dim == 8
     params = state_lib.init_params(task.init_params, lay, jax.random.PRNGKey(0))
-    before = jax.device_get(params)
+    before = _flat(params)
     state = state_lib.create(params, jnp.zeros((2,), jnp.uint32), lay)
-    local = next(task.make_iterator(mesh))
-    batch = data_lib.to_global(local, mesh, 8)
-    fn = step_lib.jit_train_step(step_lib.make_train_step(task.objective, lay), lay,
-                                 data_lib.slots_by_row(local))
-    state, metrics = fn(state, batch, np.zeros(2, np.uint32))
-    after = jax.device_get(state.params)
-  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
-  for path, old in traverse_util.flatten_dict(before).items():
-    new = traverse_util.flatten_dict(after)[path]
+    state_lat = jax.tree.map(jnp.copy, state)
+    iterator = task.make_iterator(mesh)
+    local = next(iterator)
+    assert "latents" not in local and local["pixel_values"].shape == (8, 3, 64, 64)
+    pixel_step = step_lib.jit_train_step(
+        step_lib.make_train_step(task.objective, lay, encoder=encoder), lay,
+        data_lib.slots_by_row(local), with_vae=True)
+    key = np.asarray(jax.random.fold_in(jax.random.PRNGKey(0), 0))
+
+    # The latents path, fed the VAE's own sample of these pixels with the step's VAE key.
+    mu, logvar = wan.encode_posterior(vae_params, local["pixel_values"], encoder.cfg)
+    sampled = wan.sample_posterior(mu, logvar, vae_encoder.vae_rng(key))
+    as_latents = lambda z: data_lib.to_global(
+        dict({k: v for k, v in local.items() if k != "pixel_values"}, latents=np.asarray(z)), mesh, 8)
+    latent_step = step_lib.jit_train_step(step_lib.make_train_step(task.objective, lay), lay,
+                                          as_latents(sampled))
+    mean_state, mean_metrics = latent_step(jax.tree.map(jnp.copy, state), as_latents(mu), key)
+    lat_state, lat_metrics = latent_step(state_lat, as_latents(sampled), key)
+
+    state, metrics = pixel_step(state, data_lib.to_global(local, mesh, 8), key, vae_params)
+    losses = [float(metrics["loss"])]
+    for k in ("loss", "ntp_loss", "flow_loss", "grad_norm"):
+      np.testing.assert_allclose(float(metrics[k]), float(lat_metrics[k]), rtol=1e-5, err_msg=k)
+    assert abs(float(mean_metrics["flow_loss"]) - float(metrics["flow_loss"])) > 1e-3
+    lat_params = _flat(lat_state.params)
+    for path, value in _flat(state.params).items():
+      np.testing.assert_allclose(value, lat_params[path], rtol=1e-5, atol=1e-6,
+                                 err_msg=partition.path_name(path))
+    del mean_state
+
+    for step in (1, 2):
+      key = np.asarray(jax.random.fold_in(jax.random.PRNGKey(0), step))
+      state, metrics = pixel_step(state, data_lib.to_global(next(iterator), mesh, 8), key, vae_params)
+      losses.append(float(metrics["loss"]))
+    after = _flat(state.params)
+  assert int(state.step) == 3 and np.all(np.isfinite(losses)), losses
+  for path, old in before.items():
     if lay.labels[path] == partition.FROZEN:
-      np.testing.assert_array_equal(new, old, err_msg=partition.path_name(path))
-  changed = [p for p, old in traverse_util.flatten_dict(before).items()
-             if lay.labels[p] != partition.FROZEN
-             and not np.array_equal(old, traverse_util.flatten_dict(after)[p])]
+      np.testing.assert_array_equal(after[path], old, err_msg=partition.path_name(path))
+  changed = [p for p, old in before.items()
+             if lay.labels[p] != partition.FROZEN and not np.array_equal(old, after[p])]
   assert any(p[0] == "diffusion_head_b" for p in changed)   # zero-init head: its grads come first
   assert any(p[0] == "fusion_proj" for p in changed)
 
