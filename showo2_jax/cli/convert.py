@@ -3,6 +3,7 @@
   showo2-jax convert to-orbax --torch DIR_OR_FILE --out ORBAX_DIR [--dtype bfloat16]
   showo2-jax convert to-torch --orbax ORBAX_DIR --out DIR [--max-shard-size 5GB]
   showo2-jax convert verify   --torch DIR_OR_FILE --orbax ORBAX_DIR
+  showo2-jax convert export-run --workdir RUN_DIR --out ORBAX_DIR [--step N]
 
 See docs/convert.md for the layouts understood and what each file holds.
 """
@@ -60,6 +61,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   p.add_argument("--orbax", required=True, metavar="ORBAX_DIR")
   p.add_argument("--json", action="store_true", help="also print the report as JSON")
 
+  p = sub.add_parser("export-run", help="params of a training run -> Orbax checkpoint (for to-torch)",
+                     description="Keeps only the params of a `showo2-jax train` checkpoint (no optimizer "
+                                 "state), with the model config, as `to-torch` and the inference "
+                                 "commands read them.")
+  p.add_argument("--workdir", required=True, metavar="RUN_DIR", help="the --workdir of a training run")
+  p.add_argument("--out", required=True, metavar="ORBAX_DIR")
+  p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+  p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
 
 def run(args) -> int:
   # Orbax (through absl) and JAX's backend probing log at INFO; keep ours readable.
@@ -68,7 +78,7 @@ def run(args) -> int:
   from showo2_jax.convert import pipeline, verify  # pylint: disable=import-outside-toplevel
   cmd = getattr(args, "convert_command", None)
   if cmd is None:
-    raise CliError("choose a subcommand: to-orbax, to-torch or verify (see --help)")
+    raise CliError("choose a subcommand: to-orbax, to-torch, verify or export-run (see --help)")
   try:
     if cmd == "to-orbax":
       summary = pipeline.to_orbax(
@@ -85,6 +95,11 @@ def run(args) -> int:
           llm_model_path=args.llm_model_path, clip_model_path=args.clip_model_path)
       print(f"wrote {summary['kind']} checkpoint {summary['out']}: {summary['tensors']} tensors in "
             f"{len(summary['files'])} files ({', '.join(summary['files'])}) in {summary['seconds']} s")
+      return 0
+    if cmd == "export-run":
+      from showo2_jax.convert import training_run  # pylint: disable=import-outside-toplevel
+      summary = training_run.export_run(args.workdir, args.out, args.step, overwrite=args.overwrite)
+      print(f"exported {summary['params']} params from {summary['source']} to {summary['out']}")
       return 0
     report = verify.verify(args.torch, args.orbax)
   except (pipeline.ConversionError, FileExistsError) as e:
