@@ -33,6 +33,7 @@ objective splits off for t and the flow noise (eps would equal x0).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from typing import Any, Mapping, Optional
@@ -130,13 +131,19 @@ def prepare_visuals(batch: Mapping[str, jax.Array], rng: jax.Array,
 
 
 def abstract_params(cfg: wan.WanVAEConfig, mesh: Mesh):
-  """ShapeDtypeStructs of the VAE params, replicated on `mesh` (AOT compiles)."""
+  """ShapeDtypeStructs of the encoder's params, replicated on `mesh`."""
+  rep = NamedSharding(mesh, P())
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=rep),
+                      _param_shapes(dataclasses.replace(cfg, dtype="float32")))
+
+
+@functools.lru_cache(maxsize=8)
+def _param_shapes(cfg: wan.WanVAEConfig):
+  """Traces the whole VAE's init once per config (a second or more for the full one)."""
   s = cfg.spatial_factor
   x = jax.ShapeDtypeStruct((1, 1 + wan.ENCODE_CHUNK_FRAMES, s, s, 3), jnp.float32)
   z = jax.ShapeDtypeStruct((1, 2, 1, 1, cfg.z_dim), jnp.float32)
-  shapes = encoder_half(jax.eval_shape(wan.WanVAE(cfg).init, jax.random.PRNGKey(0), x, z)["params"])
-  rep = NamedSharding(mesh, P())
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=rep), shapes)
+  return encoder_half(jax.eval_shape(wan.WanVAE(cfg).init, jax.random.PRNGKey(0), x, z)["params"])
 
 
 def encoder_half(params) -> dict:
