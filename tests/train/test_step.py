@@ -1,6 +1,4 @@
 """The jitted step: frozen params, the VAE pixel path, gradient accumulation, a learning run."""
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,10 +9,11 @@ from flax import traverse_util
 from configs import _train_common as tc
 from showo2_jax import sharding as sharding_lib
 from showo2_jax.config_lib import load_config
-from showo2_jax.train import data as data_lib, optimizer, partition, tasks, trainer
+from showo2_jax.train import data as data_lib, optimizer, partition, tasks
 from showo2_jax.train import state as state_lib, step as step_lib
 from showo2_jax.train import synthetic, vae_encoder
 from showo2_jax.vae import wan
+from tests.train import runs
 
 
 def _setup(config):
@@ -28,6 +27,13 @@ def _setup(config):
 
 def _flat(tree):
   return traverse_util.flatten_dict(jax.device_get(tree))
+
+
+def _fast(jitted, *args):
+  """`jitted` compiled for `args` with XLA's CPU optimisations off, as the subprocess
+  runs are (runs.FAST_XLA_FLAGS): codegen only, in about half the compile time,
+  and without changing the flags of this shared test process."""
+  return jitted.lower(*args).compile(runs.FAST_COMPILER_OPTIONS)
 
 
 def test_stage1_pixel_step_consumes_the_vae_sample_and_keeps_frozen_params():
@@ -49,29 +55,32 @@ def test_stage1_pixel_step_consumes_the_vae_sample_and_keeps_frozen_params():
   with jax.set_mesh(mesh), sharding_lib.axis_rules():
     encoder, vae_params = vae_encoder.load_params(config, mesh)
     assert encoder.cfg.dtype == "bfloat16" and encoder.cfg.dim == 8
-    params = state_lib.init_params(task.init_params, lay, jax.random.PRNGKey(0))
+    init = jax.jit(lambda r: state_lib.values(task.init_params(r)), out_shardings=lay.param_shardings)
+    params = _fast(init, jax.random.PRNGKey(0))(jax.random.PRNGKey(0))
     before = _flat(params)
     state = state_lib.create(params, jnp.zeros((2,), jnp.uint32), lay)
-    state_lat = jax.tree.map(jnp.copy, state)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)
     iterator = task.make_iterator(mesh)
     local = next(iterator)
     assert "latents" not in local and local["pixel_values"].shape == (8, 3, 64, 64)
-    pixel_step = step_lib.jit_train_step(
-        step_lib.make_train_step(task.objective, lay, encoder=encoder), lay,
-        data_lib.slots_by_row(local), with_vae=True)
     key = np.asarray(jax.random.fold_in(jax.random.PRNGKey(0), 0))
+    pixels = data_lib.to_global(local, mesh, 8)
+    pixel_step = _fast(step_lib.jit_train_step(
+        step_lib.make_train_step(task.objective, lay, encoder=encoder), lay, pixels, with_vae=True),
+        state, pixels, key, vae_params)
 
     # The latents path, fed the VAE's own sample of these pixels with the step's VAE key.
-    mu, logvar = wan.encode_posterior(vae_params, local["pixel_values"], encoder.cfg)
+    encode = jax.jit(lambda p, x: wan.encode_posterior(p, x, encoder.cfg))
+    mu, logvar = _fast(encode, vae_params, local["pixel_values"])(vae_params, local["pixel_values"])
     sampled = wan.sample_posterior(mu, logvar, vae_encoder.vae_rng(key))
     as_latents = lambda z: data_lib.to_global(
         dict({k: v for k, v in local.items() if k != "pixel_values"}, latents=np.asarray(z)), mesh, 8)
-    latent_step = step_lib.jit_train_step(step_lib.make_train_step(task.objective, lay), lay,
-                                          as_latents(sampled))
-    mean_state, mean_metrics = latent_step(jax.tree.map(jnp.copy, state), as_latents(mu), key)
-    lat_state, lat_metrics = latent_step(state_lat, as_latents(sampled), key)
+    latent_step = _fast(step_lib.jit_train_step(step_lib.make_train_step(task.objective, lay), lay,
+                                                as_latents(mu)), state, as_latents(mu), key)
+    _, mean_metrics = latent_step(copy(state), as_latents(mu), key)
+    lat_state, lat_metrics = latent_step(copy(state), as_latents(sampled), key)
 
-    state, metrics = pixel_step(state, data_lib.to_global(local, mesh, 8), key, vae_params)
+    state, metrics = pixel_step(state, pixels, key, vae_params)
     losses = [float(metrics["loss"])]
     for k in ("loss", "ntp_loss", "flow_loss", "grad_norm"):
       np.testing.assert_allclose(float(metrics[k]), float(lat_metrics[k]), rtol=1e-5, err_msg=k)
@@ -80,7 +89,6 @@ def test_stage1_pixel_step_consumes_the_vae_sample_and_keeps_frozen_params():
     for path, value in _flat(state.params).items():
       np.testing.assert_allclose(value, lat_params[path], rtol=1e-5, atol=1e-6,
                                  err_msg=partition.path_name(path))
-    del mean_state
 
     for step in (1, 2):
       key = np.asarray(jax.random.fold_in(jax.random.PRNGKey(0), step))
@@ -145,15 +153,15 @@ def test_synthetic_iterator_resumes_and_shards():
 
 
 @pytest.mark.slow
-def test_tiny_run_learns(tmp_path):
-  """The README's main job: 300 steps, NTP and FM both fall; TensorBoard events written."""
-  config = load_config("tiny_train")
-  summary = trainer.train(config, str(tmp_path))
-  assert summary["status"] == "done" and summary["step"] == 300
-  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  rows = [r for r in rows if "ntp_loss" in r]
-  first, last = rows[0], rows[-1]
-  assert last["ntp_loss"] < 0.5 * first["ntp_loss"], (first, last)
-  assert last["flow_loss"] < 0.85 * first["flow_loss"], (first, last)
-  assert list(tmp_path.glob("events.out.tfevents*"))
-  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["200", "300"]
+def test_tiny_run_learns(reference_run):
+  """The README's main job: 300 steps, NTP and FM both fall; TensorBoard events written.
+
+  This is the shared reference run (conftest.py), read rather than run again."""
+  metrics = runs.read_metrics(reference_run)
+  assert sorted(metrics) == list(range(1, 301))
+  mean = lambda key, steps: float(np.mean([metrics[s][key] for s in steps]))
+  first, last = range(1, 11), range(291, 301)
+  assert mean("ntp_loss", last) < 0.5 * mean("ntp_loss", first), metrics[300]
+  assert mean("flow_loss", last) < 0.85 * mean("flow_loss", first), metrics[300]
+  assert list(reference_run.glob("events.out.tfevents*"))
+  assert runs.checkpoint_steps(reference_run) == [200, 300]
