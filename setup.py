@@ -28,7 +28,8 @@ EXTRAS = {
     "torch": ["torch==2.13.0"],
     # TensorBoard writers in clu.metric_writers import tensorflow.
     "tf": ["tensorflow-cpu", "tensorboard"],
-    "dev": ["pytest", "pytest-xdist"],
+    # diffusers: only for the AutoencoderKLWan parity test.
+    "dev": ["pytest", "pytest-xdist", "diffusers"],
 }
 EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"]
 
