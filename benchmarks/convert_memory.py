@@ -32,7 +32,7 @@ import time
 import ml_dtypes
 import numpy as np
 
-from showo2_jax.convert import checkpoint_io, plan as plan_lib
+from showo2_jax.convert import checkpoint_io, pipeline, plan as plan_lib
 from showo2_jax.models.config import SHOWO2_1P5B
 
 
@@ -64,14 +64,7 @@ def build_checkpoint(root: str, dtype, max_shard_bytes: int) -> int:
     source = plan.aliases.get(k, k)  # a tied copy must equal the embedding
     tensors[k] = RandomTensor(seeds[source], plan.entry(k).shape, dtype)
   sizes = {k: math.prod(t.shape) * t.dtype.itemsize for k, t in tensors.items()}
-  shards, current, size = [], [], 0
-  for k in keys:
-    if current and size + sizes[k] > max_shard_bytes:
-      shards.append(current)
-      current, size = [], 0
-    current.append(k)
-    size += sizes[k]
-  shards.append(current)
+  shards = pipeline.group_into_shards(keys, sizes, max_shard_bytes)
   weight_map = {}
   for i, shard in enumerate(shards):
     name = f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"

@@ -268,7 +268,9 @@ def _output_dtypes(plan, keys, stored, record, dtype) -> dict[str, np.dtype]:
   return out
 
 
-def _shards(keys, sizes, max_shard_size) -> list[list[str]]:
+def group_into_shards(keys, sizes, max_shard_size) -> list[list[str]]:
+  """Consecutive keys grouped so each group stays under max_shard_size (a lone
+  larger tensor gets a group of its own)."""
   shards, current, size = [], [], 0
   for k in keys:
     if current and size + sizes[k] > max_shard_size:
@@ -283,7 +285,7 @@ def _shards(keys, sizes, max_shard_size) -> list[list[str]]:
 
 def _write_shards(orbax_dir, out, kind, plan, keys, dtypes, stored, max_shard_size, chunk_bytes):
   sizes = {k: math.prod(plan.entry(k).shape) * dtypes[k].itemsize for k in keys}
-  shards = [leaf_major(plan, s) for s in _shards(keys, sizes, max_shard_size)]
+  shards = [leaf_major(plan, s) for s in group_into_shards(keys, sizes, max_shard_size)]
   reader = LeafReader(orbax_dir, stored, [plan.entry(k).leaf for s in shards for k in s], chunk_bytes)
   stem, n = WEIGHT_STEMS[kind], len(shards)
   names = [f"{stem}.safetensors"] if n == 1 else [
