@@ -28,10 +28,14 @@ EXTRAS = {
     "torch": ["torch==2.13.0"],
     # TensorBoard writers in clu.metric_writers import tensorflow.
     "tf": ["tensorflow-cpu", "tensorboard"],
+    # libtpu: the TPU compiler. On a TPU VM it runs the TPU; on any CPU host it lets
+    # `showo2-jax compile --topology tpu:v5p-128` compile for a pod it does not have.
+    # The version jax[tpu] pins for our jax (0.10.x); jax itself is not re-pinned.
+    "tpu": ["libtpu==0.0.42.*"],
     # diffusers: only for the AutoencoderKLWan parity test.
     "dev": ["pytest", "pytest-xdist", "diffusers"],
 }
-EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"]
+EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["tpu"] + EXTRAS["dev"]
 
 setup(
     name="showo2-jax",
