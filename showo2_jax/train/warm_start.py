@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
@@ -53,6 +52,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from showo2_jax import paths
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.train import checkpointing, partition
 
@@ -166,7 +166,7 @@ class _TorchReader:
     from showo2_jax.convert import checkpoint_io, hf, showo2_keys  # pylint: disable=import-outside-toplevel
     self.keys_lib, self.layout = showo2_keys, showo2_keys.to_flax_layout
     path = source.path
-    if source.kind in ("qwen2", "siglip") and not os.path.isdir(path):
+    if source.kind in ("qwen2", "siglip") and not paths.isdir(path):
       raise InitError(f"{source.label}: not a directory (expected a Hugging Face model directory)")
     try:
       self.sd = checkpoint_io.StateDict(path)
@@ -298,9 +298,8 @@ def _fits_checkpoint(source: Source, flat_abstract: dict) -> dict:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   directory, step = checkpointing.find_step_dir(source.path)
   if step is None:
-    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-    step = steps[-1]
-  item = os.path.join(directory, str(step), "state")
+    step = max(int(d) for d in paths.listdir(directory) if d.isdigit())
+  item = paths.join(directory, str(step), "state")
   with ocp.PyTreeCheckpointer() as ckptr:
     meta = ckptr.metadata(item)
   tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
@@ -338,7 +337,7 @@ def plan(sources: Sequence[Source], fresh: Sequence[str], flat_abstract: dict,
                 if (domain is None or p[0] in domain) and selects(names[p], src.patterns)}
     if not selected:
       raise InitError(f"init.sources[{i}] {src.label}: selects no parameter")
-    if src.kind == "checkpoint" or (src.kind == "semantic" and os.path.isdir(src.path)
+    if src.kind == "checkpoint" or (src.kind == "semantic" and paths.isdir(src.path)
                                     and _checkpoint_dir(src.path)):
       if not _checkpoint_dir(src.path):
         raise InitError(f"{src.label}: no checkpoints under {src.path} (expected a training "
