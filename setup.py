@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "imageio",
     "imageio-ffmpeg",  # MP4 read/write for video understanding and generation
     "tqdm",
+    # Paths are URIs (gs://, s3://): etils.epath, gcsfs behind it for GCS.
+    "etils[epath]",
+    "gcsfs",
 ]
 
 EXTRAS = {
@@ -33,7 +36,8 @@ EXTRAS = {
     # The version jax[tpu] pins for our jax (0.10.x); jax itself is not re-pinned.
     "tpu": ["libtpu==0.0.42.*"],
     # diffusers: only for the AutoencoderKLWan parity test.
-    "dev": ["pytest", "pytest-xdist", "diffusers"],
+    # gcp-storage-emulator: a GCS API on 127.0.0.1 for the gs:// tests.
+    "dev": ["pytest", "pytest-xdist", "diffusers", "gcp-storage-emulator"],
 }
 EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["tpu"] + EXTRAS["dev"]
 
@@ -41,7 +45,10 @@ setup(
     name="showo2-jax",
     version="0.1.0",
     description="Show-o2 in JAX/Flax: training on TPU pods, inference on GPUs, PyTorch checkpoint conversion.",
-    packages=find_packages(include=["showo2_jax", "showo2_jax.*"]),
+    # configs/ ships inside the package as showo2_jax/configs, so a wheel finds the
+    # named configs (`--config tiny_train`) as a source checkout does (config_lib).
+    packages=find_packages(include=["showo2_jax", "showo2_jax.*"]) + ["showo2_jax.configs"],
+    package_dir={"showo2_jax.configs": "configs"},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
