@@ -30,8 +30,10 @@ EXTRAS = {
     "tf": ["tensorflow-cpu", "tensorboard"],
     # diffusers: only for the AutoencoderKLWan parity test.
     "dev": ["pytest", "pytest-xdist", "diffusers"],
+    # `showo2-jax serve` (OpenAI-compatible HTTP); openai + httpx are the tests' clients.
+    "serve": ["fastapi", "uvicorn", "python-multipart", "openai", "httpx"],
 }
-EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"]
+EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"] + EXTRAS["serve"]
 
 setup(
     name="showo2-jax",
