@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "imageio",
     "imageio-ffmpeg",  # MP4 read/write for video understanding and generation
     "tqdm",
+    # Paths are URIs (gs://, s3://): etils.epath, gcsfs behind it for GCS.
+    "etils[epath]",
+    "gcsfs",
 ]
 
 EXTRAS = {
@@ -29,7 +32,8 @@ EXTRAS = {
     # TensorBoard writers in clu.metric_writers import tensorflow.
     "tf": ["tensorflow-cpu", "tensorboard"],
     # diffusers: only for the AutoencoderKLWan parity test.
-    "dev": ["pytest", "pytest-xdist", "diffusers"],
+    # gcp-storage-emulator: a GCS API on 127.0.0.1 for the gs:// tests.
+    "dev": ["pytest", "pytest-xdist", "diffusers", "gcp-storage-emulator"],
     # `showo2-jax serve` (OpenAI-compatible HTTP); openai + httpx are the tests' clients.
     "serve": ["fastapi", "uvicorn", "python-multipart", "openai", "httpx"],
 }

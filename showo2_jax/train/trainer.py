@@ -32,6 +32,7 @@ from showo2_jax import sharding as sharding_lib
 from showo2_jax.train import checkpointing, metrics as metrics_lib, optimizer as optimizer_lib
 from showo2_jax.train import data as data_lib, partition, tasks, warm_start
 from showo2_jax.train import state as state_lib, step as step_lib, vae_encoder
+from showo2_jax.train import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,11 @@ def _with_vae(train_step, vae_params, state, batch, rng):
 
 
 def train(config, workdir: str) -> dict:
-  """Runs (or resumes) a training run; returns a summary dict with `status`."""
+  """Runs (or resumes) a training run; returns a summary dict with `status`.
+
+  Raises workdir.WorkdirError if `workdir` is a file or holds another config's run.
+  """
+  workdir_lib.check(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   primary = jax.process_index() == 0
   if primary:

@@ -223,3 +223,42 @@ def test_bounded_load(server, media_dir):
   print(f"\nload: 32 mixed requests in {wall:.1f} s: p50 {p50:.2f} s, p95 {p95:.2f} s, "
         f"{32 / wall:.2f} req/s, {batches} batches")
   assert batches < 32 and srv.engine.stats["max_batch_seen"] > 1
+
+
+def test_lmms_eval_openai_compatible_requests(server, pipe, media_dir):
+  """A faithful stand-in of lmms-eval's `openai_compatible` model (lmms-eval itself
+  cannot be installed beside the pinned torch): its payload is one user message with
+  the text part first and every visual as a base64 PNG data URI, `max_tokens` and
+  `temperature` 0, sent concurrently with `AsyncOpenAI` (OPENAI_API_BASE)."""
+  import asyncio  # pylint: disable=g-import-not-at-top
+
+  def encode_image(image):  # as lmms-eval: PIL -> PNG -> base64
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("utf-8")
+
+  images = [Image.open(media_dir / f"im{i}.png").convert("RGB") for i in range(2)]
+  docs = [("Describe the image.", images[:1]), ("Which image is brighter?", images)]
+  client = openai.AsyncOpenAI(base_url=server[1] + "/v1", api_key="EMPTY", max_retries=0,
+                              timeout=600)
+
+  async def ask(context, visuals):
+    payload = {"messages": [{"role": "user", "content": [{"type": "text", "text": context}]}],
+               "model": "show-o2-tiny"}
+    for img in visuals:
+      payload["messages"][0]["content"].append(
+          {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encode_image(img)}"}})
+    payload["max_tokens"] = 5
+    payload["temperature"] = 0
+    response = await client.chat.completions.create(**payload)
+    return response.choices[0].message.content
+
+  async def run_all():
+    try:
+      return await asyncio.gather(*[ask(c, v) for c, v in docs])
+    finally:
+      await client.close()
+
+  answers = asyncio.run(run_all())
+  expected = pipe.understand([v for _, v in docs], [c for c, _ in docs], max_new_tokens=5)
+  assert answers == expected
