@@ -110,6 +110,13 @@ class Pipeline:
     if len(tok) > config.llm.vocab_size:
       raise ValueError(f"the tokenizer has {len(tok)} tokens but the model only "
                        f"{config.llm.vocab_size} embeddings: wrong tokenizer for this checkpoint?")
+    if kw.get("resolution") is None:
+      kw["resolution"], why = loading.default_resolution(checkpoint, config)
+      kw.setdefault("understanding_resolution", None)
+      log.info("generation at %d px (%s; --resolution overrides)", kw["resolution"], why)
+      if kw["understanding_resolution"] is None:
+        # Understanding keeps the semantic layers' grid, whatever generation uses.
+        kw["understanding_resolution"] = config.siglip.position_grid * VAE_STRIDE * config.patch_size
     return cls(config, params, tok, special, loading.load_vae(vae) if vae else None, **kw)
 
   # ------------------------------------------------------------------ geometry
