@@ -43,7 +43,10 @@ setup(
     name="showo2-jax",
     version="0.1.0",
     description="Show-o2 in JAX/Flax: training on TPU pods, inference on GPUs, PyTorch checkpoint conversion.",
-    packages=find_packages(include=["showo2_jax", "showo2_jax.*"]),
+    # configs/ ships inside the package as showo2_jax/configs, so a wheel finds the
+    # named configs (`--config tiny_train`) as a source checkout does (config_lib).
+    packages=find_packages(include=["showo2_jax", "showo2_jax.*"]) + ["showo2_jax.configs"],
+    package_dir={"showo2_jax.configs": "configs"},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

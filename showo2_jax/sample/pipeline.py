@@ -110,6 +110,13 @@ class Pipeline:
     if len(tok) > config.llm.vocab_size:
       raise ValueError(f"the tokenizer has {len(tok)} tokens but the model only "
                        f"{config.llm.vocab_size} embeddings: wrong tokenizer for this checkpoint?")
+    if kw.get("resolution") is None:
+      kw["resolution"], why = loading.default_resolution(checkpoint, config)
+      kw.setdefault("understanding_resolution", None)
+      log.info("generation at %d px (%s; --resolution overrides)", kw["resolution"], why)
+      if kw["understanding_resolution"] is None:
+        # Understanding keeps the semantic layers' grid, whatever generation uses.
+        kw["understanding_resolution"] = config.siglip.position_grid * VAE_STRIDE * config.patch_size
     return cls(config, params, tok, special, loading.load_vae(vae) if vae else None, **kw)
 
   # ------------------------------------------------------------------ geometry
@@ -342,8 +349,11 @@ class Pipeline:
     vae_key, text_key = jax.random.split(jax.random.PRNGKey(seed))
     answers = []
     items = list(zip(image_lists, questions))
-    with progress.bar(None, "decoding", show_progress):
-      for start, (batch, n_real) in zip(range(0, len(items), batch_size), _chunks(items, batch_size)):
+    n_batches = math.ceil(len(items) / batch_size)
+    # Total: the most tokens it can take; a batch that stops at eos jumps to its end.
+    with progress.bar(max_new_tokens * n_batches, "decoding", show_progress) as bar:
+      for b_idx, (start, (batch, n_real)) in enumerate(
+          zip(range(0, len(items), batch_size), _chunks(items, batch_size))):
         rng = jax.random.fold_in(vae_key, start) if sample_posterior else None
         vis, m = self.visual_blocks([ims for ims, _ in batch], rng)
         rows = [self.pad_slots(sequences.understanding_prompt(
@@ -351,6 +361,7 @@ class Pipeline:
             parity_mode=parity_mode, num_images=len(ims)), m) for ims, q in batch]
         answers += self._answer(rows, vis, sampling, max_new_tokens,
                                 jax.random.fold_in(text_key, start), show_progress)[:n_real]
+        progress.advance_to(bar, (b_idx + 1) * max_new_tokens)
     return answers
 
   def visual_blocks(self, image_lists: Sequence[Sequence[Any]], rng=None,
@@ -402,5 +413,7 @@ class Pipeline:
         self.tokenizer, question, self.special, self.chat, num_frames=len(frames),
         tokens_per_frame=pooled * pooled, parity_mode=parity_mode,
         parity_block_length=self.understanding_block if parity_mode else None)
-    with progress.bar(None, "decoding", show_progress):
-      return self._answer([row], vis, sampling, max_new_tokens, text_key, show_progress)[0]
+    with progress.bar(max_new_tokens, "decoding", show_progress) as bar:
+      answer = self._answer([row], vis, sampling, max_new_tokens, text_key, show_progress)[0]
+      progress.advance_to(bar, max_new_tokens)
+      return answer
