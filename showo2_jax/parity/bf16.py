@@ -15,9 +15,9 @@ variant) is checked through our cached sampler.
 
 Ours runs in bf16 twice: `rope_inv_freq_dtype="float32"` (quirk off) against the
 original's arithmetic-only error, and `"compute"` (quirk on, the default) against
-its as-scripted output. Arrays may be stored subsampled (logits at some positions
-only, `{c}_logit_positions`) or rounded to bf16 (inputs the bf16 runs round anyway),
-as the committed test fixture does.
+its as-scripted output. As in the committed test fixture, logits may be stored at
+some positions only (`{c}_logit_positions`), and arrays the bf16 runs round anyway
+as bfloat16 bit patterns (uint16).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from typing import Iterator, List, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from showo2_jax.convert.showo2_torch import load_original
@@ -81,6 +82,14 @@ def load_bf16(path: str, quirk: bool):
   return s2.Showo2(config), jax.tree.map(jnp.asarray, params)
 
 
+def _array(npz, key) -> np.ndarray:
+  """npz[key]; uint16 arrays hold bfloat16 bit patterns (the committed fixture)."""
+  a = npz[key]
+  if a.dtype == np.uint16:
+    a = a.view(ml_dtypes.bfloat16).astype(np.float32)
+  return a
+
+
 def _cases(npz) -> List[str]:
   return sorted({k[:-len("_text_tokens")] for k in npz.files if k.endswith("_text_tokens")
                  and not k.startswith("t2i")})
@@ -127,7 +136,7 @@ def run_bf16_parity(path: str, sampling: bool = True) -> Iterator[Row]:
     raise FileNotFoundError(f"{path}: no ref_outputs.npz (a directory of bf16_reference.py)")
   with np.load(ref_path) as npz:
     cases = _cases(npz)
-    inputs = {k: npz[k] for k in npz.files if not any(
+    inputs = {k: _array(npz, k) for k in npz.files if not any(
         k.endswith(f"_{v}") for v in ("fp32", "bf16", "bf16_fp32rope"))}
   samp_path = os.path.join(path, "ref_sampling.npz")
   samp = dict(np.load(samp_path)) if sampling and os.path.exists(samp_path) else None
@@ -136,7 +145,7 @@ def run_bf16_parity(path: str, sampling: bool = True) -> Iterator[Row]:
     ours = {q: _forward_outputs(*models[q], inputs, case) for q in (False, True)}
     with np.load(ref_path) as npz:
       for out in ("logits", "v_pred"):
-        ref = {v: npz[f"{case}_{out}_{v}"] for v in ("fp32", "bf16", "bf16_fp32rope")}
+        ref = {v: _array(npz, f"{case}_{out}_{v}") for v in ("fp32", "bf16", "bf16_fp32rope")}
         yield _row(case, out, ours, ref)
   if samp is not None and "t2i_final_latents_fp32" in samp:
     ours = {q: _sampling_outputs(*models[q], samp) for q in (False, True)}
