@@ -33,7 +33,9 @@ EXTRAS = {
     "tf": ["tensorflow-cpu", "tensorboard"],
     # diffusers: only for the AutoencoderKLWan parity test.
     # gcp-storage-emulator: a GCS API on 127.0.0.1 for the gs:// tests.
-    "dev": ["pytest", "pytest-xdist", "diffusers", "gcp-storage-emulator"],
+    # nbclient + ipykernel: the notebooks are executed as notebooks in the tests.
+    "dev": ["pytest", "pytest-xdist", "diffusers", "gcp-storage-emulator", "nbclient", "nbformat",
+            "ipykernel"],
 }
 EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"]
 
