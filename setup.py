@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "imageio",
     "imageio-ffmpeg",  # MP4 read/write for video understanding and generation
     "tqdm",
+    "matplotlib",     # loss.png of the tiny_shapes run
 ]
 
 EXTRAS = {
