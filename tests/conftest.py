@@ -21,3 +21,30 @@ def wan_vae_fixture_dir() -> Path:
   path = FIXTURES_DIR / "wan_vae"
   assert path.is_dir(), f"golden fixtures missing at {path} (set SHOWO2_SHARED_DIR)"
   return path
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A GCS emulator on 127.0.0.1 (free port) for the whole session: (server, host URL)."""
+  from tests import gcs_emulator as emulator  # pylint: disable=import-outside-toplevel
+  server, host = emulator.start()
+  yield server, host
+  server.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, monkeypatch):
+  """`gs://<fresh bucket>` on the emulator; this process and its children talk to it
+  (STORAGE_EMULATOR_HOST and what showo2_jax.paths derives from it are set for the test)."""
+  from tests import gcs_emulator as emulator  # pylint: disable=import-outside-toplevel
+  from showo2_jax import paths  # pylint: disable=import-outside-toplevel
+  server, host = gcs_emulator
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
+  for key in emulator.DERIVED_ENV:
+    monkeypatch.delenv(key, raising=False)
+  paths.configure_storage()
+  for key in emulator.DERIVED_ENV:  # undone after the test, like STORAGE_EMULATOR_HOST
+    monkeypatch.setenv(key, os.environ[key])
+  yield f"gs://{emulator.new_bucket(server)}"
+  monkeypatch.undo()
+  paths._forget_epath_backend_choice()  # pylint: disable=protected-access

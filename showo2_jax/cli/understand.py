@@ -38,10 +38,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--sample-posterior", action="store_true",
                       help="sample the VAE posterior as the original (default: its mean)")
   parser.add_argument("--json", help="also write the answers to this JSON file")
+  parser.add_argument("--truncate", action="store_true",
+                      help="keep the first 512 tokens of an over-long question instead of failing")
 
 
 def _questions(args) -> list[str]:
   return [q.strip() for arg in args.question for q in arg.split(" *** ") if q.strip()]
+
+
+def check_arguments(args) -> None:
+  """Every flag checked before anything is loaded (one-line errors naming the flag)."""
+  cli_args.check_model_arguments(args)
+  cli_args.check_flags(args, {
+      "--max-new-tokens": cli_args.POSITIVE, "--temperature": cli_args.NON_NEGATIVE,
+      "--top-k": (lambda v: v >= 0, "an integer >= 0"), "--top-p": cli_args.UNIT_INTERVAL,
+      "--num-frames": cli_args.POSITIVE, "--batch-size": cli_args.POSITIVE})
+  cli_args.check_output_file("--json", args.json)
 
 
 def run(args) -> int:
@@ -49,18 +61,20 @@ def run(args) -> int:
   if not questions:
     raise CliError("--question is empty")
   try:
+    check_arguments(args)
     sampling = TokenSampling(args.temperature, args.top_k, args.top_p)
   except ValueError as e:
     raise CliError(str(e)) from None
   max_new = args.max_new_tokens or cli_args.sample_default(args, "max_new_tokens", 300)
   kw = dict(sampling=sampling, max_new_tokens=max_new, parity_mode=args.parity_mode,
-            seed=args.seed, sample_posterior=args.sample_posterior,
+            seed=args.seed, sample_posterior=args.sample_posterior, truncate=args.truncate,
             show_progress=cli_args.show_progress(args))
   results = []
   try:
     if args.image:
       images = [media.load_image(p) for p in args.image]  # fail before loading the model
       pipe = cli_args.load_pipeline(args, need_vae=True)
+      pipe.check_questions(questions, args.parity_mode, args.truncate)
       if len(questions) == 1:
         pairs = [(p, im, questions[0]) for p, im in zip(args.image, images)]
       elif len(images) == 1:
@@ -78,6 +92,7 @@ def run(args) -> int:
       except data_media.MediaError as e:
         raise CliError(str(e)) from None
       pipe = cli_args.load_pipeline(args, need_vae=True)
+      pipe.check_questions(questions, args.parity_mode, args.truncate)
       for q in questions:
         results.append({"video": args.video, "question": q,
                         "answer": pipe.understand_video(frames, q, **kw)})

@@ -29,7 +29,12 @@ def abstract_params(config: Showo2Config):
 
 
 def expected_shapes(config: Showo2Config) -> dict[str, tuple]:
-  flat = showo2_keys.flatten(nn.meta.unbox(abstract_params(config)))
+  # Unboxed without `nn.meta.unbox`'s sharding constraint, which fails on
+  # ShapeDtypeStructs when a mesh is set (the trainer calls this under its mesh).
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  values = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x,
+                        abstract_params(config), is_leaf=is_box)
+  flat = showo2_keys.flatten(values)
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 

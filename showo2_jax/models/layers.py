@@ -23,12 +23,51 @@ default_kernel_init = nn.initializers.lecun_normal()
 
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
           param_dtype: Dtype = jnp.float32, name: Optional[str] = None,
-          kernel_init=default_kernel_init, bias_init=nn.initializers.zeros) -> nn.Dense:
+          kernel_init=default_kernel_init, bias_init=nn.initializers.zeros) -> "Dense":
   """A Dense whose kernel (in, out) and bias (out,) carry logical axis names."""
-  return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-      bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)))
+  return Dense(features, axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+               kernel_init=kernel_init, bias_init=bias_init)
+
+
+class Dense(nn.Module):
+  """y = x @ kernel + bias, rounded to `dtype` once.
+
+  The matmul accumulates in float32 and the bias is added in float32 before the
+  single cast, as PyTorch's Linear does in bf16 (addmm: fp32 accumulator, bias in
+  the epilogue). Params (and names) are those of `flax.linen.Dense`: kernel
+  (in, features) with logical axes `axes`, bias (features,). Params are cast to
+  `dtype` first, so fp32 master weights compute exactly as a bf16 copy would.
+  """
+  features: int
+  axes: tuple[str, str]
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Any = default_kernel_init
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
+                        (x.shape[-1], self.features), self.param_dtype)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, (self.axes[1],)),
+                        (self.features,), self.param_dtype)
+      y = y + bias.astype(self.dtype).astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+def silu(x: jax.Array) -> jax.Array:
+  """x * sigmoid(x) computed in float32, rounded once to x's dtype (as torch's SiLU)."""
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.nn.sigmoid(x32)).astype(x.dtype)
+
+
+def gelu(x: jax.Array, approximate: bool) -> jax.Array:
+  """GELU (erf, or tanh when `approximate`) in float32, rounded once to x's dtype."""
+  return jax.nn.gelu(x.astype(jnp.float32), approximate=approximate).astype(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -124,17 +163,20 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Option
 
   q (B, Lq, Hq, D); k, v (B, Lk, Hkv, D); mask (B, Lq, Lk) True = may attend.
   Query head h uses kv head h // (Hq // Hkv) (repeat-interleave grouping).
-  Softmax runs in float32, as the eager/SDPA paths of the original upcast it.
+  Scores accumulate in float32 (`preferred_element_type`), softmax runs in float32
+  and the probabilities are cast to v's dtype for the value product, which again
+  accumulates in float32 and is rounded once: what PyTorch's SDPA kernels do in
+  bf16. Returns (B, Lq, Hq, D) in v's dtype.
   """
   b, lq, hq, d = q.shape
   hkv = k.shape[2]
   q = q.reshape(b, lq, hkv, hq // hkv, d)
-  logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, k).astype(jnp.float32) * scale
+  logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v)
-  return out.reshape(b, lq, hq, d)
+  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
+  return out.astype(v.dtype).reshape(b, lq, hq, d)
 
 
 class GQAttention(nn.Module):

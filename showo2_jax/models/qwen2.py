@@ -31,7 +31,7 @@ class SwiGLU(nn.Module):
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
     gate = layers.dense(self.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
     up = layers.dense(self.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
-    h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    h = nn.with_logical_constraint(layers.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
     return layers.dense(self.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(h)
 
 
@@ -105,7 +105,10 @@ class Qwen2ForCausalLM(nn.Module):
 
   def logits(self, hidden):
     if self.config.tie_word_embeddings:
-      out = self.model.embed_tokens.attend(hidden.astype(self.dtype))
+      # Tied head: hidden @ embedding.T, fp32 accumulation, one rounding (as Linear).
+      table = self.model.embed_tokens.embedding.astype(self.dtype)
+      out = jnp.einsum("...d,vd->...v", hidden.astype(self.dtype), table,
+                       preferred_element_type=jnp.float32).astype(self.dtype)
     else:
       out = self.lm_head(hidden)
     return nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_vocab"))

@@ -50,6 +50,15 @@ class FlowSampling:
   time_shifting_factor: float = 3.0
   method: str = "euler"
 
+  def __post_init__(self):
+    if self.num_steps < 2:
+      raise ValueError(f"num_steps must be >= 2 (grid points), got {self.num_steps}")
+    if not math.isfinite(self.guidance_scale):
+      raise ValueError(f"guidance_scale must be finite, got {self.guidance_scale}")
+    if not (math.isfinite(self.time_shifting_factor) and self.time_shifting_factor > 0):
+      raise ValueError(f"time_shifting_factor must be finite and > 0, got "
+                       f"{self.time_shifting_factor}")
+
   def evaluations(self) -> Optional[int]:
     """Model evaluations per image (None: adaptive)."""
     per_step = {"euler": 1, "heun": 2}.get(self.method)
@@ -216,6 +225,25 @@ class Pipeline:
       image = Image.fromarray(np.asarray(image, np.uint8))
     return transforms.image_transform(image.convert("RGB"), resolution or self.resolution)
 
+  def check_questions(self, questions: Sequence[str], parity_mode: bool = False,
+                      truncate: bool = False) -> None:
+    """Refuses questions the prompt layout would cut (PromptTooLongError).
+
+    The training template (not parity_mode) keeps the first 512 tokens of
+    "<image>\n" + question, as the original's MMU datasets truncate their sources
+    (spec 4.3); a longer question is an error unless `truncate`. In parity_mode
+    the whole question goes in and only the context bounds it.
+    """
+    if parity_mode or truncate:
+      return
+    for q in questions:
+      n = len(tokenizer_lib.encode(self.tokenizer, "<image>\n" + q))
+      if n > sequences.MMU_SOURCE_MAX_LEN:
+        raise PromptTooLongError(
+            f"question of {n} tokens is longer than the {sequences.MMU_SOURCE_MAX_LEN} the "
+            f"understanding prompt keeps: '{q[:60]}...' (shorten it, or pass --truncate to "
+            f"keep its first {sequences.MMU_SOURCE_MAX_LEN} tokens)")
+
   def _check_context(self, rows, max_new_tokens):
     longest = max(r["prompt_length"] for r in rows)
     if longest + max_new_tokens > self.max_context:
@@ -235,10 +263,16 @@ class Pipeline:
   def understand(self, images: Sequence[Any], questions: Sequence[str], *,
                  sampling: TokenSampling = GREEDY, max_new_tokens: int = 300,
                  parity_mode: bool = False, seed: int = 0, batch_size: int = 1,
-                 sample_posterior: bool = False, show_progress: bool = False) -> list[str]:
-    """One answer per (image, question) pair; images are PIL or uint8 HWC arrays."""
+                 sample_posterior: bool = False, truncate: bool = False,
+                 show_progress: bool = False) -> list[str]:
+    """One answer per (image, question) pair; images are PIL or uint8 HWC arrays.
+
+    Raises PromptTooLongError for a question over 512 tokens unless `truncate`
+    (see `check_questions`).
+    """
     if len(images) != len(questions):
       raise ValueError(f"{len(images)} images but {len(questions)} questions")
+    self.check_questions(questions, parity_mode, truncate)
     vae_key, text_key = jax.random.split(jax.random.PRNGKey(seed))
     answers = []
     pairs = list(zip(images, questions))
@@ -257,12 +291,13 @@ class Pipeline:
   def understand_video(self, frames: Sequence[Any], question: str, *,
                        sampling: TokenSampling = GREEDY, max_new_tokens: int = 300,
                        parity_mode: bool = False, seed: int = 0, sample_posterior: bool = False,
-                       show_progress: bool = False) -> str:
+                       truncate: bool = False, show_progress: bool = False) -> str:
     """frames: PIL images or uint8 HWC arrays, already sampled from the video.
 
     Each frame is letterboxed (resize_and_pad) and encoded as its own image, as
-    the original's video script does (spec 4.5).
+    the original's video script does (spec 4.5). Question length: as `understand`.
     """
+    self.check_questions([question], parity_mode, truncate)
     pixels = np.stack([transforms.to_pixels(transforms.resize_and_pad(
         f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f, np.uint8)),
         self.understanding_resolution)) for f in frames])

@@ -259,7 +259,7 @@ def phase_latents(config, paths: Paths) -> dict:
         out=os.path.join(paths.latents, name), encoder="wan", vae_weights=paths.vae_export,
         deterministic=False, resolution=int(config.resolution), min_res=None, num_frames=17,
         batch_size=64, records_per_shard=100000, num_shards=None, threads=2,
-        process_index=None, process_count=None, seed=0, no_progress=False)
+        process_index=None, process_count=None, seed=0, no_progress=False, random_vae=False)
     precompute_cli.run(args)
   return {}
 

@@ -32,6 +32,7 @@ from showo2_jax import sharding as sharding_lib
 from showo2_jax.train import checkpointing, metrics as metrics_lib, optimizer as optimizer_lib
 from showo2_jax.train import data as data_lib, partition, tasks, warm_start
 from showo2_jax.train import state as state_lib, step as step_lib, vae_encoder
+from showo2_jax.train import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ def train(config, workdir: str, console=None) -> dict:
 
   `console`: a `train.console.Console` for the terminal (progress bar, losses,
   the compile line), or None for none (library use; the log still gets them).
+  Raises workdir.WorkdirError if `workdir` is a file or holds another config's run.
   """
+  workdir_lib.check(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   primary = jax.process_index() == 0
   if primary:
