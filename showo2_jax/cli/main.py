@@ -21,6 +21,7 @@ COMMANDS = {
     "generate": ("showo2_jax.cli.generate", "text-to-image (and text/image-to-video) generation"),
     "understand": ("showo2_jax.cli.understand", "answer questions about an image or a video"),
     "mixed": ("showo2_jax.cli.mixed", "mixed-modality (interleaved text and image) generation"),
+    "eval-shapes": ("showo2_jax.cli.eval_shapes", "score a tiny_shapes run on held-out prompts and images"),
 }
 
 
