@@ -122,13 +122,16 @@ class FlowHead(nn.Module):
   param_dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = "none"
+  rope_inv_freq_dtype: str = "compute"   # see layers.rope_inv_freq_dtype
 
   def setup(self):
     c = self.config
     self.layers = layers.make_layer_stack(
         ModulatedAttentionBlock, c.num_layers, scan=self.scan_layers, remat=self.remat_policy,
         num_args=6, cache_argnum=4, config=c, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.inv_freq = layers.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)
+    self.inv_freq = layers.rope_inv_freq(
+        c.head_dim, c.rope_theta, c.rope_scaling,
+        dtype=layers.rope_inv_freq_dtype(self.rope_inv_freq_dtype, self.dtype))
 
   def __call__(self, x, cond, slot_index, positions, mask, cache=None, cache_index=None):
     rope = layers.rope_cos_sin(positions, self.inv_freq, self.dtype)

@@ -121,8 +121,29 @@ class LayerNorm(nn.Module):
 
 
 # ----------------------------------------------------------------------------- RoPE
-def rope_inv_freq(head_dim: int, theta: float, scaling=None) -> np.ndarray:
-  """Inverse frequencies in float32 as HF computes them (llama3 scaling optional)."""
+ROPE_INV_FREQ_DTYPES = ("compute", "float32")
+
+
+def rope_inv_freq_dtype(setting: str, compute_dtype: Dtype) -> Dtype:
+  """`rope_inv_freq_dtype` config value -> the dtype `inv_freq` is rounded to.
+
+  "compute": the compute dtype, as the original's `model.to(torch.bfloat16)` (its
+  T2I script) and DeepSpeed's bf16 engine (its training) round the `inv_freq`
+  buffers (the rotation angles are then computed in fp32 from the rounded values);
+  "float32": never rounded. Both are the same when computing in float32.
+  """
+  if setting not in ROPE_INV_FREQ_DTYPES:
+    raise ValueError(f"unknown rope_inv_freq_dtype '{setting}'; choose one of {list(ROPE_INV_FREQ_DTYPES)}")
+  return compute_dtype if setting == "compute" else jnp.float32
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling=None, dtype: Dtype = jnp.float32) -> np.ndarray:
+  """Inverse frequencies (head_dim // 2,) float32 as HF computes them (llama3 scaling
+  optional), rounded to `dtype` and back (the original's bf16 quirk, spec 10)."""
+  return _rope_inv_freq_f32(head_dim, theta, scaling).astype(jnp.dtype(dtype)).astype(np.float32)
+
+
+def _rope_inv_freq_f32(head_dim: int, theta: float, scaling=None) -> np.ndarray:
   exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
   inv = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
   if scaling is None:

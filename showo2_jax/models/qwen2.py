@@ -63,6 +63,7 @@ class Qwen2Model(nn.Module):
   param_dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = "none"
+  rope_inv_freq_dtype: str = "compute"   # see layers.rope_inv_freq_dtype
 
   def setup(self):
     c = self.config
@@ -74,7 +75,8 @@ class Qwen2Model(nn.Module):
         Qwen2DecoderLayer, c.num_layers, scan=self.scan_layers, remat=self.remat_policy,
         num_args=4, cache_argnum=2, config=c, **kw)
     self.norm = layers.RMSNorm(c.rms_norm_eps, **kw)
-    self.inv_freq = layers.rope_inv_freq(c.head_dim, c.rope_theta)
+    self.inv_freq = layers.rope_inv_freq(
+        c.head_dim, c.rope_theta, dtype=layers.rope_inv_freq_dtype(self.rope_inv_freq_dtype, self.dtype))
 
   def embed(self, tokens):
     return self.embed_tokens(tokens)
@@ -94,10 +96,12 @@ class Qwen2ForCausalLM(nn.Module):
   param_dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = "none"
+  rope_inv_freq_dtype: str = "compute"   # see layers.rope_inv_freq_dtype
 
   def setup(self):
     c = self.config
-    self.model = Qwen2Model(c, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy)
+    self.model = Qwen2Model(c, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy,
+                            self.rope_inv_freq_dtype)
     if not c.tie_word_embeddings:
       self.lm_head = layers.dense(c.vocab_size, ("embed", "vocab"), use_bias=False,
                                   dtype=self.dtype, param_dtype=self.param_dtype)

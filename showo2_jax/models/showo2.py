@@ -125,7 +125,8 @@ class Showo2(nn.Module):
     dtype, pdt = to_dtype(c.dtype), to_dtype(c.param_dtype)
     kw = dict(dtype=dtype, param_dtype=pdt)
     stack = dict(scan_layers=c.scan_layers, remat_policy=c.remat_policy)
-    self.showo = Qwen2ForCausalLM(c.llm, **kw, **stack)
+    rope = dict(rope_inv_freq_dtype=c.rope_inv_freq_dtype)
+    self.showo = Qwen2ForCausalLM(c.llm, **kw, **stack, **rope)
     self.image_embedder_und = PatchEmbed(c.siglip.hidden_size, c.patch_size, **kw)
     self.image_embedder_gen = PatchEmbed(c.hidden_size, c.patch_size, **kw)
     self.position_embedding = nn.Embed(
@@ -137,7 +138,7 @@ class Showo2(nn.Module):
     if c.has_projections:
       self.time_embed_proj = layers.dense(c.hidden_size, ("embed_out", "embed"), **kw, **TORCH_LINEAR)
       self.diff_proj = DiffProj(c.flow_head.hidden_size, **kw)
-    self.diffusion_head_a = fh.FlowHead(c.flow_head, **kw, **stack)
+    self.diffusion_head_a = fh.FlowHead(c.flow_head, **kw, **stack, **rope)
     self.diffusion_head_b = fh.FinalLayer(c.flow_head, c.patch_dim, **kw)
 
   # ------------------------------------------------------------- visual tokens

@@ -110,6 +110,13 @@ class Pipeline:
     if len(tok) > config.llm.vocab_size:
       raise ValueError(f"the tokenizer has {len(tok)} tokens but the model only "
                        f"{config.llm.vocab_size} embeddings: wrong tokenizer for this checkpoint?")
+    if kw.get("resolution") is None:
+      kw["resolution"], why = loading.default_resolution(checkpoint, config)
+      kw.setdefault("understanding_resolution", None)
+      log.info("generation at %d px (%s; --resolution overrides)", kw["resolution"], why)
+      if kw["understanding_resolution"] is None:
+        # Understanding keeps the semantic layers' grid, whatever generation uses.
+        kw["understanding_resolution"] = config.siglip.position_grid * VAE_STRIDE * config.patch_size
     return cls(config, params, tok, special, loading.load_vae(vae) if vae else None, **kw)
 
   # ------------------------------------------------------------------ geometry
@@ -274,8 +281,11 @@ class Pipeline:
     vae_key, text_key = jax.random.split(jax.random.PRNGKey(seed))
     answers = []
     pairs = list(zip(images, questions))
-    with progress.bar(None, "decoding", show_progress):
-      for start, (batch, n_real) in zip(range(0, len(pairs), batch_size), _chunks(pairs, batch_size)):
+    n_batches = math.ceil(len(pairs) / batch_size)
+    # Total: the most tokens it can take; a batch that stops at eos jumps to its end.
+    with progress.bar(max_new_tokens * n_batches, "decoding", show_progress) as bar:
+      for b_idx, (start, (batch, n_real)) in enumerate(
+          zip(range(0, len(pairs), batch_size), _chunks(pairs, batch_size))):
         pixels = np.stack([self.image_pixels(im, self.understanding_resolution) for im, _ in batch])
         rng = jax.random.fold_in(vae_key, start) if sample_posterior else None
         vis = understanding.image_tokens(self.model, self.params, self.encode_pixels(pixels, rng))
@@ -284,6 +294,7 @@ class Pipeline:
             parity_mode=parity_mode) for _, q in batch]
         answers += self._answer(rows, vis, sampling, max_new_tokens,
                                 jax.random.fold_in(text_key, start), show_progress)[:n_real]
+        progress.advance_to(bar, (b_idx + 1) * max_new_tokens)
     return answers
 
   def understand_video(self, frames: Sequence[Any], question: str, *,
@@ -308,5 +319,7 @@ class Pipeline:
         self.tokenizer, question, self.special, self.chat, num_frames=len(frames),
         tokens_per_frame=pooled * pooled, parity_mode=parity_mode,
         parity_block_length=self.understanding_block if parity_mode else None)
-    with progress.bar(None, "decoding", show_progress):
-      return self._answer([row], vis, sampling, max_new_tokens, text_key, show_progress)[0]
+    with progress.bar(max_new_tokens, "decoding", show_progress) as bar:
+      answer = self._answer([row], vis, sampling, max_new_tokens, text_key, show_progress)[0]
+      progress.advance_to(bar, max_new_tokens)
+      return answer
