@@ -34,8 +34,10 @@ EXTRAS = {
     # diffusers: only for the AutoencoderKLWan parity test.
     # gcp-storage-emulator: a GCS API on 127.0.0.1 for the gs:// tests.
     "dev": ["pytest", "pytest-xdist", "diffusers", "gcp-storage-emulator"],
+    # `showo2-jax serve` (OpenAI-compatible HTTP); openai + httpx are the tests' clients.
+    "serve": ["fastapi", "uvicorn", "python-multipart", "openai", "httpx"],
 }
-EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"]
+EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"] + EXTRAS["serve"]
 
 setup(
     name="showo2-jax",

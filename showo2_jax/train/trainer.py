@@ -185,6 +185,9 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
           f"non-finite loss at step {s} (loss={m.get('loss')}, grad_norm={m.get('grad_norm')}); "
           f"stopped without saving. Last good checkpoint: "
           f"{'none' if good is None else paths.join(ckpt.directory, str(good))}")
+    # Samples the input pipeline skipped so far on this host (bad files or records,
+    # filtered ones), as data/num_bad and data/num_filtered.
+    m.update({f"data/{k}": float(v) for k, v in (getattr(iterator, "skip_counts", None) or {}).items()})
     if s % int(t.log_every) == 0 or s == num_steps:
       writers.write_scalars(s, m)
     return m
