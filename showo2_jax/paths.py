@@ -12,7 +12,8 @@ import) passes it on to the layers that do not read that variable themselves:
 - tensorstore (Orbax's array store): `TENSORSTORE_GCS_HTTP_URL`;
 - etils.epath: `EPATH_USE_TF=false`, so `gs://` goes through fsspec/gcsfs (which
   reads `STORAGE_EMULATOR_HOST`) instead of tf.io.gfile, which cannot be pointed
-  at an emulator;
+  at an emulator; gcsfs: `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false` (no
+  storage-control API on an emulator);
 - TensorBoard: `train.metrics` writes event files through this module for URIs.
 Values the user set explicitly are kept.
 
@@ -53,8 +54,10 @@ def configure_storage() -> None:
     host = "http://" + host
   os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", host)
   os.environ.setdefault("EPATH_USE_TF", "false")
-  # gcsfs/google-auth would otherwise probe the GCE metadata server for a project.
+  # gcsfs/google-auth would otherwise probe the GCE metadata server for a project,
+  # and gcsfs the storage-control API (which emulators lack) for every bucket's type.
   os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "emulator")
+  os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
   _forget_epath_backend_choice()
 
 
@@ -67,7 +70,17 @@ def _forget_epath_backend_choice() -> None:
     cached.cache_clear()
 
 
+def _no_stale_listings() -> None:
+  """Object-store listings are read fresh: another host (or tensorstore, which
+  writes the arrays without going through fsspec) may have written since the last
+  listing, and a stale one would miss a finished checkpoint."""
+  import fsspec  # pylint: disable=import-outside-toplevel
+  for protocol in ("gs", "gcs", "s3"):
+    fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
+
+
 configure_storage()
+_no_stale_listings()
 
 
 def is_uri(p: PathLike) -> bool:
@@ -245,3 +258,54 @@ def copy_from_local(local: PathLike, dst: PathLike) -> None:
   d = path(dst)
   d.parent.mkdir(parents=True, exist_ok=True)
   epath.Path(local).copy(d, overwrite=True)
+
+
+class Appender:
+  """A growing file (a log, metrics.jsonl, TensorBoard events) that readers may
+  follow while it is written.
+
+  Local: appended and flushed on every `flush()`. Object stores cannot append, so
+  there the whole object is rewritten, at most every `min_interval_s` seconds
+  (the interval grows with the size, ~1 s per MiB) and always on `close()`; a
+  kill -9 loses at most that window. Existing content is kept (a resumed run
+  appends to the same file).
+  """
+
+  def __init__(self, p: PathLike, min_interval_s: float = 2.0):
+    self.path = as_str(p)
+    self._uri = is_uri(self.path)
+    self._min_interval = float(min_interval_s)
+    self._last_upload = 0.0
+    self._dirty = False
+    if self._uri:
+      self._buffer = bytearray(read_bytes(self.path) if exists(self.path) else b"")
+    else:
+      makedirs(parent(self.path))
+      self._file = builtins.open(self.path, "ab")
+
+  def write(self, data: bytes | str) -> None:
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    if self._uri:
+      self._buffer += data
+      self._dirty = True
+    else:
+      self._file.write(data)
+
+  def flush(self, force: bool = False) -> None:
+    if not self._uri:
+      self._file.flush()
+      return
+    import time  # pylint: disable=import-outside-toplevel
+    interval = max(self._min_interval, len(self._buffer) / (1 << 20))
+    if self._dirty and (force or time.monotonic() - self._last_upload >= interval):
+      write_bytes(self.path, bytes(self._buffer))
+      self._last_upload, self._dirty = time.monotonic(), False
+
+  def close(self) -> None:
+    if self._uri:
+      self.flush(force=True)
+    else:
+      self._file.close()
+
+  def size(self) -> int:
+    return len(self._buffer) if self._uri else self._file.tell()
