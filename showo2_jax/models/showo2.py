@@ -64,8 +64,11 @@ class _PatchConv(nn.Module):
   def __call__(self, x):
     p = self.patch_size
     n, hh, ww, ch = x.shape
+    # The original's Xavier-uniform on the (out, in*k*k) view of the weight: fan_out
+    # is `features` alone (flax's conv xavier would also multiply it by k*k).
+    xavier = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=3)
     kernel = self.param("kernel", nn.with_logical_partitioning(
-        nn.initializers.xavier_uniform(), ("conv_h", "conv_w", "latent", "embed")),
+        xavier, ("conv_h", "conv_w", "latent", "embed")),
         (p, p, ch, self.features), self.param_dtype)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                       (self.features,), self.param_dtype)
@@ -74,6 +77,11 @@ class _PatchConv(nn.Module):
                    preferred_element_type=jnp.float32)
     y = y + bias.astype(self.dtype).astype(jnp.float32)
     return y.astype(self.dtype).reshape(n, -1, self.features)
+
+
+# PyTorch's nn.Linear default init (layers.torch_linear_kernel_init): the original
+# relies on it for fusion_proj, diff_proj and time_embed_proj (spec 7.2).
+TORCH_LINEAR = dict(kernel_init=layers.torch_linear_kernel_init, bias_init=layers.TORCH_LINEAR_BIAS)
 
 
 class FusionProj(nn.Module):
@@ -87,6 +95,7 @@ class FusionProj(nn.Module):
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = layers.RMSNorm(self.eps, name="norm", **kw)(x)
+    kw.update(TORCH_LINEAR)
     x = layers.dense(self.hidden_size, ("fusion_in", "embed"), name="fc1", **kw)(x)
     x = layers.gelu(x, approximate=False)
     return layers.dense(self.hidden_size, ("mlp", "embed"), name="fc2", **kw)(x)
@@ -100,7 +109,7 @@ class DiffProj(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, **TORCH_LINEAR)
     x = layers.dense(self.hidden_size, ("embed", "mlp"), name="fc1", **kw)(x)
     return layers.dense(self.hidden_size, ("mlp", "embed_out"), name="fc2", **kw)(layers.gelu(x, approximate=False))
 
@@ -128,7 +137,7 @@ class Showo2(nn.Module):
     self.fusion_proj = FusionProj(c.hidden_size, c.fusion_norm_eps, **kw)
     self.time_embed = fh.TimestepEmbedder(c.flow_head.hidden_size, c.time_embed_dim, **kw)
     if c.has_projections:
-      self.time_embed_proj = layers.dense(c.hidden_size, ("embed_out", "embed"), **kw)
+      self.time_embed_proj = layers.dense(c.hidden_size, ("embed_out", "embed"), **kw, **TORCH_LINEAR)
       self.diff_proj = DiffProj(c.flow_head.hidden_size, **kw)
     self.diffusion_head_a = fh.FlowHead(c.flow_head, **kw, **stack, **rope, **attn)
     self.diffusion_head_b = fh.FinalLayer(c.flow_head, c.patch_dim, **kw)
