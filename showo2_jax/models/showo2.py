@@ -275,6 +275,51 @@ def ntp_loss(logits, text_labels, ignore_index: int = -100):
   return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
+def ntp_loss_from_hidden(logits_fn, hidden, text_labels, ignore_index: int = -100,
+                         chunk_size: int = 256):
+  """`ntp_loss(logits_fn(hidden), text_labels)` without the (B, L, V) logits.
+
+  hidden (B, L, D) final-norm LLM states; logits_fn maps (1, n, D) -> (1, n, V)
+  (the model's own head, e.g. `Showo2.logits`, so the numbers are the same);
+  text_labels (B, L) int, `ignore_index` = no target. Returns the fp32 mean NLL.
+
+  The original applies the lm_head at every position and then ignores most of
+  them (image blocks, pads, prompts: ~98% of a stage-2 batch). Here the shifted
+  positions that have a target are gathered first (a stable sort puts them in
+  front), then a `lax.scan` runs the head and logsumexp `chunk_size` rows at a
+  time and skips (`lax.cond`) every chunk with no target, forward and backward;
+  each chunk is rematerialised, so at most one (chunk_size, V) block of logits
+  lives at a time. Summation order differs from `ntp_loss` (fp32 rounding only).
+  """
+  d = hidden.shape[-1]
+  h = hidden[:, :-1].reshape(-1, d)
+  labels = text_labels[:, 1:].reshape(-1)
+  valid = labels != ignore_index
+  n = h.shape[0]
+  order = jnp.argsort(~valid, stable=True)          # labelled positions first, in order
+  chunks = -(-n // chunk_size)
+  pad = chunks * chunk_size - n
+  take = lambda x: jnp.pad(jnp.take(x, order, axis=0), [(0, pad)] + [(0, 0)] * (x.ndim - 1))  # noqa: E731
+  h_c = take(h).reshape(chunks, chunk_size, d)
+  lab_c = take(jnp.where(valid, labels, 0)).reshape(chunks, chunk_size)
+  val_c = take(valid).reshape(chunks, chunk_size)
+
+  @jax.checkpoint
+  def chunk_nll(hc, lc, vc):
+    def compute():
+      logits = logits_fn(hc[None])[0]
+      lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+      target = jnp.take_along_axis(logits, lc[:, None], axis=-1)[:, 0].astype(jnp.float32)
+      return jnp.sum(jnp.where(vc, lse - target, 0.0))
+    return jax.lax.cond(jnp.any(vc), compute, lambda: jnp.zeros((), jnp.float32))
+
+  def body(total, xs):
+    return total + chunk_nll(*xs), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h_c, lab_c, val_c))
+  return total / jnp.maximum(jnp.sum(valid), 1)
+
+
 def flow_targets_and_mask(image_labels, image_masks, modality_positions, patch_dim: int):
   """Places each slot's target tokens at [o+1, o+n) and builds the flow mask.
 
