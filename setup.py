@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "imageio",
     "imageio-ffmpeg",  # MP4 read/write for video understanding and generation
     "tqdm",
+    # Paths are URIs (gs://, s3://): etils.epath, gcsfs behind it for GCS.
+    "etils[epath]",
+    "gcsfs",
 ]
 
 EXTRAS = {
@@ -29,15 +32,21 @@ EXTRAS = {
     # TensorBoard writers in clu.metric_writers import tensorflow.
     "tf": ["tensorflow-cpu", "tensorboard"],
     # diffusers: only for the AutoencoderKLWan parity test.
-    "dev": ["pytest", "pytest-xdist", "diffusers"],
+    # gcp-storage-emulator: a GCS API on 127.0.0.1 for the gs:// tests.
+    "dev": ["pytest", "pytest-xdist", "diffusers", "gcp-storage-emulator"],
+    # `showo2-jax serve` (OpenAI-compatible HTTP); openai + httpx are the tests' clients.
+    "serve": ["fastapi", "uvicorn", "python-multipart", "openai", "httpx"],
 }
-EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"]
+EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"] + EXTRAS["serve"]
 
 setup(
     name="showo2-jax",
     version="0.1.0",
     description="Show-o2 in JAX/Flax: training on TPU pods, inference on GPUs, PyTorch checkpoint conversion.",
-    packages=find_packages(include=["showo2_jax", "showo2_jax.*"]),
+    # configs/ ships inside the package as showo2_jax/configs, so a wheel finds the
+    # named configs (`--config tiny_train`) as a source checkout does (config_lib).
+    packages=find_packages(include=["showo2_jax", "showo2_jax.*"]) + ["showo2_jax.configs"],
+    package_dir={"showo2_jax.configs": "configs"},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -7,7 +7,7 @@ bf16 by default (5.7 GB; --dtype float32 for 11.3 GB), then runs each step of
 the conversion in its own process and reports its peak resident memory:
 
   to-orbax   original shards -> Orbax
-  to-torch   Orbax -> safetensors shards
+  to-torch   Orbax -> PyTorch shards (--format: bin as the CLI's default, or safetensors)
   verify     source vs Orbax, and written output vs Orbax (bit-exactness)
 
 Peak RSS is the process's own high-water mark (VmHWM in /proc, file-backed
@@ -119,6 +119,8 @@ def main():
   parser.add_argument("--keep", action="store_true", help="keep the files afterwards")
   parser.add_argument("--reuse", action="store_true", help="reuse a source built by an earlier --keep run")
   parser.add_argument("--chunk-size", default="256MiB", help="passed to to-orbax / to-torch")
+  parser.add_argument("--format", default="bin", choices=("bin", "safetensors"),
+                      help="passed to to-torch")
   args = parser.parse_args()
   dtype = ml_dtypes.bfloat16 if args.dtype == "bfloat16" else np.float32
   src, ox, out = (os.path.join(args.workdir, d) for d in ("source", "orbax", "torch"))
@@ -138,7 +140,8 @@ def main():
       "baseline (imports only)": [sys.executable, "-c",
                                   "import showo2_jax.convert.pipeline, orbax.checkpoint.experimental.v1"],
       "to-orbax": cli + ["to-orbax", "--torch", src, "--out", ox, "--chunk-size", args.chunk_size],
-      "to-torch": cli + ["to-torch", "--orbax", ox, "--out", out, "--chunk-size", args.chunk_size],
+      "to-torch": cli + ["to-torch", "--orbax", ox, "--out", out, "--chunk-size", args.chunk_size,
+                         "--format", args.format],
       "verify source": cli + ["verify", "--torch", src, "--orbax", ox],
       "verify output": cli + ["verify", "--torch", out, "--orbax", ox],
   }

@@ -10,6 +10,15 @@ import ml_collections
 # paths, matched as the original's `_freeze_params` matches state_dict names.
 STAGE1_FROZEN = ("image_embedder_und", "und_trans", "showo", "position_embedding")
 
+# Trained from scratch in stage 1 (spec 7.2): the generation side. `init.fresh` of the
+# stage-1 configs: every other param must come from a source.
+STAGE1_FRESH = ("image_embedder_gen", "fusion_proj", "time_embed", "diff_proj", "diffusion_head")
+
+# The 1.5B -> 7B transfer (spec 7.2): what stage1_7b:a does not take from the 1.5B run
+# (the 7B LLM comes from Qwen2.5-7B-Instruct; the other four follow the LLM width).
+TRANSFER_1P5B_TO_7B_EXCLUDE = ("showo", "image_embedder_gen", "fusion_proj", "diff_proj",
+                               "time_embed_proj")
+
 # Stage-2 parameter groups (spec 7.3). `time_embed` matches none of them, so the
 # original never updates it in stage 2 (spec 10.6); add it to a group to fix that.
 STAGE2_GROUP_PATTERNS = dict(
@@ -60,12 +69,17 @@ def add_training(c, *, num_steps, global_batch_size, seed=10086):
   c.checkpoint = ml_collections.ConfigDict(dict(
       every_steps=1000, keep=3, async_save=True))
   c.init = ml_collections.ConfigDict(dict(
-      # At most one of these is used (first non-empty wins); none = random init.
+      # Ordered starting points, later overriding earlier (train/warm_start.py):
+      # "KIND:PATH" or "KIND:PATH#pattern|-pattern" with KIND one of qwen2, siglip,
+      # semantic, original, orbax, checkpoint. Empty: random init.
+      sources=(),
+      fresh=(),                              # substrings of params no source gives (trained from scratch)
+      # Single-source shorthands (used only when `sources` is empty; first non-empty wins):
       from_checkpoint="",                    # a previous run's workdir or step dir (params only)
       from_orbax="",                         # converted params (showo2_jax.convert.orbax_io)
       from_original="",                      # an original PyTorch model directory
       exclude=(),                            # substrings of params to keep at their fresh init
-      semantic_layers_from="",               # a distill_semantic run: und path on top of the above
+      semantic_layers_from="",               # pre-distilled file or distill_semantic run, on top
   ))
   c.data = ml_collections.ConfigDict(dict(
       source="synthetic",

@@ -37,7 +37,10 @@ def _model(llm, siglip, flow, tokens_per_side):
       llm=llm, siglip=siglip, flow_head=flow, latent_channels=16, patch_size=2,
       image_latent_height=tokens_per_side, image_latent_width=tokens_per_side,
       add_time_embeds=True, time_embed_dim=256, fusion_norm_eps=1e-6,
-      dtype="float32", param_dtype="float32", remat_policy="none", scan_layers=False))
+      dtype="float32", param_dtype="float32", remat_policy="none", scan_layers=False,
+      # "compute": RoPE inv_freq rounded to the compute dtype as in the original's bf16
+      # runs (its training and inference); "float32": exact. See docs/inference.md.
+      rope_inv_freq_dtype="compute"))
 
 
 def showo2_1p5b(tokens_per_side=27):

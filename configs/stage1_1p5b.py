@@ -9,9 +9,15 @@ captioning pairs at 432 px. 1b: 40k more steps on high-quality t2i data, no
 warm-up, starting from 1a's final checkpoint. Per GPU 6 t2i + 2 captioning rows;
 64 GPUs -> global batch 512.
 
-Set before running: `init.from_original` or `init.from_orbax` (Qwen2.5 +
-SigLIP weights with the pre-distilled semantic layers merged, or the
-`distill_semantic` run), `tokenizer_path`, and `data` (configs/data.py).
+Starting point (spec 7.2, `init.sources`, train/warm_start.py): 1a = the LLM
+from Qwen2.5-1.5B-Instruct (an HF directory), the semantic layers from the
+released `pre-distilled_semantic_layers.pt` (or a `distill_semantic` run), the
+generation side fresh (`init.fresh`); 1b = 1a's final checkpoint. Replace the
+placeholder paths, e.g.
+
+  --config.init.sources='("qwen2:/m/Qwen2.5-1.5B-Instruct", "semantic:/m/pre-distilled_semantic_layers.pt")'
+
+Also set `tokenizer_path` and the data (`--data FILE`, configs/data/).
 """
 from configs import _train_common as tc
 from configs import common, models
@@ -38,8 +44,12 @@ def get_config(arg=None):
   c.optim.warmup_steps = 2000 if sub == "a" else 0
   c.checkpoint.every_steps, c.checkpoint.keep = 5000, 3
   c.tokenizer_path = ""
-  if sub == "b":
-    c.init.from_checkpoint = "/path/to/stage1a/workdir"
+  if sub == "a":
+    c.init.sources = ("qwen2:/path/to/Qwen2.5-1.5B-Instruct",
+                      "semantic:/path/to/pre-distilled_semantic_layers.pt")
+    c.init.fresh = tc.STAGE1_FRESH
+  else:
+    c.init.sources = ("checkpoint:/path/to/stage1a/workdir",)
   # The t2i / captioning mix of the original (6 + 2 rows of every 8).
   c.data.update(dict(t2i_rows=6, mmu_rows=2))
   return c

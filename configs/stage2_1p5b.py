@@ -1,7 +1,7 @@
 """Show-o2 1.5B stage 2 (spec 7.3; showo2_1.5b_stage_2_{a,b,c}.yaml).
 
 `--config stage2_1p5b:a|b|c`. Starts from the final stage-1 checkpoint
-(`init.from_checkpoint`, params only). ntp 1.0, flow 1.0; one epoch of the
+(`init.sources = ("checkpoint:<run>",)`, params only). ntp 1.0, flow 1.0; one epoch of the
 understanding data with a cosine schedule (warm-up 3% of the steps, decay to
 0); three AdamW groups (semantic layers+embedders / fusion_proj / LLM+flow
 head). `time_embed` is in no group and so never updated, as in the original
@@ -42,7 +42,7 @@ def get_config(arg=None, model=None, rows=(ROWS_T2I, ROWS_MMU)):
   for (name, patterns), lr in zip(tc.STAGE2_GROUP_PATTERNS.items(), lrs):
     c.optim.groups[name] = tc.group(patterns, lr)
   c.checkpoint.every_steps, c.checkpoint.keep = 1000, 3
-  c.init.from_checkpoint = "/path/to/previous/stage/workdir"
+  c.init.sources = ("checkpoint:/path/to/previous/stage/workdir",)
   c.tokenizer_path = ""
   c.data.update(dict(t2i_rows=rows[0], mmu_rows=rows[1]))
   return c

@@ -38,9 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  help="bytes held in memory before each Orbax write (default: 256MiB)")
   p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
-  p = sub.add_parser("to-torch", help="Orbax -> safetensors loadable by the original PyTorch code",
-                     description="Writes safetensors (sharded above --max-shard-size) with the original "
-                                 "key names and dtypes, plus the original config files.")
+  p = sub.add_parser("to-torch", help="Orbax -> the checkpoint the original PyTorch code loads",
+                     description="Writes Show-o2 as the original loads it (pytorch_model.bin, sharded "
+                                 "above --max-shard-size with an index), Qwen2/SigLIP as HF safetensors, "
+                                 "with the original key names, dtypes and config files.")
   p.add_argument("--orbax", required=True, metavar="ORBAX_DIR")
   p.add_argument("--out", required=True, metavar="DIR")
   p.add_argument("--dtype", choices=DTYPE_CHOICES + ("source",),
@@ -50,8 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  help="shard above this size, with an index (default: 5GB)")
   p.add_argument("--chunk-size", default="256MiB", metavar="SIZE",
                  help="bytes read from Orbax at a time (default: 256MiB)")
-  p.add_argument("--llm-model-path", help="Show-o2: set llm_model_path in config.json")
-  p.add_argument("--clip-model-path", help="Show-o2: set clip_pretrained_model_path in config.json")
+  p.add_argument("--format", choices=("bin", "safetensors"),
+                 help="weights format (default: bin for Show-o2, as its scripts load with "
+                      "use_safetensors=False; safetensors for Qwen2 / SigLIP)")
+  p.add_argument("--llm-model-path",
+                 help="Show-o2: llm_model_path in config.json (default: the source's, else "
+                      "Qwen/Qwen2.5-{1.5B,7B}-Instruct by width, else a written llm/ config folder)")
+  p.add_argument("--clip-model-path",
+                 help="Show-o2: clip_pretrained_model_path in config.json (default: the source's, "
+                      "else google/siglip-so400m-patch14-384)")
   p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
 
   p = sub.add_parser("verify", help="compare a PyTorch checkpoint with an Orbax one, tensor by tensor",
@@ -92,7 +100,8 @@ def run(args) -> int:
       summary = pipeline.to_torch(
           args.orbax, args.out, dtype=args.dtype, max_shard_size=pipeline.parse_size(args.max_shard_size),
           chunk_bytes=pipeline.parse_size(args.chunk_size), overwrite=args.overwrite,
-          llm_model_path=args.llm_model_path, clip_model_path=args.clip_model_path)
+          llm_model_path=args.llm_model_path, clip_model_path=args.clip_model_path,
+          format=args.format)
       print(f"wrote {summary['kind']} checkpoint {summary['out']}: {summary['tensors']} tensors in "
             f"{len(summary['files'])} files ({', '.join(summary['files'])}) in {summary['seconds']} s")
       return 0

@@ -57,19 +57,32 @@ def _prompts(args) -> list[str]:
 def _sampling(args) -> FlowSampling:
   d = cli_args.sample_default
   return FlowSampling(
-      num_steps=args.steps or d(args, "num_steps", 50),
+      num_steps=args.steps if args.steps is not None else d(args, "num_steps", 50),
       guidance_scale=args.guidance if args.guidance is not None else d(args, "guidance_scale", 7.5),
       time_shifting_factor=args.shift if args.shift is not None else d(args, "time_shifting_factor", 3.0),
       method=args.method or d(args, "method", "euler"))
 
 
-def run(args) -> int:
-  prompts = _prompts(args)
-  sampling = _sampling(args)
-  if sampling.num_steps < 2:
-    raise CliError("--steps must be at least 2 (grid points)")
+def check_arguments(args) -> None:
+  """Every flag checked before anything is loaded or generated (one-line errors)."""
+  cli_args.check_model_arguments(args)
+  cli_args.check_flags(args, {
+      "--steps": cli_args.AT_LEAST_2, "--guidance": cli_args.FINITE,
+      "--shift": cli_args.FINITE_POSITIVE, "--batch-size": cli_args.POSITIVE,
+      "--num-frames": (lambda v: v >= 1 and (v - 1) % 4 == 0, "1 + 4k (1, 5, 9, 17, ...)"),
+      "--fps": cli_args.FINITE_POSITIVE})
   if args.image and args.num_frames < 5:
     raise CliError("--image (image-to-video) needs --num-frames >= 5")
+  cli_args.make_output_dir("--out", args.out)
+
+
+def run(args) -> int:
+  try:
+    check_arguments(args)
+  except cli_args.InferenceSetupError as e:
+    raise CliError(str(e)) from None
+  prompts = _prompts(args)
+  sampling = _sampling(args)
   try:
     pipe = cli_args.load_pipeline(args, need_vae=bool(args.image))
     condition = pipe.image_pixels(media.load_image(args.image)) if args.image else None
@@ -78,7 +91,6 @@ def run(args) -> int:
                             truncate=args.truncate, show_progress=cli_args.show_progress(args))
   except (cli_args.InferenceSetupError, PromptTooLongError, media.ImageLoadError) as e:
     raise CliError(str(e)) from None
-  os.makedirs(args.out, exist_ok=True)
   written = []
   if pipe.vae is None:
     log.warning("no --vae: saving latents (.npy) instead of pixels")

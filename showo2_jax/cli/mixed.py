@@ -39,8 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "training (the original script passes 0, its bug)")
 
 
+def check_arguments(args) -> None:
+  """Every flag checked before anything is loaded (one-line errors naming the flag)."""
+  cli_args.check_model_arguments(args)
+  cli_args.check_flags(args, {
+      "--rounds": cli_args.POSITIVE, "--max-text-tokens": cli_args.POSITIVE,
+      "--temperature": cli_args.NON_NEGATIVE, "--top-k": (lambda v: v >= 0, "an integer >= 0"),
+      "--top-p": cli_args.UNIT_INTERVAL, "--steps": cli_args.AT_LEAST_2,
+      "--guidance": cli_args.FINITE, "--later-guidance": cli_args.FINITE,
+      "--shift": cli_args.FINITE_POSITIVE,
+      "--context-t": (lambda v: 0 <= v <= 1, "in [0, 1]")})
+  cli_args.make_output_dir("--out", args.out)
+
+
 def run(args) -> int:
   try:
+    check_arguments(args)
     sampling = TokenSampling(args.temperature, args.top_k, args.top_p)
   except ValueError as e:
     raise CliError(str(e)) from None

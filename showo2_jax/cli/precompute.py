@@ -11,9 +11,14 @@ Rerunning skips finished shards; on several hosts each writes its own shards.
 """
 from __future__ import annotations
 
+import logging
+import os
+
 import numpy as np
 
 from showo2_jax.cli.main import CliError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("image_text", "llava", "vist", "video_text")
 
@@ -30,7 +35,11 @@ def add_arguments(parser):
                       help="wan: the Wan2.1 VAE; pool: 8x average pooling to 16 channels, a "
                            "VAE-free stand-in for pipeline dry runs")
   parser.add_argument("--vae-weights", default=None,
-                      help="Wan2.1 VAE checkpoint (.pth/.safetensors); without it a random VAE")
+                      help="Wan2.1 VAE checkpoint (.pth/.safetensors); required with --encoder wan "
+                           "unless --random-vae")
+  parser.add_argument("--random-vae", action="store_true",
+                      help="encode with a randomly initialised Wan VAE (--seed): only for dry runs "
+                           "of the data path, the latents mean nothing")
   parser.add_argument("--deterministic", action="store_true",
                       help="store the posterior mean only (no latents_logvar)")
   parser.add_argument("--resolution", type=int, default=None, help="override the config's")
@@ -43,15 +52,33 @@ def add_arguments(parser):
   parser.add_argument("--threads", type=int, default=4, help="threads decoding media")
   parser.add_argument("--process-index", type=int, default=None, help="default: jax.process_index()")
   parser.add_argument("--process-count", type=int, default=None, help="default: jax.process_count()")
-  parser.add_argument("--seed", type=int, default=0, help="random VAE init when no weights")
+  parser.add_argument("--seed", type=int, default=0, help="init of --random-vae")
   parser.add_argument("--no-progress", action="store_true")
 
 
+def check_arguments(args) -> None:
+  if args.encoder == "wan" and not args.vae_weights and not args.random_vae:
+    raise CliError("--vae-weights is required: give the Wan2.1 VAE checkpoint (or --random-vae "
+                   "for a dry run with meaningless latents, or --encoder pool)")
+  if args.vae_weights and args.random_vae:
+    raise CliError("--vae-weights and --random-vae exclude each other")
+  if args.vae_weights and not os.path.exists(args.vae_weights):
+    raise CliError(f"--vae-weights: '{args.vae_weights}' does not exist")
+  for flag in ("resolution", "batch_size", "records_per_shard", "num_shards", "num_frames",
+               "threads"):
+    value = getattr(args, flag)
+    if value is not None and value <= 0:
+      raise CliError(f"--{flag.replace('_', '-')} {value}: must be a positive number")
+
+
 def run(args) -> int:
+  check_arguments(args)
   from showo2_jax import config_lib  # pylint: disable=g-import-not-at-top
   from showo2_jax.data import build, precompute, tasks  # pylint: disable=g-import-not-at-top
   cfg = config_lib.load_config(args.config)
   resolution = args.resolution or cfg.resolution
+  log.info("precompute-latents: %s px, encoder %s%s", resolution, args.encoder,
+           " (RANDOM weights: dry run)" if args.random_vae else "")
   records = build.load_records(args.kind, args.source, args.data, args.media_root)
   load = tasks.pixel_loader(args.kind, resolution, min_res=args.min_res, num_frames=args.num_frames)
   encode = pool_encoder if args.encoder == "pool" else wan_encoder(

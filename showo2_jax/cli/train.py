@@ -44,9 +44,11 @@ def load_config(args):
 
 
 def quiet_libraries() -> None:
-  """Orbax and absl log every save step at INFO; keep ours readable."""
-  for name in ("absl", "orbax"):
+  """Orbax and absl log every save step at INFO, fsspec every read; keep ours readable."""
+  for name in ("absl", "orbax", "fsspec"):
     logging.getLogger(name).setLevel(logging.WARNING)
+  # gcsfs warns on every bucket whose type it cannot look up (an emulator, no credentials).
+  logging.getLogger("gcsfs").setLevel(logging.ERROR)
 
 
 def run(args) -> int:

@@ -1,7 +1,8 @@
 """Reading and writing PyTorch-side checkpoints as numpy, one tensor at a time.
 
-Formats: `.safetensors` (memory-mapped, read and written by a small reader/writer
-here so that bfloat16 stays bfloat16 without torch), `.bin` / `.pth` (via
+Formats: `.safetensors` (validated by the `safetensors` library, whose header check
+refuses overlapping, aliased or out-of-file offset ranges and truncated files, then
+memory-mapped here so that bfloat16 and float8 stay themselves without torch), `.bin` / `.pth` (via
 `torch.load(weights_only=True, mmap=True)`: no pickle code is executed; needs the
 `torch` extra), single files or sharded with a `*.index.json`, and directories
 holding any of these.
@@ -20,6 +21,7 @@ import numpy as np
 SAFETENSORS_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
 }
 _NP_TO_ST = {np.dtype(v): k for k, v in SAFETENSORS_DTYPES.items()}
 
@@ -44,6 +46,7 @@ class SafetensorsFile:
 
   def __init__(self, path: str):
     self.path = path
+    _validate_safetensors(path)
     self._file = open(path, "rb")
     try:
       (n,) = struct.unpack("<Q", self._file.read(8))
@@ -62,13 +65,21 @@ class SafetensorsFile:
   def shape(self, key: str) -> tuple:
     return tuple(self._header[key]["shape"])
 
-  def dtype(self, key: str):
-    return np.dtype(SAFETENSORS_DTYPES[self._header[key]["dtype"]])
-
-  def get(self, key: str) -> np.ndarray:
+  def _info(self, key: str) -> dict:
+    if key not in self._header:
+      raise CheckpointFormatError(f"{self.path}: no tensor named '{key}'")
     info = self._header[key]
     if info["dtype"] not in SAFETENSORS_DTYPES:
-      raise CheckpointFormatError(f"{self.path}: tensor {key} has unsupported dtype {info['dtype']}")
+      raise CheckpointFormatError(
+          f"{self.path}: tensor '{key}' has dtype {info['dtype']}, which is not supported "
+          f"(supported: {', '.join(SAFETENSORS_DTYPES)})")
+    return info
+
+  def dtype(self, key: str):
+    return np.dtype(SAFETENSORS_DTYPES[self._info(key)["dtype"]])
+
+  def get(self, key: str) -> np.ndarray:
+    info = self._info(key)
     start, end = info["data_offsets"]
     arr = np.frombuffer(self._mmap, dtype=SAFETENSORS_DTYPES[info["dtype"]],
                         count=(end - start) // np.dtype(SAFETENSORS_DTYPES[info["dtype"]]).itemsize,
@@ -97,6 +108,18 @@ class SafetensorsFile:
     except BufferError:  # numpy views still alive: the map is freed with them
       pass
     self._file.close()
+
+
+def _validate_safetensors(path: str) -> None:
+  """The safetensors library's own header check: every tensor's offset range lies in
+  the file, matches its shape and dtype, and ranges neither overlap nor leave gaps.
+  Raises CheckpointFormatError naming the file (and the tensor, as the library does)."""
+  import safetensors  # pylint: disable=import-outside-toplevel
+  try:
+    with safetensors.safe_open(path, framework="numpy"):
+      pass
+  except (safetensors.SafetensorError, OSError, ValueError) as e:
+    raise CheckpointFormatError(f"{path}: not a valid safetensors file ({e})") from None
 
 
 def save_safetensors(tensors: Mapping[str, np.ndarray] | Iterator[tuple[str, np.ndarray]], path: str,
@@ -211,21 +234,26 @@ class StateDict:
     return len(self._where)
 
   def shape(self, key):
-    return self._open(self._where[key]).shape(key)
+    return self._open(self._file_of(key)).shape(key)
 
   def dtype(self, key) -> np.dtype:
-    return np.dtype(self._open(self._where[key]).dtype(key))
+    return np.dtype(self._open(self._file_of(key)).dtype(key))
 
   def release(self, key) -> None:
     """Lets go of the memory behind `key` (see `SafetensorsFile.release`)."""
-    self._open(self._where[key]).release(key)
+    self._open(self._file_of(key)).release(key)
 
   def files(self) -> list[str]:
     """The weight files behind this state_dict, in first-use order."""
     return list(dict.fromkeys(self._where.values()))
 
+  def _file_of(self, key) -> str:
+    if key not in self._where:
+      raise CheckpointFormatError(f"{self.path}: no tensor named '{key}'")
+    return self._where[key]
+
   def __getitem__(self, key) -> np.ndarray:
-    return self._open(self._where[key]).get(key)
+    return self._open(self._file_of(key)).get(key)
 
   def items(self):
     for k in self._where:

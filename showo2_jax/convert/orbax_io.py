@@ -182,11 +182,19 @@ class ParamWriter:
   Leaves are buffered and flushed as Orbax partial saves; `close()` finalizes the
   checkpoint (atomically renamed into place) and writes the sidecar. Used by the
   converters so that a checkpoint larger than RAM never sits in memory whole.
+  With `overwrite`, an existing checkpoint at `path` stays untouched until the new
+  one is complete (written beside it as `path.replacing`, then swapped in), so a
+  conversion that fails leaves the old one as it was.
   """
 
   def __init__(self, path: str, meta: dict, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                overwrite: bool = False):
-    self.path = os.path.abspath(os.fspath(path))
+    self.final_path = os.path.abspath(os.fspath(path))
+    replacing = os.path.exists(self.final_path)
+    if replacing and not overwrite:
+      raise FileExistsError(f"{self.final_path} already exists (pass overwrite=True / --overwrite "
+                            "to replace it)")
+    self.path = self.final_path + ".replacing" if replacing else self.final_path
     self.meta = meta
     self.chunk_bytes = int(chunk_bytes)
     self._pending: dict[str, np.ndarray] = {}
@@ -194,7 +202,7 @@ class ParamWriter:
     self._saves = 0
     self.leaves = 0
     self.bytes = 0
-    _clear(self.path, overwrite)
+    _clear(self.path, overwrite=True)
 
   def add(self, flat_path: str, array: np.ndarray) -> None:
     array = np.asarray(array)
@@ -225,6 +233,13 @@ class ParamWriter:
       raise OrbaxCheckpointError(f"{self.path}: nothing to write (empty param tree)")
     _ocp().partial.finalize(self.path)
     _write_sidecar(self.path, self.meta)
+    if self.path != self.final_path:  # complete: now swap it in for the old one
+      old = self.final_path + ".old"
+      shutil.rmtree(old, ignore_errors=True)
+      os.rename(self.final_path, old)
+      os.rename(self.path, self.final_path)
+      shutil.rmtree(old)
+      self.path = self.final_path
 
   def __enter__(self):
     return self
@@ -232,8 +247,10 @@ class ParamWriter:
   def __exit__(self, exc_type, *unused):
     if exc_type is None:
       self.close()
-    else:  # leave nothing half-written behind
+    else:  # leave nothing half-written behind (and an overwritten checkpoint as it was)
       shutil.rmtree(self.path + ".partial_save", ignore_errors=True)
+      if self.path != self.final_path:
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 # -------------------------------------------------------------------- restoring

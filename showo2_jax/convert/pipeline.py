@@ -5,8 +5,13 @@ to_orbax: the source is memory-mapped (safetensors) or lazily loaded (torch
   released, and leaves are flushed to Orbax in chunks of `chunk_bytes`. Peak
   memory is about one chunk plus the largest leaf, never the whole model.
 to_torch: leaves are read back from Orbax a few at a time (partial loads) and
-  written straight into safetensors shards (`max_shard_size`), with the source's
-  key names, order, dtypes and config files when it was a conversion.
+  written shard by shard (`max_shard_size`), with the source's key names, order,
+  dtypes and config files when it was a conversion. Show-o2 is written as the
+  original loads it (`from_pretrained(..., use_safetensors=False)` in all its
+  scripts): `pytorch_model.bin`, or `pytorch_model-0000i-of-0000n.bin` shards with
+  `diffusion_pytorch_model.bin.index.json` (its diffusers-style ModelMixin) and
+  `pytorch_model.bin.index.json` (transformers); Qwen2 / SigLIP as HF safetensors.
+  `format="safetensors"` writes safetensors for Show-o2 too.
 """
 from __future__ import annotations
 
@@ -29,13 +34,23 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_SHARD_SIZE = 5 * 10**9
 # File names the loaders of each kind look for (see docs/convert.md).
 WEIGHT_STEMS = {"showo2": "pytorch_model", "qwen2": "model", "siglip": "model"}
+FORMATS = ("bin", "safetensors")
+DEFAULT_FORMAT = {"showo2": "bin", "qwen2": "safetensors", "siglip": "safetensors"}
 INDEX_NAMES = {
-    # The original's ModelMixin reads `pytorch_model.safetensors`, and shards through
-    # diffusers' index name; the second index is the usual HF name, for other tools.
-    "showo2": ("diffusion_pytorch_model.safetensors.index.json", "model.safetensors.index.json"),
-    "qwen2": ("model.safetensors.index.json",),
-    "siglip": ("model.safetensors.index.json",),
+    # The original's ModelMixin reads `pytorch_model.{bin,safetensors}`, and shards
+    # through diffusers' index name; the second index is the usual HF name, for other tools.
+    ("showo2", "bin"): ("diffusion_pytorch_model.bin.index.json", "pytorch_model.bin.index.json"),
+    ("showo2", "safetensors"): ("diffusion_pytorch_model.safetensors.index.json",
+                                "model.safetensors.index.json"),
+    ("qwen2", "safetensors"): ("model.safetensors.index.json",),
+    ("siglip", "safetensors"): ("model.safetensors.index.json",),
+    ("qwen2", "bin"): ("pytorch_model.bin.index.json",),
+    ("siglip", "bin"): ("pytorch_model.bin.index.json",),
 }
+# What the original's constructor reads (`AutoConfig.from_pretrained(llm_model_path)`,
+# `SiglipModel.from_pretrained(clip_pretrained_model_path)`), by model width.
+LLM_MODEL_PATHS = {1536: "Qwen/Qwen2.5-1.5B-Instruct", 3584: "Qwen/Qwen2.5-7B-Instruct"}
+CLIP_MODEL_PATHS = {1152: "google/siglip-so400m-patch14-384"}
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -210,16 +225,23 @@ def plan_from_meta(meta: dict) -> tuple[Any, Optional[plan_lib.Plan]]:
 def to_torch(orbax_dir: str, out: str, *, dtype: Optional[str] = None,
              max_shard_size: int = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
              chunk_bytes: int = orbax_io.DEFAULT_CHUNK_BYTES, llm_model_path: Optional[str] = None,
-             clip_model_path: Optional[str] = None) -> dict:
+             clip_model_path: Optional[str] = None, format: Optional[str] = None) -> dict:  # pylint: disable=redefined-builtin
   """Writes the PyTorch-side checkpoint of an Orbax checkpoint into directory `out`.
 
   `dtype`: None keeps the stored dtypes, 'source' restores the source's recorded
-  dtypes, or a dtype name casts every tensor.
+  dtypes, or a dtype name casts every tensor. `format`: 'bin' (torch.save, the
+  default for Show-o2, needs torch) or 'safetensors' (the default for Qwen2/SigLIP).
+  Show-o2's config.json gets `llm_model_path` / `clip_pretrained_model_path`: the
+  ones given, else the source's, else the released names for the 1.5B/7B widths,
+  else (other widths) a `llm/` folder written next to it with the LLM config.
   """
   start = time.time()
   meta = orbax_io.read_meta(orbax_dir)
   kind = meta["kind"]
   record = meta.get("source") or {}
+  fmt = format or DEFAULT_FORMAT.get(kind)
+  if kind != "wan_vae" and fmt not in FORMATS:
+    raise ConversionError(f"unknown format '{format}' (choose from {', '.join(FORMATS)})")
   _prepare_out(out, overwrite)
   config, plan = plan_from_meta(meta)
   if kind == "wan_vae":
@@ -229,7 +251,8 @@ def to_torch(orbax_dir: str, out: str, *, dtype: Optional[str] = None,
     check_stored(plan, stored, orbax_dir)
     keys = _output_keys(plan, record)
     dtypes = _output_dtypes(plan, keys, stored, record, dtype)
-    files = _write_shards(orbax_dir, out, kind, plan, keys, dtypes, stored, max_shard_size, chunk_bytes)
+    files = _write_shards(orbax_dir, out, kind, plan, keys, dtypes, stored, max_shard_size,
+                          chunk_bytes, fmt)
     written = len(keys)
   files += _write_configs(out, kind, config, record, llm_model_path, clip_model_path)
   summary = {"kind": kind, "out": os.path.abspath(out), "tensors": written, "files": files,
@@ -283,22 +306,25 @@ def group_into_shards(keys, sizes, max_shard_size) -> list[list[str]]:
   return shards
 
 
-def _write_shards(orbax_dir, out, kind, plan, keys, dtypes, stored, max_shard_size, chunk_bytes):
+def _write_shards(orbax_dir, out, kind, plan, keys, dtypes, stored, max_shard_size, chunk_bytes,
+                  fmt="safetensors"):
   sizes = {k: math.prod(plan.entry(k).shape) * dtypes[k].itemsize for k in keys}
   shards = [leaf_major(plan, s) for s in group_into_shards(keys, sizes, max_shard_size)]
   reader = LeafReader(orbax_dir, stored, [plan.entry(k).leaf for s in shards for k in s], chunk_bytes)
   stem, n = WEIGHT_STEMS[kind], len(shards)
-  names = [f"{stem}.safetensors"] if n == 1 else [
-      f"{stem}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+  names = [f"{stem}.{fmt}"] if n == 1 else [f"{stem}-{i + 1:05d}-of-{n:05d}.{fmt}" for i in range(n)]
   for name, shard in zip(names, shards):
     tensors = {k: _LazyTensor(k, plan.entry(k), reader, dtypes[k]) for k in shard}
     log.info("writing %s (%d tensors, %.1f MB)", name, len(shard), sum(sizes[k] for k in shard) / 1e6)
-    checkpoint_io.save_safetensors(tensors, os.path.join(out, name), metadata={"format": "pt"})
+    if fmt == "bin":
+      _torch_save_streamed(tensors, os.path.join(out, name))
+    else:
+      checkpoint_io.save_safetensors(tensors, os.path.join(out, name), metadata={"format": "pt"})
   files = list(names)
   if n > 1:
     index = {"metadata": {"total_size": sum(sizes.values())},
              "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
-    for index_name in INDEX_NAMES[kind]:
+    for index_name in INDEX_NAMES[(kind, fmt)]:
       with open(os.path.join(out, index_name), "w") as f:
         f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
       files.append(index_name)
@@ -321,6 +347,56 @@ def _vae_to_torch(orbax_dir, out, config, record, dtype) -> tuple[list[str], int
   else:
     _torch_save(out_sd, path)
   return [weights], len(out_sd)
+
+
+def _import_torch(path: str):
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    return torch
+  except ImportError as e:
+    raise ConversionError(f"writing {os.path.basename(path)} needs PyTorch (pip install -e '.[torch]'), "
+                          "or pass --format safetensors") from e
+
+
+def _torch_save_streamed(tensors: dict, path: str) -> None:
+  """torch.save of lazily produced tensors without holding the shard in memory.
+
+  The tensors are written one at a time to a raw file, which is memory-mapped and
+  wrapped as torch tensors (no copy); torch.save then reads them from the map, whose
+  clean file-backed pages the kernel can drop. Peak anonymous memory: one tensor.
+  """
+  import mmap  # pylint: disable=import-outside-toplevel
+  torch = _import_torch(path)
+  raw, layout = path + ".raw", {}
+  with open(raw, "wb") as f:
+    for k, t in tensors.items():
+      a = np.ascontiguousarray(np.asarray(t))
+      layout[k] = (f.tell(), a.dtype, a.shape)
+      f.write(a.tobytes())
+  try:
+    with open(raw, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else bytearray()
+    out = {}
+    for k, (offset, dt, shape) in layout.items():
+      count = math.prod(shape)
+      if count == 0:
+        out[k] = torch.empty(shape, dtype=_torch_dtype(torch, dt))
+        continue
+      out[k] = torch.frombuffer(buf, dtype=_torch_dtype(torch, dt), count=count,
+                                offset=offset).reshape(shape)
+    torch.save(out, path + ".tmp")
+    del out
+    os.replace(path + ".tmp", path)
+  finally:
+    os.remove(raw)
+
+
+def _torch_dtype(torch, dt: np.dtype):
+  import ml_dtypes  # pylint: disable=import-outside-toplevel
+  if dt == ml_dtypes.bfloat16:
+    return torch.bfloat16
+  return torch.from_numpy(np.zeros(0, dt)).dtype
 
 
 def _torch_save(sd: dict, path: str) -> None:
@@ -348,17 +424,37 @@ def _write_configs(out, kind, config, record, llm_model_path, clip_model_path) -
     d = json.loads(files["config.json"])
     d["vocab_size"] = config.vocab_size
     files["config.json"] = json.dumps(d, indent=2)
-  if kind == "showo2" and (llm_model_path or clip_model_path):
-    d = json.loads(files["config.json"])
-    if llm_model_path:
-      d["llm_model_path"] = llm_model_path
-    if clip_model_path:
-      d["clip_pretrained_model_path"] = clip_model_path
-    files["config.json"] = json.dumps(d, indent=2)
+  if kind == "showo2":
+    files.update(_original_model_paths(out, config, json.loads(files["config.json"]),
+                                       llm_model_path, clip_model_path))
   for name, text in files.items():
+    os.makedirs(os.path.dirname(os.path.join(out, name)), exist_ok=True)
     with open(os.path.join(out, name), "w") as f:
       f.write(text)
   return list(files)
+
+
+def _original_model_paths(out, config, top: dict, llm_model_path, clip_model_path) -> dict:
+  """config.json with the paths the original's constructor reads filled in (see
+  `to_torch`), plus `llm/config.json` when no released LLM has this width."""
+  files = {}
+  llm = llm_model_path or top.get("llm_model_path") or LLM_MODEL_PATHS.get(config.llm.hidden_size)
+  if not llm:
+    # No released Qwen2.5 of this width: its config goes in `llm/`, and the original
+    # builds the LLM from that config alone (load_from_showo) and loads the weights here.
+    llm = os.path.abspath(os.path.join(out, "llm"))
+    files["llm/config.json"] = json.dumps(config.to_original_json()[1], indent=2)
+    top["load_from_showo"] = True
+  clip = (clip_model_path or top.get("clip_pretrained_model_path")
+          or CLIP_MODEL_PATHS.get(config.siglip.hidden_size))
+  if not clip:
+    clip = CLIP_MODEL_PATHS[1152]
+    log.warning("no released SigLIP has width %d: config.json names %s; pass --clip-model-path "
+                "with a SigLIP of this architecture for the original to construct the model",
+                config.siglip.hidden_size, clip)
+  top["llm_model_path"], top["clip_pretrained_model_path"] = llm, clip
+  files["config.json"] = json.dumps(top, indent=2)
+  return files
 
 
 def _generated_configs(kind, config) -> dict[str, str]:

@@ -7,6 +7,7 @@ Transforms are exact: transposes only, no renormalisation.
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Callable, Mapping, Optional
 
@@ -58,6 +59,8 @@ _COMPILED = tuple((re.compile(f"^{f}$"), t, k) for f, t, k in RULES)
 
 # Subsets of the original's state_dict that are checkpoints of their own.
 SEMANTIC_LAYER_PREFIXES = ("image_embedder_und.", "position_embedding.", "und_trans.")
+
+log = logging.getLogger(__name__)
 
 
 class KeyMismatchError(KeyError):
@@ -178,6 +181,18 @@ def params_to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
   return sd
 
 
+def warn_if_untied_copy(state_dict, alias: str, target: str, source: str = "") -> bool:
+  """Logs a warning if a tied copy (`alias`, e.g. lm_head.weight) differs from the
+  tensor the tied model uses (`target`, the embeddings). Returns True if it differs."""
+  a, b = np.asarray(state_dict[alias]), np.asarray(state_dict[target])
+  if a.shape == b.shape and np.array_equal(a, b):
+    return False
+  log.warning("%s%s differs from %s, but the embeddings are tied "
+              "(tie_word_embeddings): the model uses %s and ignores %s",
+              f"{source}: " if source else "", alias, target, target, alias)
+  return True
+
+
 def state_dict_to_params(state_dict, expected_shapes: Mapping[str, tuple], *, dtype=None,
                          source: str = "", allow_missing_prefixes=(), ignore_unexpected=()) -> dict:
   """The original's state_dict (any mapping-like with keys()/[]) -> Flax params.
@@ -200,9 +215,12 @@ def state_dict_to_params(state_dict, expected_shapes: Mapping[str, tuple], *, dt
   tied = "showo/model/embed_tokens/embedding" in plan and "showo/lm_head/kernel" not in plan
   aliases = {}
   if tied:
-    if "showo.model.embed_tokens.weight" not in keys and "showo.lm_head.weight" in keys:
-      aliases["showo.model.embed_tokens.weight"] = "showo.lm_head.weight"
-    keys.discard("showo.lm_head.weight")
+    embed, head = "showo.model.embed_tokens.weight", "showo.lm_head.weight"
+    if embed not in keys and head in keys:
+      aliases[embed] = head
+    elif embed in keys and head in keys:
+      warn_if_untied_copy(state_dict, head, embed, source)
+    keys.discard(head)
   missing, wrong = [], []
   for path, (key, kind, shape, _, _) in plan.items():
     src = aliases.get(key, key)

@@ -29,7 +29,12 @@ def abstract_params(config: Showo2Config):
 
 
 def expected_shapes(config: Showo2Config) -> dict[str, tuple]:
-  flat = showo2_keys.flatten(nn.meta.unbox(abstract_params(config)))
+  # Unboxed without `nn.meta.unbox`'s sharding constraint, which fails on
+  # ShapeDtypeStructs when a mesh is set (the trainer calls this under its mesh).
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  values = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x,
+                        abstract_params(config), is_leaf=is_box)
+  flat = showo2_keys.flatten(values)
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 
@@ -40,21 +45,55 @@ def load_state_dict_params(state_dict, config: Showo2Config, *, dtype=None, sour
                                           source=source, **kw)
 
 
-def load_original(path: str, config: Optional[Showo2Config] = None, *, dtype=None,
+def load_original(path: str, config: Optional[Showo2Config] = None, *, dtype=None, param_dtype=None,
                   **config_overrides) -> tuple[Showo2Config, dict]:
   """Reads an original Show-o2 checkpoint (directory or weights file).
 
-  Returns (config, params) with params as host numpy arrays in the stored dtype
-  (or `dtype`). `config_overrides` (e.g. dtype="bfloat16", scan_layers=True) apply
-  to the config read from the directory.
+  Args:
+    path: model directory (config.json + weights) or a weights file.
+    config: use this config instead of the directory's.
+    dtype: the precision to run in, "float32" or "bfloat16" (a numpy/jax dtype is
+      accepted too). Sets the config's compute dtype AND casts the params to it,
+      as the original's `model.to(torch.bfloat16)`: one switch, so a bf16 load can
+      never compute in fp32 by mistake. None: the config's compute dtype (float32
+      for an original directory) and the params in their stored dtype.
+    param_dtype: params' dtype when it must differ from `dtype`, e.g. "float32"
+      master weights with `dtype="bfloat16"` compute, as in training.
+    **config_overrides: other config fields (scan_layers=True, remat_policy=...,
+      rope_inv_freq_dtype="float32").
+
+  Returns (config, params): params are host numpy arrays (leaf dtype = the
+  config's `param_dtype` when `dtype`/`param_dtype` is given, else as stored).
+  Raises ConfigError / ValueError for a bad directory or an unknown dtype.
   """
+  if "param_dtype" in config_overrides or "dtype" in config_overrides:
+    raise TypeError("pass dtype= / param_dtype= as keywords of load_original")
   if config is None:
     root = path if os.path.isdir(path) else os.path.dirname(path)
     config = Showo2Config.from_original_dir(root, **config_overrides)
+  elif config_overrides:
+    config = config.replace(**config_overrides)
+  if dtype is not None:
+    name = dtype_name(dtype)
+    config = config.replace(dtype=name, param_dtype=name)
+  if param_dtype is not None:
+    config = config.replace(param_dtype=dtype_name(param_dtype))
+  cast = config.param_dtype if (dtype is not None or param_dtype is not None) else None
   with checkpoint_io.StateDict(path) as sd:
     log.info("loading %d tensors from %s", len(sd), path)
-    params = load_state_dict_params(sd, config, dtype=dtype, source=path)
+    params = load_state_dict_params(sd, config, dtype=cast and jnp.dtype(cast), source=path)
   return config, params
+
+
+def dtype_name(dtype) -> str:
+  """"bfloat16" / np.float32 / jnp.bfloat16 -> the config's name ("bfloat16", ...)."""
+  try:
+    name = jnp.dtype(dtype).name
+  except TypeError as e:
+    raise ValueError(f"unknown dtype {dtype!r}; use 'float32' or 'bfloat16'") from e
+  if name not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"unsupported dtype {name!r}; use 'float32' or 'bfloat16'")
+  return name
 
 
 def to_device(params, dtype=None):

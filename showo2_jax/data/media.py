@@ -5,8 +5,10 @@ file never stops a training run; anything else is a bug and propagates.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -18,6 +20,19 @@ FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 class MediaError(Exception):
   """A missing, unreadable or unusable media file."""
+
+
+@contextlib.contextmanager
+def ffmpeg_subprocess():
+  """Silences JAX's "os.fork() ... deadlock" warning around imageio-ffmpeg calls.
+
+  imageio-ffmpeg starts ffmpeg with `subprocess.Popen`: the child execs at once and
+  runs no Python, so the deadlock JAX warns about (a forked child using JAX's
+  threads) cannot happen. Only that warning is filtered, only inside this block.
+  """
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    yield
 
 
 def open_image(path: str | None = None, data: bytes | None = None) -> Image.Image:
@@ -43,13 +58,35 @@ def read_video_frames(path: str, num_frames: int) -> list[Image.Image]:
       picked = transforms.frame_indices(len(names), num_frames)
       return [open_image(os.path.join(path, names[i])).convert("RGB") for i in picked]
     import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
-    picked = transforms.frame_indices(iio.improps(path, index=None).shape[0], num_frames)
-    wanted, kept = set(picked.tolist()), {}
-    for i, frame in enumerate(iio.imiter(path)):  # streamed: long videos stay small
-      if i in wanted:
-        kept[i] = Image.fromarray(np.asarray(frame)[..., :3]).convert("RGB")
+    with ffmpeg_subprocess():
+      total = _count_frames(path)
+      picked = transforms.frame_indices(total, num_frames)
+      wanted, kept = set(picked.tolist()), {}
+      for i, frame in enumerate(iio.imiter(path)):  # streamed: long videos stay small
+        if i in wanted:
+          kept[i] = Image.fromarray(np.asarray(frame)[..., :3]).convert("RGB")
+    missing = [i for i in picked.tolist() if i not in kept]
+    if missing:
+      raise MediaError(f"cannot read video {path}: {total} frames announced, frame "
+                       f"{missing[0]} could not be decoded")
     return [kept[i] for i in picked]
   except MediaError:
     raise
   except (OSError, ValueError, RuntimeError, KeyError) as e:
     raise MediaError(f"cannot read video {path}: {e}") from e
+
+
+def _count_frames(path: str) -> int:
+  """Frames in a video file. The ffmpeg plugin announces `inf` (it cannot know
+  without decoding), so then the frames are counted: by imageio-ffmpeg's counter
+  (ffmpeg decodes to null, no frame reaches Python) or, without it, by streaming."""
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  with ffmpeg_subprocess():
+    n = iio.improps(path, index=None).shape[0]
+    if np.isfinite(n):
+      return int(n)
+    try:
+      import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
+      return int(imageio_ffmpeg.count_frames_and_secs(path)[0])
+    except (ImportError, RuntimeError, OSError):
+      return sum(1 for _ in iio.imiter(path))

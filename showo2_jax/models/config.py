@@ -87,8 +87,17 @@ class Showo2Config:
   # Numerics and memory switches (not architecture).
   dtype: str = "float32"            # compute dtype: float32 | bfloat16
   param_dtype: str = "float32"
+  # RoPE inverse frequencies of the LLM and the flow head: "compute" rounds them to
+  # the compute dtype, as the original's bf16 runs do (`model.to(torch.bfloat16)` in
+  # its inference scripts, DeepSpeed's bf16 engine in its training: the released
+  # weights were trained that way); "float32" keeps them exact. No effect in float32.
+  rope_inv_freq_dtype: str = "compute"
   remat_policy: str = "none"        # none | full | dots | dots_with_no_batch_dims
   scan_layers: bool = False
+
+  def __post_init__(self):
+    if self.rope_inv_freq_dtype not in ("compute", "float32"):
+      raise ConfigError(f"rope_inv_freq_dtype must be 'compute' or 'float32', got {self.rope_inv_freq_dtype!r}")
 
   @property
   def hidden_size(self) -> int:

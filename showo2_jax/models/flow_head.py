@@ -46,7 +46,7 @@ class TimestepEmbedder(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.02))
     x = timestep_sinusoid(t, self.frequency_dim).astype(self.dtype)
     x = layers.dense(self.hidden_size, ("freq", "embed"), name="mlp_0", **kw)(x)
-    return layers.dense(self.hidden_size, ("embed", "embed_out"), name="mlp_2", **kw)(nn.silu(x))
+    return layers.dense(self.hidden_size, ("embed", "embed_out"), name="mlp_2", **kw)(layers.silu(x))
 
 
 def gather_modulation(mod: jax.Array, slot_index: jax.Array, identity: jax.Array) -> jax.Array:
@@ -77,7 +77,7 @@ class ModulatedAttentionBlock(nn.Module):
     d = c.hidden_size
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     mod = layers.dense(6 * d, ("embed", "mlp"), name="adaLN_modulation",
-                       kernel_init=nn.initializers.zeros, **kw)(nn.silu(cond))
+                       kernel_init=nn.initializers.zeros, **kw)(layers.silu(cond))
     identity = jnp.concatenate([jnp.zeros((2 * d,)), jnp.ones((d,)), jnp.zeros((2 * d,)), jnp.ones((d,))])
     m = gather_modulation(mod, slot_index, identity)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(m, 6, axis=-1)
@@ -104,7 +104,7 @@ class FinalLayer(nn.Module):
     d = self.config.hidden_size
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     mod = layers.dense(2 * d, ("embed", "mlp"), name="adaLN_modulation",
-                       kernel_init=nn.initializers.zeros, **kw)(nn.silu(cond))
+                       kernel_init=nn.initializers.zeros, **kw)(layers.silu(cond))
     shift, scale = jnp.split(gather_modulation(mod, slot_index, jnp.zeros((2 * d,))), 2, axis=-1)
     h = layers.RMSNorm(self.config.final_norm_eps, name="norm_final", **kw)(x)
     return layers.dense(self.out_dim, ("embed", "patch"), name="linear",
@@ -118,13 +118,16 @@ class FlowHead(nn.Module):
   param_dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = "none"
+  rope_inv_freq_dtype: str = "compute"   # see layers.rope_inv_freq_dtype
 
   def setup(self):
     c = self.config
     self.layers = layers.make_layer_stack(
         ModulatedAttentionBlock, c.num_layers, scan=self.scan_layers, remat=self.remat_policy,
         num_args=6, cache_argnum=4, config=c, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.inv_freq = layers.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling)
+    self.inv_freq = layers.rope_inv_freq(
+        c.head_dim, c.rope_theta, c.rope_scaling,
+        dtype=layers.rope_inv_freq_dtype(self.rope_inv_freq_dtype, self.dtype))
 
   def __call__(self, x, cond, slot_index, positions, mask, cache=None, cache_index=None):
     rope = layers.rope_cos_sin(positions, self.inv_freq, self.dtype)

@@ -23,12 +23,51 @@ default_kernel_init = nn.initializers.lecun_normal()
 
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
           param_dtype: Dtype = jnp.float32, name: Optional[str] = None,
-          kernel_init=default_kernel_init, bias_init=nn.initializers.zeros) -> nn.Dense:
+          kernel_init=default_kernel_init, bias_init=nn.initializers.zeros) -> "Dense":
   """A Dense whose kernel (in, out) and bias (out,) carry logical axis names."""
-  return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
-      bias_init=nn.with_logical_partitioning(bias_init, (axes[1],)))
+  return Dense(features, axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+               kernel_init=kernel_init, bias_init=bias_init)
+
+
+class Dense(nn.Module):
+  """y = x @ kernel + bias, rounded to `dtype` once.
+
+  The matmul accumulates in float32 and the bias is added in float32 before the
+  single cast, as PyTorch's Linear does in bf16 (addmm: fp32 accumulator, bias in
+  the epilogue). Params (and names) are those of `flax.linen.Dense`: kernel
+  (in, features) with logical axes `axes`, bias (features,). Params are cast to
+  `dtype` first, so fp32 master weights compute exactly as a bf16 copy would.
+  """
+  features: int
+  axes: tuple[str, str]
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Any = default_kernel_init
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
+                        (x.shape[-1], self.features), self.param_dtype)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, (self.axes[1],)),
+                        (self.features,), self.param_dtype)
+      y = y + bias.astype(self.dtype).astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+def silu(x: jax.Array) -> jax.Array:
+  """x * sigmoid(x) computed in float32, rounded once to x's dtype (as torch's SiLU)."""
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.nn.sigmoid(x32)).astype(x.dtype)
+
+
+def gelu(x: jax.Array, approximate: bool) -> jax.Array:
+  """GELU (erf, or tanh when `approximate`) in float32, rounded once to x's dtype."""
+  return jax.nn.gelu(x.astype(jnp.float32), approximate=approximate).astype(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -69,8 +108,29 @@ class LayerNorm(nn.Module):
 
 
 # ----------------------------------------------------------------------------- RoPE
-def rope_inv_freq(head_dim: int, theta: float, scaling=None) -> np.ndarray:
-  """Inverse frequencies in float32 as HF computes them (llama3 scaling optional)."""
+ROPE_INV_FREQ_DTYPES = ("compute", "float32")
+
+
+def rope_inv_freq_dtype(setting: str, compute_dtype: Dtype) -> Dtype:
+  """`rope_inv_freq_dtype` config value -> the dtype `inv_freq` is rounded to.
+
+  "compute": the compute dtype, as the original's `model.to(torch.bfloat16)` (its
+  T2I script) and DeepSpeed's bf16 engine (its training) round the `inv_freq`
+  buffers (the rotation angles are then computed in fp32 from the rounded values);
+  "float32": never rounded. Both are the same when computing in float32.
+  """
+  if setting not in ROPE_INV_FREQ_DTYPES:
+    raise ValueError(f"unknown rope_inv_freq_dtype '{setting}'; choose one of {list(ROPE_INV_FREQ_DTYPES)}")
+  return compute_dtype if setting == "compute" else jnp.float32
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling=None, dtype: Dtype = jnp.float32) -> np.ndarray:
+  """Inverse frequencies (head_dim // 2,) float32 as HF computes them (llama3 scaling
+  optional), rounded to `dtype` and back (the original's bf16 quirk, spec 10)."""
+  return _rope_inv_freq_f32(head_dim, theta, scaling).astype(jnp.dtype(dtype)).astype(np.float32)
+
+
+def _rope_inv_freq_f32(head_dim: int, theta: float, scaling=None) -> np.ndarray:
   exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
   inv = (np.float32(1.0) / (np.float32(theta) ** exponent)).astype(np.float32)
   if scaling is None:
@@ -124,17 +184,20 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Option
 
   q (B, Lq, Hq, D); k, v (B, Lk, Hkv, D); mask (B, Lq, Lk) True = may attend.
   Query head h uses kv head h // (Hq // Hkv) (repeat-interleave grouping).
-  Softmax runs in float32, as the eager/SDPA paths of the original upcast it.
+  Scores accumulate in float32 (`preferred_element_type`), softmax runs in float32
+  and the probabilities are cast to v's dtype for the value product, which again
+  accumulates in float32 and is rounded once: what PyTorch's SDPA kernels do in
+  bf16. Returns (B, Lq, Hq, D) in v's dtype.
   """
   b, lq, hq, d = q.shape
   hkv = k.shape[2]
   q = q.reshape(b, lq, hkv, hq // hkv, d)
-  logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, k).astype(jnp.float32) * scale
+  logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32) * scale
   if mask is not None:
     logits = jnp.where(mask[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v)
-  return out.reshape(b, lq, hq, d)
+  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
+  return out.astype(v.dtype).reshape(b, lq, hq, d)
 
 
 class GQAttention(nn.Module):

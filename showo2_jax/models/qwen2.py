@@ -31,7 +31,7 @@ class SwiGLU(nn.Module):
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
     gate = layers.dense(self.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
     up = layers.dense(self.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
-    h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    h = nn.with_logical_constraint(layers.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
     return layers.dense(self.hidden_size, ("mlp", "embed"), name="down_proj", **kw)(h)
 
 
@@ -61,6 +61,7 @@ class Qwen2Model(nn.Module):
   param_dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = "none"
+  rope_inv_freq_dtype: str = "compute"   # see layers.rope_inv_freq_dtype
 
   def setup(self):
     c = self.config
@@ -72,7 +73,8 @@ class Qwen2Model(nn.Module):
         Qwen2DecoderLayer, c.num_layers, scan=self.scan_layers, remat=self.remat_policy,
         num_args=4, cache_argnum=2, config=c, **kw)
     self.norm = layers.RMSNorm(c.rms_norm_eps, **kw)
-    self.inv_freq = layers.rope_inv_freq(c.head_dim, c.rope_theta)
+    self.inv_freq = layers.rope_inv_freq(
+        c.head_dim, c.rope_theta, dtype=layers.rope_inv_freq_dtype(self.rope_inv_freq_dtype, self.dtype))
 
   def embed(self, tokens):
     return self.embed_tokens(tokens)
@@ -92,10 +94,12 @@ class Qwen2ForCausalLM(nn.Module):
   param_dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = "none"
+  rope_inv_freq_dtype: str = "compute"   # see layers.rope_inv_freq_dtype
 
   def setup(self):
     c = self.config
-    self.model = Qwen2Model(c, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy)
+    self.model = Qwen2Model(c, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy,
+                            self.rope_inv_freq_dtype)
     if not c.tie_word_embeddings:
       self.lm_head = layers.dense(c.vocab_size, ("embed", "vocab"), use_bias=False,
                                   dtype=self.dtype, param_dtype=self.param_dtype)
@@ -105,7 +109,10 @@ class Qwen2ForCausalLM(nn.Module):
 
   def logits(self, hidden):
     if self.config.tie_word_embeddings:
-      out = self.model.embed_tokens.attend(hidden.astype(self.dtype))
+      # Tied head: hidden @ embedding.T, fp32 accumulation, one rounding (as Linear).
+      table = self.model.embed_tokens.embedding.astype(self.dtype)
+      out = jnp.einsum("...d,vd->...v", hidden.astype(self.dtype), table,
+                       preferred_element_type=jnp.float32).astype(self.dtype)
     else:
       out = self.lm_head(hidden)
     return nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_vocab"))

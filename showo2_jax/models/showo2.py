@@ -37,7 +37,24 @@ def to_dtype(name):
 
 
 class PatchEmbed(nn.Module):
-  """Conv2d(C -> D, kernel p, stride p) on NHWC latents -> (K, h*w, D), row-major."""
+  """Conv2d(C -> D, kernel p, stride p) on NHWC latents -> (K, h*w, D), row-major.
+
+  A stride-p p x p conv is a matmul over non-overlapping patches; it is written as
+  one (fp32-accumulating, bias in fp32, rounded once) contraction, as PyTorch's bf16
+  conv computes it. Params `proj/kernel` (p, p, C, D) and `proj/bias` (D,) are
+  those of `nn.Conv`.
+  """
+  features: int
+  patch_size: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return _PatchConv(self.features, self.patch_size, self.dtype, self.param_dtype, name="proj")(x)
+
+
+class _PatchConv(nn.Module):
   features: int
   patch_size: int
   dtype: Any = jnp.float32
@@ -46,12 +63,17 @@ class PatchEmbed(nn.Module):
   @nn.compact
   def __call__(self, x):
     p = self.patch_size
-    y = nn.Conv(self.features, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                param_dtype=self.param_dtype, name="proj",
-                kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
-                                                         ("conv_h", "conv_w", "latent", "embed")),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
-    return y.reshape(y.shape[0], -1, self.features)
+    n, hh, ww, ch = x.shape
+    kernel = self.param("kernel", nn.with_logical_partitioning(
+        nn.initializers.xavier_uniform(), ("conv_h", "conv_w", "latent", "embed")),
+        (p, p, ch, self.features), self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                      (self.features,), self.param_dtype)
+    patches = x.astype(self.dtype).reshape(n, hh // p, p, ww // p, p, ch)
+    y = jnp.einsum("nhpwqc,pqcd->nhwd", patches, kernel.astype(self.dtype),
+                   preferred_element_type=jnp.float32)
+    y = y + bias.astype(self.dtype).astype(jnp.float32)
+    return y.astype(self.dtype).reshape(n, -1, self.features)
 
 
 class FusionProj(nn.Module):
@@ -66,7 +88,7 @@ class FusionProj(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = layers.RMSNorm(self.eps, name="norm", **kw)(x)
     x = layers.dense(self.hidden_size, ("fusion_in", "embed"), name="fc1", **kw)(x)
-    x = nn.gelu(x, approximate=False)
+    x = layers.gelu(x, approximate=False)
     return layers.dense(self.hidden_size, ("mlp", "embed"), name="fc2", **kw)(x)
 
 
@@ -80,7 +102,7 @@ class DiffProj(nn.Module):
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = layers.dense(self.hidden_size, ("embed", "mlp"), name="fc1", **kw)(x)
-    return layers.dense(self.hidden_size, ("mlp", "embed_out"), name="fc2", **kw)(nn.gelu(x, approximate=False))
+    return layers.dense(self.hidden_size, ("mlp", "embed_out"), name="fc2", **kw)(layers.gelu(x, approximate=False))
 
 
 class Showo2(nn.Module):
@@ -94,7 +116,8 @@ class Showo2(nn.Module):
     dtype, pdt = to_dtype(c.dtype), to_dtype(c.param_dtype)
     kw = dict(dtype=dtype, param_dtype=pdt)
     stack = dict(scan_layers=c.scan_layers, remat_policy=c.remat_policy)
-    self.showo = Qwen2ForCausalLM(c.llm, **kw, **stack)
+    rope = dict(rope_inv_freq_dtype=c.rope_inv_freq_dtype)
+    self.showo = Qwen2ForCausalLM(c.llm, **kw, **stack, **rope)
     self.image_embedder_und = PatchEmbed(c.siglip.hidden_size, c.patch_size, **kw)
     self.image_embedder_gen = PatchEmbed(c.hidden_size, c.patch_size, **kw)
     self.position_embedding = nn.Embed(
@@ -106,7 +129,7 @@ class Showo2(nn.Module):
     if c.has_projections:
       self.time_embed_proj = layers.dense(c.hidden_size, ("embed_out", "embed"), **kw)
       self.diff_proj = DiffProj(c.flow_head.hidden_size, **kw)
-    self.diffusion_head_a = fh.FlowHead(c.flow_head, **kw, **stack)
+    self.diffusion_head_a = fh.FlowHead(c.flow_head, **kw, **stack, **rope)
     self.diffusion_head_b = fh.FinalLayer(c.flow_head, c.patch_dim, **kw)
 
   # ------------------------------------------------------------- visual tokens

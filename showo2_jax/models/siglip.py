@@ -45,7 +45,7 @@ class SiglipMLP(nn.Module):
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.dense(self.config.intermediate_size, ("embed", "mlp"), name="fc1", **kw)(x)
-    h = nn.gelu(h, approximate=True)
+    h = layers.gelu(h, approximate=True)
     return layers.dense(self.config.hidden_size, ("mlp", "embed"), name="fc2", **kw)(h)
 
 

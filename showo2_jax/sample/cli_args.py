@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import math
 import os
 
 import jax
@@ -45,6 +46,57 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
   g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+# Checks of numeric flags: (predicate, what the value must be).
+POSITIVE = (lambda v: v > 0, "a positive number")
+NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+FINITE = (lambda v: math.isfinite(v), "a finite number")
+FINITE_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+UNIT_INTERVAL = (lambda v: 0 < v <= 1, "in (0, 1]")
+AT_LEAST_2 = (lambda v: v >= 2, "at least 2 (ODE grid points: N points = N-1 steps)")
+MULTIPLE_OF_8 = (lambda v: v > 0 and v % VAE_STRIDE_PIXELS == 0,
+                 "a positive multiple of 8 (the VAE stride; 16 with 2x2 patches)")
+VAE_STRIDE_PIXELS = 8
+
+
+def check_flags(args, rules: dict) -> None:
+  """Raises InferenceSetupError naming the first flag whose value breaks its rule.
+
+  rules: {flag: (predicate, requirement)}; flags not given (None) are not checked.
+  Run before anything is loaded, so a typo costs nothing.
+  """
+  for flag, (ok, what) in rules.items():
+    value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+    if value is not None and not ok(value):
+      raise InferenceSetupError(f"{flag} {value}: must be {what}")
+
+
+def check_model_arguments(args) -> None:
+  """The shared model flags (see `add_model_arguments`)."""
+  check_flags(args, {"--resolution": MULTIPLE_OF_8, "--max-seq-len": POSITIVE})
+
+
+def check_output_file(flag: str, path) -> None:
+  """A file the command will write at the end: its folder must exist, and it must not
+  be a folder, so the work is not lost at the last step."""
+  if path is None:
+    return
+  if os.path.isdir(path):
+    raise InferenceSetupError(f"{flag}: '{path}' is a directory (give a file name)")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise InferenceSetupError(f"{flag}: the folder '{parent}' does not exist")
+
+
+def make_output_dir(flag: str, path) -> None:
+  """Creates the output folder now (before any work); a file in its place is an error."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise InferenceSetupError(f"{flag}: '{path}' is a file, not a folder")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise InferenceSetupError(f"{flag}: cannot create folder '{path}' ({e.strerror})") from None
+
+
 def config_defaults(args) -> dict:
   """{'resolution', 'max_seq_len', 'sample': {...}} from --config (empty without it)."""
   return _config_defaults(getattr(args, "config", None))
@@ -80,11 +132,13 @@ def load_pipeline(args, need_vae: bool = False) -> Pipeline:
     raise InferenceSetupError("this command needs the Wan VAE: pass --vae")
   defaults = config_defaults(args)
   dtype = resolve_dtype(args.dtype)
+  check_model_arguments(args)
+  pick = lambda a, d: a if a is not None else d
   try:
     pipe = Pipeline.load(
         args.checkpoint, args.tokenizer, args.vae, dtype=dtype,
-        resolution=args.resolution or defaults.get("resolution"),
-        max_seq_len=args.max_seq_len or defaults.get("max_seq_len"))
+        resolution=pick(args.resolution, defaults.get("resolution")),
+        max_seq_len=pick(args.max_seq_len, defaults.get("max_seq_len")))
   except loading.CheckpointNotFoundError as e:
     raise InferenceSetupError(str(e)) from None
   log.info("loaded %s (%s, generation %d px, understanding %d px, max_seq_len %d)",

@@ -10,6 +10,7 @@ Both load to host numpy params, then go to the device in the compute dtype.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from typing import Any, Optional
@@ -24,6 +25,13 @@ from showo2_jax.models.showo2 import to_dtype
 log = logging.getLogger(__name__)
 
 ORBAX_MARKERS = ("showo2_jax.json", "_CHECKPOINT_METADATA")
+VAE_STRIDE = 8
+
+# Released checkpoints whose config.json does not say the resolution they generate
+# at. show-o2-1.5B-HQ ships the base model's `image_latent_height` 27 (432 px), but
+# it was trained for, and its demo config generates at, 512 px (32 patches per side;
+# spec 1.7). Keyed by the Hugging Face repository name, lower-cased.
+RELEASED_RESOLUTIONS = {"show-o2-1.5b-hq": 512}
 
 
 class CheckpointNotFoundError(FileNotFoundError):
@@ -119,3 +127,43 @@ def load_tokenizer(path: str):
   from showo2_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   _check_exists(path, "tokenizer directory")
   return tokenizer_lib.load_tokenizer(path)
+
+
+def checkpoint_identity(path: str) -> Optional[str]:
+  """The released repository a checkpoint comes from ('show-o2-1.5b-hq', ...), or None.
+
+  Read from the folder names of the path (a download folder named after the repo,
+  or the Hugging Face cache's `models--showlab--show-o2-1.5B-HQ/snapshots/<hash>`)
+  and, for our Orbax checkpoints, from the path of the source they were converted
+  from (recorded by `convert to-orbax`).
+  """
+  candidates = [os.path.abspath(os.fspath(path))]
+  if is_orbax_dir(candidates[0]):
+    meta_file = os.path.join(candidates[0], ORBAX_MARKERS[0])
+    try:
+      with open(meta_file, encoding="utf-8") as f:
+        source = (json.load(f).get("source") or {}).get("path")
+      if source:
+        candidates.append(source)
+    except (OSError, ValueError):
+      pass
+  for candidate in candidates:
+    for part in reversed(candidate.replace("\\", "/").split("/")):
+      name = part.lower().split("--")[-1]  # models--showlab--show-o2-1.5B-HQ -> show-o2-1.5b-hq
+      if name in RELEASED_RESOLUTIONS:
+        return name
+  return None
+
+
+def default_resolution(path: str, config: Showo2Config) -> tuple[int, str]:
+  """(pixels per side for generation, how it was chosen) for a checkpoint.
+
+  A released checkpoint known by its identity (`checkpoint_identity`) uses the
+  resolution it generates at (RELEASED_RESOLUTIONS); any other uses its config:
+  `image_latent_height` patches x patch_size x the VAE stride 8.
+  """
+  identity = checkpoint_identity(path)
+  if identity is not None:
+    return RELEASED_RESOLUTIONS[identity], f"the released {identity} generates at this size"
+  res = config.image_latent_height * config.patch_size * VAE_STRIDE
+  return res, f"image_latent_height {config.image_latent_height} in its config"

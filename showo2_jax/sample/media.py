@@ -106,10 +106,12 @@ def _write_gif(frames: np.ndarray, path: Path, fps: float) -> None:
 
 def _write_mp4(frames: np.ndarray, path: Path, fps: float, backend: str) -> None:
   import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
+  from showo2_jax.data.media import ffmpeg_subprocess  # pylint: disable=g-import-not-at-top
   if backend == "pyav":
     iio.imwrite(path, frames, plugin="pyav", codec="libx264", fps=int(round(fps)))
   else:
-    iio.imwrite(path, frames, plugin="FFMPEG", fps=fps)
+    with ffmpeg_subprocess():
+      iio.imwrite(path, frames, plugin="FFMPEG", fps=fps)
 
 
 def save_video(frames, path: PathLike, fps: float = 8.0) -> Path:

@@ -6,20 +6,35 @@ Layout: `<workdir>/checkpoints/<step>/{state, data}`.
 - `data`: the iterator state, one JSON file per process (grain's handler), so a
   restart reads exactly the batches an uninterrupted run would have read.
 
+The checkpoints dir is a local folder or a URI (`gs://bucket/run/checkpoints`);
+Orbax marks completion the way each store needs: on a local disk a step is
+written as `<step>.orbax-checkpoint-tmp-*` and renamed into place, on GCS it gets
+a `commit_success.txt` last.
+
 Saves are asynchronous: `save` returns once device buffers are copied to host and
-writes in the background. A step directory becomes visible only when complete,
-so a run killed mid-save (kill -9) restarts from the previous complete step.
+writes in the background. What a restart does with what it finds:
+- unfinished saves (a tmp folder, or a GCS step without `commit_success.txt`,
+  left by kill -9) are removed when the Checkpointer starts (Orbax's
+  `cleanup_tmp_directories`);
+- the newest complete step that restores is used (`restore_latest`); a newer
+  step that lacks Orbax's `_CHECKPOINT_METADATA` or fails to restore (a missing
+  or damaged file) is moved aside into `<checkpoints>.damaged/<step>` (kept, not
+  deleted) with a one-line warning naming it and the reason;
+- params with a NaN/Inf are never saved (`NonFiniteParamsError`).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any, Optional
 
 import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from showo2_jax import paths
 from showo2_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -39,13 +54,47 @@ class IteratorSnapshot:
     return self._state
 
 
+class NonFiniteParamsError(RuntimeError):
+  """The params to be saved hold a NaN/Inf; nothing was saved."""
+
+
+DAMAGED_SUFFIX = ".damaged"
+# What Orbax writes into every finalized step dir; a step without it is not one.
+STEP_METADATA = "_CHECKPOINT_METADATA"
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
+
+
+def params_finite(params) -> bool:
+  """True if no float leaf of `params` holds a NaN/Inf (one fused reduction, global arrays ok)."""
+  return bool(_all_finite(params))
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+  text = " ".join(str(e).split()) or type(e).__name__
+  text = text if len(text) <= limit else text[:limit] + "..."
+  return f"{type(e).__name__}: {text}"
+
+
+def _all_hosts_true(ok: bool) -> bool:
+  """`ok` on every process (a restore that failed anywhere failed everywhere)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
 class Checkpointer:
   def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.as_str(directory)
     self.every_steps = max(int(every_steps), 1)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(every_steps), 1), max_to_keep=int(keep) if keep else None,
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
@@ -62,6 +111,12 @@ class Checkpointer:
     return step % self.every_steps == 0
 
   def save(self, step: int, state: TrainState, iterator, *, force: bool = False) -> bool:
+    """Saves (asynchronously) if `force` or at every `every_steps`; raises
+    NonFiniteParamsError instead if any param is NaN/Inf."""
+    if not (force or self.manager.should_save(step)):
+      return False
+    if not params_finite(state.params):
+      raise NonFiniteParamsError(f"params hold NaN/Inf at step {step}; not saved")
     args = {"state": ocp.args.StandardSave(state)}
     if iterator is not None:
       args["data"] = grain.checkpoint.CheckpointSave(IteratorSnapshot(iterator))
@@ -77,6 +132,49 @@ class Checkpointer:
     out = self.manager.restore(step, args=ocp.args.Composite(**args))
     log.info("checkpoint: restored step %d from %s", step, self.directory)
     return out["state"]
+
+  def step_problem(self, step: int) -> Optional[str]:
+    """Why step `step` is not a complete checkpoint, or None (a cheap listing, no read)."""
+    step_dir = paths.join(self.directory, str(step))
+    if not paths.exists(paths.join(step_dir, STEP_METADATA)):
+      return f"no {STEP_METADATA} (the save never finished)"
+    if not paths.exists(paths.join(step_dir, "state")):
+      return "no state item"
+    return None
+
+  def restore_latest(self, abstract_state: TrainState, iterator=None):
+    """(state, step) of the newest complete step that restores, or (None, None).
+
+    Newer steps that are incomplete or fail to restore are moved aside
+    (`set_aside`), each with a one-line warning; all processes agree on each step.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      problem = self.step_problem(step)
+      state = None
+      if problem is None:
+        try:
+          state = self.restore(step, abstract_state, iterator)
+        except Exception as e:  # pylint: disable=broad-except
+          problem = _one_line(e)
+      if _all_hosts_true(problem is None):
+        return state, step
+      self.set_aside(step, problem or "failed to restore on another process")
+    return None, None
+
+  def set_aside(self, step: int, reason: str) -> str:
+    """Moves step `step` into `<checkpoints>.damaged/` (kept for inspection) and warns."""
+    src = paths.join(self.directory, str(step))
+    dst = paths.join(self.directory + DAMAGED_SUFFIX, str(step))
+    if paths.exists(dst):
+      dst = f"{dst}-{len(paths.listdir(self.directory + DAMAGED_SUFFIX))}"
+    log.warning("checkpoint %s skipped: %s; moved to %s", src, reason, dst)
+    if jax.process_index() == 0:
+      paths.rename(src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f"set_aside_{step}")
+    self.manager.reload()
+    return dst
 
   def reached_preemption(self, step: int) -> bool:
     """True on every host at the same step once any host got a preemption notice
@@ -100,11 +198,12 @@ def restore_params(path: str, abstract_params: Any) -> Any:
   """
   directory, step = find_step_dir(path)
   if step is None:
-    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+    steps = sorted(int(d) for d in paths.listdir(directory)
+                   if d.isdigit() and paths.exists(paths.join(directory, d, STEP_METADATA)))
     if not steps:
       raise FileNotFoundError(f"no complete checkpoint in {directory}")
     step = steps[-1]
-  item_dir = os.path.join(directory, str(step), "state")
+  item_dir = paths.join(directory, str(step), "state")
   target = {"params": abstract_params}
   restore_args = ocp.checkpoint_utils.construct_restore_args(target)
   with ocp.PyTreeCheckpointer() as ckptr:
@@ -116,11 +215,11 @@ def restore_params(path: str, abstract_params: Any) -> Any:
 
 def find_step_dir(path: str) -> tuple[str, Optional[int]]:
   """`path` = a run's workdir, its checkpoints dir, or one step dir -> (checkpoints dir, step)."""
-  path = os.path.abspath(path)
-  base = os.path.basename(path.rstrip("/"))
-  if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
-    return os.path.dirname(path), int(base)
-  for candidate in (os.path.join(path, "checkpoints"), path):
-    if os.path.isdir(candidate) and any(d.isdigit() for d in os.listdir(candidate)):
+  path = paths.as_str(path)
+  base = paths.name(path)
+  if base.isdigit() and paths.isdir(paths.join(path, "state")):
+    return paths.parent(path), int(base)
+  for candidate in (paths.join(path, "checkpoints"), path):
+    if paths.isdir(candidate) and any(d.isdigit() for d in paths.listdir(candidate)):
       return candidate, None
   raise FileNotFoundError(f"no checkpoints under {path}")

@@ -3,8 +3,12 @@
 - clu's default writer: TensorBoard event files in the workdir plus log lines
   (primary process only; others just log). clu's writers import tensorflow and
   tensorboard; without them we fall back to the log alone, with a warning.
+  For a URI workdir (`gs://...`) the events are written by `EventFileWriter`
+  through `showo2_jax.paths` instead (tf.io.gfile cannot be pointed at a GCS
+  emulator and would be a second storage layer to configure).
 - `metrics.jsonl`: one JSON object per logged step, for scripts and tests that
-  should not parse event files.
+  should not parse event files (a `paths.Appender`: on object stores the object
+  is rewritten every few seconds and at the end).
 - `ThroughputReport`: steps/s, tokens/s and ETA every N steps.
 - `profiler`: clu's Profile action (a trace of a few steps for TensorBoard).
 """
@@ -13,11 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
+import socket
+import struct
 import time
 from typing import Mapping, Optional
 
 import jax
+
+from showo2_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +34,7 @@ class JsonlWriter:
 
   def __init__(self, path: str):
     self.path = path
-    self._f = open(path, "a", encoding="utf-8")
+    self._f = paths.Appender(path)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]):
     row = {"step": int(step)}
@@ -36,10 +43,58 @@ class JsonlWriter:
     self._f.flush()  # readers (tests, dashboards) follow the file while the run goes on
 
   def flush(self):
-    self._f.flush()
+    self._f.flush(force=True)
 
   def close(self):
     self._f.close()
+
+
+class EventFileWriter:
+  """TensorBoard scalars in an event file under any path `showo2_jax.paths` reaches.
+
+  The TFRecord framing and the Event/Summary protos are TensorBoard's own; the
+  file is a `paths.Appender`, so on `gs://` it is rewritten every few seconds.
+  A new file is started past `max_bytes` (TensorBoard reads all files of a dir).
+  """
+
+  def __init__(self, logdir: str, max_bytes: int = 32 << 20):
+    from tensorboard.compat.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    self._event_pb2 = event_pb2
+    self.logdir, self.max_bytes = paths.as_str(logdir), max_bytes
+    self._file = None
+    self._open()
+
+  def _open(self):
+    if self._file is not None:
+      self._file.close()
+    name = f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.showo2"
+    self._file = paths.Appender(paths.join(self.logdir, name))
+    self._write(self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+  def _write(self, event):
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c  # pylint: disable=import-outside-toplevel
+    data = event.SerializeToString()
+    header = struct.pack("<Q", len(data))
+    self._file.write(header + struct.pack("<I", masked_crc32c(header)) + data
+                     + struct.pack("<I", masked_crc32c(data)))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]):
+    from tensorboard.compat.proto import summary_pb2  # pylint: disable=import-outside-toplevel
+    values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
+    self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step),
+                                      summary=summary_pb2.Summary(value=values)))
+    self._file.flush()
+    if self._file.size() > self.max_bytes:
+      self._open()
+
+  def write_hparams(self, hparams):
+    del hparams
+
+  def flush(self):
+    self._file.flush(force=True)
+
+  def close(self):
+    self._file.close()
 
   def __getattr__(self, name):  # write_images, write_texts, write_hparams, ...
     if name.startswith("write_"):
@@ -57,9 +112,14 @@ class Writers:
     else:
       self._add_clu(workdir, primary)
     if primary:
-      self.writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
+      self.writers.append(JsonlWriter(paths.join(workdir, "metrics.jsonl")))
 
   def _add_clu(self, workdir, primary):
+    if paths.is_uri(workdir):
+      self.writers.append(_LogWriter())
+      if primary:
+        self.writers.append(EventFileWriter(workdir))
+      return
     try:
       from clu import metric_writers  # pylint: disable=import-outside-toplevel
       self.writers.append(metric_writers.create_default_writer(

@@ -26,9 +26,15 @@ def label_params(params, frozen: Sequence[str], groups: Mapping[str, Sequence[st
   With `groups` empty every non-frozen param is labelled "all". A trainable param
   that matches no group is frozen (the original never updates it, spec 10.6); one
   that matches two groups is an error, since the original's first-match order is
-  not something a config should silently rely on.
+  not something a config should silently rely on. A frozen pattern that matches
+  no parameter is an error too (a typo would otherwise train what it meant to freeze).
   """
   flat = traverse_util.flatten_dict(params)
+  names = [path_name(p) for p in flat]
+  dead = [f for f in frozen if not any(f in n for n in names)]
+  if dead:
+    raise ValueError(f"train.frozen: pattern(s) {dead} match no parameter (top-level groups: "
+                     f"{sorted({n.split('/')[0] for n in names})})")
   labels = {}
   for path in flat:
     name = path_name(path)

@@ -12,15 +12,20 @@ runs resumable and safe:
 - metrics of a step are fetched one step late (the next step is already queued,
   the device never idles) except at checkpoints, which wait for the step's own
   loss: a NaN/Inf loss or gradient stops the run before anything non-finite is
-  saved, so the last checkpoint is always a good one;
-- SIGTERM (preemption) or jax's multi-host preemption sync point saves at the
-  current step, waits for the write, and returns.
+  saved, and params are checked before every save, so the last checkpoint is
+  always a good one;
+- preemption: on one process, SIGTERM sets a flag the loop polls; on many, no
+  Python handler is installed (it would replace the one jax.distributed installs)
+  and jax's preemption sync point (`multihost_utils.reached_preemption_sync_point`,
+  polled every step) picks the same step on every host, however many of them got
+  SIGTERM and when. Either way: save at that step, wait for the write, return.
+- the workdir is a local folder or a URI (`gs://bucket/run`): everything the run
+  writes goes through `showo2_jax.paths`.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import os
 import signal
 import time
 from typing import Optional
@@ -28,10 +33,11 @@ from typing import Optional
 import jax
 import numpy as np
 
-from showo2_jax import sharding as sharding_lib
+from showo2_jax import paths, sharding as sharding_lib
 from showo2_jax.train import checkpointing, metrics as metrics_lib, optimizer as optimizer_lib
 from showo2_jax.train import data as data_lib, partition, tasks, warm_start
 from showo2_jax.train import state as state_lib, step as step_lib, vae_encoder
+from showo2_jax.train import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +49,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 class PreemptionGuard:
-  """Turns SIGTERM into a flag the loop polls between steps."""
+  """Turns SIGTERM into a flag the loop polls between steps (single process only:
+  under jax.distributed, SIGTERM belongs to jax's preemption notifier)."""
 
   def __init__(self):
     self.requested = False
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. some test runners)
@@ -76,9 +85,9 @@ def _finite(metrics: dict) -> bool:
 
 def build_state(task, config, lay, ckpt: checkpointing.Checkpointer, iterator):
   """(state, restored step or None)."""
-  latest = ckpt.latest_step()
-  if latest is not None:
-    return ckpt.restore(latest, lay.abstract, iterator), latest
+  state, restored = ckpt.restore_latest(lay.abstract, iterator)
+  if restored is not None:
+    return state, restored
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(int(config.seed)))
   params = state_lib.init_params(task.init_params, lay, init_rng)
   params = warm_start.load(params, config.init, lay.abstract.params, task.model_config)
@@ -104,19 +113,23 @@ def _with_vae(train_step, vae_params, state, batch, rng):
 
 
 def train(config, workdir: str) -> dict:
-  """Runs (or resumes) a training run; returns a summary dict with `status`."""
-  os.makedirs(workdir, exist_ok=True)
+  """Runs (or resumes) a training run; returns a summary dict with `status`.
+
+  Raises workdir.WorkdirError if `workdir` is a file or holds another config's run.
+  """
+  workdir_lib.check(config, workdir)
+  workdir = paths.as_str(workdir)
+  paths.makedirs(workdir)
   primary = jax.process_index() == 0
   if primary:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   task = tasks.build(config)
   t = config.train
   num_steps = int(t.num_steps)
   mesh = sharding_lib.create_mesh(config.mesh)
   data_lib.check_global_batch(int(t.global_batch_size), mesh, int(t.grad_accum_steps))
   writers = metrics_lib.Writers(workdir, primary, bool(t.get("tensorboard", True)))
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+  ckpt = checkpointing.Checkpointer(paths.join(workdir, "checkpoints"),
                                     every_steps=config.checkpoint.every_steps,
                                     keep=config.checkpoint.keep,
                                     async_save=config.checkpoint.async_save)
@@ -171,7 +184,10 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
       raise NonFiniteLossError(
           f"non-finite loss at step {s} (loss={m.get('loss')}, grad_norm={m.get('grad_norm')}); "
           f"stopped without saving. Last good checkpoint: "
-          f"{'none' if good is None else os.path.join(ckpt.directory, str(good))}")
+          f"{'none' if good is None else paths.join(ckpt.directory, str(good))}")
+    # Samples the input pipeline skipped so far on this host (bad files or records,
+    # filtered ones), as data/num_bad and data/num_filtered.
+    m.update({f"data/{k}": float(v) for k, v in (getattr(iterator, "skip_counts", None) or {}).items()})
     if s % int(t.log_every) == 0 or s == num_steps:
       writers.write_scalars(s, m)
     return m
@@ -192,7 +208,14 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
       if step == num_steps or preempted or ckpt.should_save(step):
         last = settle(pending)
         pending = None
-        ckpt.save(step, state, iterator, force=True)
+        try:
+          ckpt.save(step, state, iterator, force=True)
+        except checkpointing.NonFiniteParamsError as e:
+          ckpt.wait()
+          good = ckpt.latest_step()
+          raise NonFiniteLossError(
+              f"{e} (loss={last.get('loss')}). Last good checkpoint: "
+              f"{'none' if good is None else paths.join(ckpt.directory, str(good))}") from None
       report(step)
       if preempted:
         log.warning("preempted: checkpoint of step %d written; exiting", step)

@@ -120,12 +120,24 @@ def test_cli_with_the_pool_encoder(tmp_path, capsys):
   assert "dataset file not found" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_silent_random_vae(tmp_path, capsys):
+  data = testing.write_image_text_dataset(tmp_path, 2)
+  argv = ["precompute-latents", "--config", "tiny", "--kind", "image_text", "--data", data,
+          "--out", str(tmp_path / "lat"), "--no-progress"]
+  assert cli_main.main(argv) == 1
+  err = capsys.readouterr().err
+  assert "--vae-weights is required" in err and "--random-vae" in err and "Traceback" not in err
+  assert not (tmp_path / "lat").exists()
+  assert cli_main.main(argv + ["--vae-weights", str(tmp_path / "nope.pth")]) == 1
+  assert "--vae-weights: " in capsys.readouterr().err
+
+
 def test_cli_with_the_tiny_wan_vae(tmp_path):
   pytest.importorskip("showo2_jax.vae.wan")
   data = testing.write_image_text_dataset(tmp_path, 2)
   argv = ["precompute-latents", "--config", "tiny", "--kind", "image_text", "--data", data,
           "--out", str(tmp_path / "lat"), "--batch-size", "2", "--no-progress",
-          "--process-index", "0", "--process-count", "1"]
+          "--process-index", "0", "--process-count", "1", "--random-vae"]
   assert cli_main.main(argv) == 0
   rec = sources.array_record_source(glob.glob(str(tmp_path / "lat" / "*.array_record")))[0]
   assert rec["latents"].shape == (1, 16, 8, 8) and np.isfinite(rec["latents"]).all()

@@ -1,0 +1,116 @@
+"""What a restart does with what a crash left (local folder and gs:// alike):
+stale tmp saves are removed, a damaged newer step is skipped with one warning and
+kept aside, the newest good step is restored, and NaN/Inf params are never saved."""
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from showo2_jax import paths
+from showo2_jax.train import checkpointing
+from showo2_jax.train.state import TrainState
+
+
+def _state(value: float, step: int) -> TrainState:
+  return TrainState(step=jnp.asarray(step, jnp.int32),
+                    params={"w": jnp.full((64, 16), value), "b": jnp.arange(3.0)},
+                    opt_state={"mu": jnp.zeros((64, 16))}, rng=jnp.zeros((2,), jnp.uint32))
+
+
+def _abstract() -> TrainState:
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _state(0.0, 0))
+
+
+def _checkpointer(root):
+  return checkpointing.Checkpointer(paths.join(root, "checkpoints"), every_steps=1, keep=5,
+                                    async_save=False)
+
+
+def _save_steps(root, steps):
+  ckpt = _checkpointer(root)
+  for s in steps:
+    ckpt.save(s, _state(float(s), s), None, force=True)
+  ckpt.close()
+
+
+def _remove_data_files(step_dir):
+  """What a lost or truncated upload leaves: the state item without its array data."""
+  state = paths.join(step_dir, "state")
+  removed = paths.glob(paths.join(state, "d", "*")) + paths.glob(
+      paths.join(state, "ocdbt.process_*", "d", "*"))
+  assert removed, paths.listdir(state)
+  for f in removed:
+    paths.remove(f)
+
+
+@pytest.fixture(params=["local", "gcs"])
+def root(request, tmp_path):
+  if request.param == "local":
+    return str(tmp_path / "run")
+  return request.getfixturevalue("gcs_bucket") + "/run"
+
+
+@pytest.mark.parametrize("damage", ["missing_data_file", "no_commit_metadata"])
+def test_damaged_newest_step_is_skipped_kept_aside_and_older_restored(root, damage, caplog):
+  _save_steps(root, [2, 3])
+  step3 = paths.join(root, "checkpoints", "3")
+  if damage == "missing_data_file":
+    _remove_data_files(step3)
+  else:
+    paths.remove(paths.join(step3, checkpointing.STEP_METADATA))
+
+  ckpt = _checkpointer(root)
+  with caplog.at_level(logging.WARNING, logger="showo2_jax.train.checkpointing"):
+    state, step = ckpt.restore_latest(_abstract())
+  ckpt.close()
+  assert step == 2
+  np.testing.assert_array_equal(np.asarray(state.params["w"]), np.full((64, 16), 2.0))
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and r.name == checkpointing.log.name]
+  assert len(warnings) == 1, warnings
+  assert step3 in warnings[0] and "\n" not in warnings[0]
+  assert ("_CHECKPOINT_METADATA" if damage == "no_commit_metadata" else "Error") in warnings[0]
+  aside = paths.join(root, "checkpoints" + checkpointing.DAMAGED_SUFFIX, "3")
+  assert paths.isdir(aside) and not paths.exists(step3)   # kept, out of the way
+  assert "state" in paths.listdir(aside)
+
+
+def test_stale_tmp_save_is_removed_at_start(tmp_path):
+  root = str(tmp_path / "run")
+  _save_steps(root, [2])
+  stale = paths.join(root, "checkpoints", "4.orbax-checkpoint-tmp-1234567")
+  paths.write_text(paths.join(stale, "state", "partial"), "cut by kill -9")
+  ckpt = _checkpointer(root)
+  state, step = ckpt.restore_latest(_abstract())
+  ckpt.save(5, state, None, force=True)   # the cleanup finishes before any save
+  ckpt.close()
+  assert step == 2
+  assert paths.listdir(paths.join(root, "checkpoints")) == ["2", "5"]
+
+
+def test_unfinished_gcs_save_is_removed_at_start(gcs_bucket):
+  """On GCS a step is finished when its commit_success.txt is written (Orbax)."""
+  root = gcs_bucket + "/run"
+  _save_steps(root, [2, 3])
+  paths.remove(paths.join(root, "checkpoints", "3", "commit_success.txt"))
+  ckpt = _checkpointer(root)
+  _, step = ckpt.restore_latest(_abstract())
+  ckpt.save(4, _state(4.0, 4), None, force=True)
+  ckpt.close()
+  assert step == 2
+  assert paths.listdir(paths.join(root, "checkpoints")) == ["2", "4"]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_params_are_never_saved(tmp_path, bad):
+  root = str(tmp_path / "run")
+  ckpt = _checkpointer(root)
+  ckpt.save(1, _state(1.0, 1), None, force=True)
+  state = _state(1.0, 2)
+  state = state.replace(params={**state.params, "b": state.params["b"].at[1].set(bad)})
+  with pytest.raises(checkpointing.NonFiniteParamsError, match="step 2"):
+    ckpt.save(2, state, None, force=True)
+  ckpt.close()
+  assert paths.listdir(paths.join(root, "checkpoints")) == ["1"]
