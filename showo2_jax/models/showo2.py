@@ -302,37 +302,43 @@ def ntp_loss_from_hidden(logits_fn, hidden, text_labels, ignore_index: int = -10
                          chunk_size: int = 256):
   """`ntp_loss(logits_fn(hidden), text_labels)` without the (B, L, V) logits.
 
-  hidden (B, L, D) final-norm LLM states; logits_fn maps (1, n, D) -> (1, n, V)
+  hidden (B, L, D) final-norm LLM states; logits_fn maps (B, n, D) -> (B, n, V)
   (the model's own head, e.g. `Showo2.logits`, so the numbers are the same);
   text_labels (B, L) int, `ignore_index` = no target. Returns the fp32 mean NLL.
 
   The original applies the lm_head at every position and then ignores most of
-  them (image blocks, pads, prompts: ~98% of a stage-2 batch). Here the shifted
-  positions that have a target are gathered first (a stable sort puts them in
-  front), then a `lax.scan` runs the head and logsumexp `chunk_size` rows at a
-  time and skips (`lax.cond`) every chunk with no target, forward and backward;
-  each chunk is rematerialised, so at most one (chunk_size, V) block of logits
-  lives at a time. Summation order differs from `ntp_loss` (fp32 rounding only).
+  them (image blocks, pads, prompts: ~98% of a small stage-2 batch). Here, within
+  each row, the shifted positions that have a target are moved to the front (a
+  stable sort; rows stay where they are, so a batch-sharded `hidden` needs no
+  communication), then a `lax.scan` runs the head and logsumexp on `chunk_size`
+  positions of every row at a time and skips (`lax.cond`) each chunk in which no
+  row has a target, forward and backward. Each chunk is rematerialised, so at
+  most one (B, chunk_size, V) block of logits lives at a time. The sum runs in a
+  different order than `ntp_loss` (fp32 rounding only).
   """
-  d = hidden.shape[-1]
-  h = hidden[:, :-1].reshape(-1, d)
-  labels = text_labels[:, 1:].reshape(-1)
+  b, _, d = hidden.shape
+  h = hidden[:, :-1]
+  labels = text_labels[:, 1:]
   valid = labels != ignore_index
-  n = h.shape[0]
-  order = jnp.argsort(~valid, stable=True)          # labelled positions first, in order
+  n = h.shape[1]
+  order = jnp.argsort(~valid, axis=1, stable=True)    # per row: labelled positions first
   chunks = -(-n // chunk_size)
   pad = chunks * chunk_size - n
-  take = lambda x: jnp.pad(jnp.take(x, order, axis=0), [(0, pad)] + [(0, 0)] * (x.ndim - 1))  # noqa: E731
-  h_c = take(h).reshape(chunks, chunk_size, d)
-  lab_c = take(jnp.where(valid, labels, 0)).reshape(chunks, chunk_size)
-  val_c = take(valid).reshape(chunks, chunk_size)
+
+  def arrange(x):
+    x = jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((b, chunks, chunk_size) + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)                         # (chunks, B, chunk_size, ...)
+
+  h_c, lab_c, val_c = arrange(h), arrange(jnp.where(valid, labels, 0)), arrange(valid)
 
   @jax.checkpoint
   def chunk_nll(hc, lc, vc):
     def compute():
-      logits = logits_fn(hc[None])[0]
+      logits = logits_fn(hc)
       lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-      target = jnp.take_along_axis(logits, lc[:, None], axis=-1)[:, 0].astype(jnp.float32)
+      target = jnp.take_along_axis(logits, lc[..., None], axis=-1)[..., 0].astype(jnp.float32)
       return jnp.sum(jnp.where(vc, lse - target, 0.0))
     return jax.lax.cond(jnp.any(vc), compute, lambda: jnp.zeros((), jnp.float32))
 
