@@ -9,9 +9,9 @@
 """
 from __future__ import annotations
 
-import glob
 from typing import NamedTuple
 
+from showo2_jax import paths as paths_lib
 from showo2_jax.data import pipeline
 from showo2_jax.data import sources
 from showo2_jax.data import tasks
@@ -54,10 +54,10 @@ def load_records(kind: str, source: str, path: str, media_root: str | None = Non
   if source == "files":
     return FILE_SOURCES[kind](path, media_root)
   if source == "array_record":
-    paths = sorted(glob.glob(path))
-    if not paths:
+    files = paths_lib.glob(path)
+    if not files:
       raise FileNotFoundError(f"no ArrayRecord files match {path!r}")
-    return sources.array_record_source(paths)
+    return sources.array_record_source(files)
   if source == "tfds":
     from showo2_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
     return tfds_builder.tfds_source(path)
