@@ -23,6 +23,9 @@ COMMANDS = {
     "generate": ("showo2_jax.cli.generate", "text-to-image (and text/image-to-video) generation"),
     "understand": ("showo2_jax.cli.understand", "answer questions about an image or a video"),
     "mixed": ("showo2_jax.cli.mixed", "mixed-modality (interleaved text and image) generation"),
+    "edit": ("showo2_jax.cli.edit", "image editing: source image + instruction -> edited image"),
+    "eval": ("showo2_jax.cli.eval", "GenEval / DPG-Bench sample folders (resumable, sharded over hosts)"),
+    "serve": ("showo2_jax.cli.serve", "OpenAI-compatible HTTP server: chat with images, image generation and editing"),
 }
 
 

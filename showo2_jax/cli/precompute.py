@@ -40,6 +40,12 @@ def add_arguments(parser):
   parser.add_argument("--random-vae", action="store_true",
                       help="encode with a randomly initialised Wan VAE (--seed): only for dry runs "
                            "of the data path, the latents mean nothing")
+  parser.add_argument("--teacher", default=None, metavar="SIGLIP_DIR",
+                      help="also store SigLIP features of each image (`latents_teacher`) from this "
+                           "HF SigLIP directory: the records semantic-layer distillation reads")
+  parser.add_argument("--teacher-layer", type=int, default=-1,
+                      help="SigLIP hidden state to store: -1 = all layers but the last (the depth "
+                           "of und_trans, default), k = after k layers")
   parser.add_argument("--deterministic", action="store_true",
                       help="store the posterior mean only (no latents_logvar)")
   parser.add_argument("--resolution", type=int, default=None, help="override the config's")
@@ -83,6 +89,8 @@ def run(args) -> int:
   load = tasks.pixel_loader(args.kind, resolution, min_res=args.min_res, num_frames=args.num_frames)
   encode = pool_encoder if args.encoder == "pool" else wan_encoder(
       cfg, args.vae_weights, deterministic=args.deterministic, seed=args.seed)
+  if args.teacher:
+    encode = with_teacher(encode, args.teacher, args.teacher_layer)
   result = precompute.precompute_latents(
       precompute.with_pixels(records, load), encode, args.out, batch_size=args.batch_size,
       num_shards=args.num_shards, records_per_shard=args.records_per_shard,
@@ -91,6 +99,19 @@ def run(args) -> int:
   print(f"wrote {result.num_records} records to {len(result.shards_written)} shards in {args.out} "
         f"({len(result.shards_skipped)} shards already done, {result.num_skipped} records skipped)")
   return 0
+
+
+def with_teacher(encode, siglip_dir: str, layer: int = -1):
+  """encode_fn that adds `latents_teacher`: SigLIP pixel-tower features of each image."""
+  from showo2_jax.models import siglip_vision  # pylint: disable=g-import-not-at-top
+  teacher = siglip_vision.teacher_encoder(siglip_dir, layer)
+
+  def both(pixels):
+    out = encode(pixels)
+    out = dict(out) if isinstance(out, dict) else {"latents": out}
+    out["latents_teacher"] = teacher(pixels)
+    return out
+  return both
 
 
 def pool_encoder(pixels: np.ndarray, stride: int = 8, channels: int = 16) -> np.ndarray:

@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--config", required=True,
                       help="config name under configs/ or path to a config .py (optionally :arg)")
   parser.add_argument("--workdir", required=True, help="checkpoints, TensorBoard events, metrics.jsonl")
+  parser.add_argument("--data", default=None, metavar="FILE",
+                      help="data streams (.py / .yaml / .json, see configs/data/): replaces the "
+                           "config's data block, before --config.data.* overrides")
   add_distributed_arguments(parser)
   config_overrides.accept_overrides(parser)
   parser.epilog = "Override any config field with --config.<key>=<value>, e.g. --config.train.num_steps=100."
@@ -38,6 +41,9 @@ def load_config(args):
   from showo2_jax import config_lib  # pylint: disable=import-outside-toplevel
   try:
     config = config_lib.load_config(args.config)
+    if getattr(args, "data", None):
+      from showo2_jax.data import data_file  # pylint: disable=import-outside-toplevel
+      config.data = data_file.load(args.data)
     return config_overrides.apply(config, args.config_overrides)
   except (config_lib.UnknownConfigError, config_overrides.OverrideError) as e:
     raise CliError(str(e)) from None
