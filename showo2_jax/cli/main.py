@@ -7,8 +7,10 @@ and a command never pays for another's imports (e.g. tensorflow).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -21,6 +23,10 @@ COMMANDS = {
     "generate": ("showo2_jax.cli.generate", "text-to-image (and text/image-to-video) generation"),
     "understand": ("showo2_jax.cli.understand", "answer questions about an image or a video"),
     "mixed": ("showo2_jax.cli.mixed", "mixed-modality (interleaved text and image) generation"),
+    "edit": ("showo2_jax.cli.edit", "image editing: source image + instruction -> edited image"),
+    "eval": ("showo2_jax.cli.eval", "GenEval / DPG-Bench sample folders (resumable, sharded over hosts)"),
+    "eval-shapes": ("showo2_jax.cli.eval_shapes", "score a tiny_shapes run on held-out prompts and images"),
+    "serve": ("showo2_jax.cli.serve", "OpenAI-compatible HTTP server: chat with images, image generation and editing"),
 }
 
 
@@ -28,9 +34,35 @@ class CliError(Exception):
   """An error the user can fix; printed as one line, without a traceback."""
 
 
+# Libraries that log routine INFO lines: Orbax (through absl) ~10 per checkpoint
+# load, JAX's backend probing ("Unable to initialize backend 'tpu'" on any host
+# with libtpu installed). `-v` shows them.
+NOISY_LOGGERS = ("absl", "orbax", "jax._src.xla_bridge")
+
+
+@contextlib.contextmanager
+def quiet_libraries(command: str, verbose: bool):
+  """Raises the noisy libraries' loggers to WARNING while a command runs (restored
+  afterwards, for callers that run several commands in one process). `train`
+  keeps absl: its per-step lines are its own business (showo2_jax.cli.train)."""
+  names = [] if verbose else [n for n in NOISY_LOGGERS if not (command == "train" and n == "absl")]
+  saved = {n: logging.getLogger(n).level for n in names}
+  for n in names:
+    logging.getLogger(n).setLevel(logging.WARNING)
+  try:
+    yield
+  finally:
+    for n, level in saved.items():
+      logging.getLogger(n).setLevel(level)
+
+
 def main(argv=None) -> int:
+  # TensorFlow (TFDS, TensorBoard writers) prints a oneDNN banner from C++ at import.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   parser = argparse.ArgumentParser(prog="showo2-jax", description=__doc__.splitlines()[0])
+  parser.add_argument("-v", "--verbose", action="store_true",
+                      help="also show the libraries' INFO logs (Orbax, JAX backends) and tracebacks")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   argv = sys.argv[1:] if argv is None else list(argv)
   wanted = next((a for a in argv if not a.startswith("-")), None)
@@ -51,9 +83,10 @@ def main(argv=None) -> int:
     parser.print_help()
     return 2
   try:
-    return int(modules[args.command].run(args) or 0)
+    with quiet_libraries(args.command, args.verbose):
+      return int(modules[args.command].run(args) or 0)
   except (CliError, FileNotFoundError, ValueError, KeyError) as e:
-    if logging.getLogger().isEnabledFor(logging.DEBUG):
+    if args.verbose or logging.getLogger().isEnabledFor(logging.DEBUG):
       raise
     print(f"showo2-jax {args.command}: error: {e}", file=sys.stderr)
     return 1

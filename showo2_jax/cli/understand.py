@@ -4,9 +4,18 @@
       --image cat.jpg --question "What is in the image?"
   showo2-jax understand ... --video clip.mp4 --num-frames 32 --question "What happens?"
 
-Several --image give a batch (one question each, or one question for all);
-questions may also be joined with ' *** ' as in the original script. Decoding is
-greedy by default (as the original); --temperature / --top-k / --top-p sample.
+Several --image are one question about all of them together (one visual
+block per image, the LLaVA-OneVision multi-image layout; put `<image>` markers
+in the question to place them, otherwise they come first):
+
+  showo2-jax understand ... --image a.jpg --image b.jpg --question "What changed?"
+
+To ask separate questions instead (a batch), add --separate: each image gets
+the one question, or the i-th image the i-th question; or run `--batch-file
+items.jsonl` with one {"image": "a.jpg" | ["a.jpg", "b.jpg"], "question": "..."}
+per line. Questions may also be joined with ' *** ' as in the original script
+(each asked separately). Decoding is greedy by default (as the original);
+--temperature / --top-k / --top-p sample.
 """
 from __future__ import annotations
 
@@ -23,10 +32,16 @@ from showo2_jax.sample.tokens import TokenSampling
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   cli_args.add_model_arguments(parser)
   src = parser.add_mutually_exclusive_group(required=True)
-  src.add_argument("--image", action="append", help="image file (repeat for a batch)")
+  src.add_argument("--image", action="append",
+                   help="image file; repeat for one question about several images")
   src.add_argument("--video", help="video file (or a folder of frames)")
-  parser.add_argument("--question", action="append", required=True,
+  src.add_argument("--batch-file", help="JSONL: {\"image\": path or [paths], \"question\": ...} "
+                                        "per line, each answered separately")
+  parser.add_argument("--question", action="append",
                       help="question (repeat, or join with ' *** ')")
+  parser.add_argument("--separate", action="store_true",
+                      help="several --image: a batch of separate questions, not one question "
+                           "about all of them")
   parser.add_argument("--max-new-tokens", type=int, help="default 300")
   parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
   parser.add_argument("--top-k", type=int, default=0)
@@ -57,9 +72,11 @@ def check_arguments(args) -> None:
 
 
 def run(args) -> int:
-  questions = _questions(args)
+  if args.batch_file:
+    return _run_batch_file(args)
+  questions = _questions(args) if args.question else []
   if not questions:
-    raise CliError("--question is empty")
+    raise CliError("--question is required (and must not be empty)")
   try:
     check_arguments(args)
     sampling = TokenSampling(args.temperature, args.top_k, args.top_p)
@@ -74,16 +91,18 @@ def run(args) -> int:
     if args.image:
       images = [media.load_image(p) for p in args.image]  # fail before loading the model
       pipe = cli_args.load_pipeline(args, need_vae=True)
-      pipe.check_questions(questions, args.parity_mode, args.truncate)
-      if len(questions) == 1:
-        pairs = [(p, im, questions[0]) for p, im in zip(args.image, images)]
-      elif len(images) == 1:
-        pairs = [(args.image[0], images[0], q) for q in questions]
+      if not args.separate or len(images) == 1:  # every question about all the images
+        pairs = [(args.image if len(images) > 1 else args.image[0], images, q) for q in questions]
+      elif len(questions) == 1:
+        pairs = [(p, [im], questions[0]) for p, im in zip(args.image, images)]
       elif len(images) == len(questions):
-        pairs = list(zip(args.image, images, questions))
+        pairs = [(p, [im], q) for p, im, q in zip(args.image, images, questions)]
       else:
-        raise CliError(f"{len(images)} images but {len(questions)} questions")
-      answers = pipe.understand([im for _, im, _ in pairs], [q for _, _, q in pairs],
+        raise CliError(f"--separate: {len(images)} images but {len(questions)} questions "
+                       "(give one question, or one per image)")
+      pipe.check_questions([q for _, _, q in pairs], args.parity_mode, args.truncate,
+                           [len(ims) for _, ims, _ in pairs])
+      answers = pipe.understand([ims for _, ims, _ in pairs], [q for _, _, q in pairs],
                                 batch_size=args.batch_size, **kw)
       results = [{"image": p, "question": q, "answer": a} for (p, _, q), a in zip(pairs, answers)]
     else:
@@ -98,6 +117,52 @@ def run(args) -> int:
                         "answer": pipe.understand_video(frames, q, **kw)})
   except (cli_args.InferenceSetupError, PromptTooLongError, media.ImageLoadError) as e:
     raise CliError(str(e)) from None
+  for r in results:
+    print(f"Q: {r['question']}\nA: {r['answer']}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1)
+  return 0
+
+
+def _run_batch_file(args) -> int:
+  """--batch-file: each line's images and question answered separately, in order."""
+  if args.question:
+    raise CliError("--batch-file carries its questions: drop --question")
+  items = []
+  try:
+    with open(args.batch_file) as f:
+      for n, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          item = json.loads(line)
+          paths = item["image"] if isinstance(item["image"], list) else [item["image"]]
+          question = str(item["question"])
+        except (ValueError, KeyError, TypeError):
+          raise CliError(f"{args.batch_file}:{n}: expected {{\"image\": path or [paths], "
+                         f"\"question\": text}}") from None
+        items.append((paths, question))
+  except OSError as e:
+    raise CliError(f"--batch-file: {e}") from None
+  if not items:
+    raise CliError(f"--batch-file: {args.batch_file} has no items")
+  try:
+    check_arguments(args)
+    sampling = TokenSampling(args.temperature, args.top_k, args.top_p)
+    images = [[media.load_image(p) for p in paths] for paths, _ in items]
+    pipe = cli_args.load_pipeline(args, need_vae=True)
+    questions = [q for _, q in items]
+    pipe.check_questions(questions, args.parity_mode, args.truncate, [len(i) for i in images])
+    answers = pipe.understand(
+        images, questions, batch_size=args.batch_size, sampling=sampling,
+        max_new_tokens=args.max_new_tokens or cli_args.sample_default(args, "max_new_tokens", 300),
+        parity_mode=args.parity_mode, seed=args.seed, sample_posterior=args.sample_posterior,
+        truncate=args.truncate, show_progress=cli_args.show_progress(args))
+  except (ValueError, cli_args.InferenceSetupError, media.ImageLoadError) as e:
+    raise CliError(str(e)) from None
+  results = [{"image": p if len(p) > 1 else p[0], "question": q, "answer": a}
+             for (p, q), a in zip(items, answers)]
   for r in results:
     print(f"Q: {r['question']}\nA: {r['answer']}")
   if args.json:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import glob
 from typing import NamedTuple
 
+import grain
+
 from showo2_jax.data import pipeline
 from showo2_jax.data import sources
 from showo2_jax.data import tasks
@@ -50,9 +52,14 @@ def task_spec(name: str) -> TaskSpec:
 
 
 def load_records(kind: str, source: str, path: str, media_root: str | None = None):
-  """Records (grain.MapDataset) of a record kind from annotation files, shards or TFDS."""
+  """Records (grain.MapDataset) of a record kind from annotation files (a path or a
+  glob: the files' records concatenated in name order), shards or TFDS."""
   if source == "files":
-    return FILE_SOURCES[kind](path, media_root)
+    files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+    if not files:
+      raise FileNotFoundError(f"no annotation files match {path!r}")
+    parts = [FILE_SOURCES[kind](f, media_root) for f in files]
+    return parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
   if source == "array_record":
     paths = sorted(glob.glob(path))
     if not paths:

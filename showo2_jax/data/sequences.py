@@ -14,9 +14,11 @@ Where we deliberately differ from a bug of an original *script* (spec 10):
 - LLaVA rows whose visual block would be cut by the max_seq_len truncation
   raise `LayoutError` (the pipeline skips and counts them); the original kept
   a modality block pointing past the sequence end (10.14).
-- LLaVA rows expand only one `<image>` marker; a second one raises
-  `LayoutError`. The original expanded one per turn, which broke its collate
-  (fixed M) anyway ("only one image per sample is supported").
+- LLaVA rows expand every `<image>` marker into its own visual block (the
+  LLaVA-OneVision multi-image rows: one block per image, in marker order), up
+  to `max_num_images` slots (more raise `LayoutError`). The original expanded
+  only the first marker of each turn, which broke its collate (fixed M) for a
+  second image anyway ("only one image per sample is supported").
 - Understanding prompts default to the *training* layout (offset La+1, the
   stage-2c template); `parity_mode=True` reproduces inference_mmu.py's
   off-by-one block (La+2) and its two template differences (10.2, 10.3).
@@ -41,6 +43,7 @@ from showo2_jax.data import tokenizer as tokenizer_lib
 from showo2_jax.data.tokenizer import SpecialTokens
 
 IGNORE_INDEX = -100
+IMAGE_MARKER = tokenizer_lib.SHOWO_TOKEN_STRINGS["img"]  # "<image>"
 DEFAULT_SYSTEM_PROMPT = "system\nYou are a helpful assistant.<|im_end|>"
 ROLE_USER = "\n<|im_start|>user\n"
 ROLE_ASSISTANT = "\n<|im_start|>assistant\n"
@@ -206,8 +209,12 @@ def llava_turns(conversations: Sequence[dict], stage: str) -> tuple[list[str], l
   return sources, targets
 
 
-def _chat_sequence(source_ids, target_ids, special, chat, num_visual_tokens):
-  """Unpadded tokens, labels, positions of a chat (MMUDataset's format)."""
+def _chat_sequence(source_ids, target_ids, special, chat, num_visual_tokens, max_num_images=1):
+  """Unpadded tokens, labels, positions of a chat (MMUDataset's format).
+
+  Every `<image>` id becomes `[boi] img_pad * N [eoi]` with one (offset, N)
+  slot, in order of appearance, at most `max_num_images` of them.
+  """
   tokens, labels, positions = [special.bos], [IGNORE_INDEX], []
   for turn, (src, tgt) in enumerate(zip(source_ids, target_ids)):
     src = list(src)
@@ -215,39 +222,50 @@ def _chat_sequence(source_ids, target_ids, special, chat, num_visual_tokens):
       src = list(chat.user) + src + [special.eos] + list(chat.assistant)
       if turn == 0:
         src = list(chat.system) + src
-    if special.img in src:
-      if positions or src.count(special.img) > 1:
-        raise LayoutError("only one <image> per sample is supported")
-      i = src.index(special.img)
-      src = src[:i] + visual_block(special, num_visual_tokens) + src[i + 1:]
-      # The bos is in `tokens`; +1 skips the boi: the offset is the first img_pad.
-      positions.append((len(tokens) + i + 1, num_visual_tokens))
-    tokens += src + list(tgt)
-    labels += [IGNORE_INDEX] * len(src) + list(tgt)
+    expanded = []
+    for tok in src:
+      if tok != special.img:
+        expanded.append(tok)
+        continue
+      if len(positions) == max_num_images:
+        raise LayoutError(f"more than {max_num_images} <image> in one sample "
+                          f"(max_num_images={max_num_images})")
+      # +1 skips the boi: the offset is the first img_pad (the time slot).
+      positions.append((len(tokens) + len(expanded) + 1, num_visual_tokens))
+      expanded += visual_block(special, num_visual_tokens)
+    tokens += expanded + list(tgt)
+    labels += [IGNORE_INDEX] * len(expanded) + list(tgt)
   return tokens, labels, positions
 
 
 def mmu_row(source_ids: Sequence[Sequence[int]], target_ids: Sequence[Sequence[int]],
             special: SpecialTokens, *, chat: ChatIds | None, num_visual_tokens: int,
-            max_seq_len: int) -> Row:
+            max_seq_len: int, max_num_images: int = 1) -> Row:
   """A stage-2 understanding row from tokenized turns (4.3).
 
   `chat=None` is the 'pre-training' format (no system prompt, no roles);
   otherwise the 'tuning' format. Only answers (with their eos) are labelled.
-  Text-only samples get the empty slot (0, 0).
+  One slot per `<image>` (multi-image rows), padded with empty (0, 0) slots to
+  exactly `max_num_images` (M), so rows stack; text-only samples are all empty.
   """
   tokens, labels, positions = _chat_sequence(source_ids, target_ids, special, chat,
-                                              num_visual_tokens)
-  if positions and positions[0][0] + num_visual_tokens > max_seq_len:
-    raise LayoutError(f"visual block at {positions[0][0]} does not fit in {max_seq_len} tokens")
-  return make_row(tokens, labels, positions or [(0, 0)], special, max_seq_len)
+                                              num_visual_tokens, max_num_images)
+  for offset, _ in positions:
+    if offset + num_visual_tokens > max_seq_len:
+      raise LayoutError(f"visual block at {offset} does not fit in {max_seq_len} tokens")
+  positions = positions + [(0, 0)] * (max_num_images - len(positions))
+  return make_row(tokens, labels, positions, special, max_seq_len)
 
 
 def llava_row(tokenizer, conversations: Sequence[dict], special: SpecialTokens, *, stage: str,
               num_visual_tokens: int, max_seq_len: int, chat: ChatIds | None = None,
               source_max_len: int = MMU_SOURCE_MAX_LEN,
-              target_max_len: int = MMU_TARGET_MAX_LEN) -> Row:
-  """A LLaVA json sample -> row. `chat` is required unless stage is 'pre-training*'."""
+              target_max_len: int = MMU_TARGET_MAX_LEN, max_num_images: int = 1) -> Row:
+  """A LLaVA json sample -> row. `chat` is required unless stage is 'pre-training*'.
+
+  Multi-image samples (LLaVA-OneVision: several `<image>` in the conversation,
+  `image` a list of files) need `max_num_images` >= their image count.
+  """
   pretraining = stage.startswith("pre-training")
   if not pretraining and chat is None:
     raise ValueError(f"stage {stage!r} needs the chat ids (ChatIds.build(tokenizer))")
@@ -255,41 +273,87 @@ def llava_row(tokenizer, conversations: Sequence[dict], special: SpecialTokens, 
   return mmu_row([tokenizer_lib.encode(tokenizer, s, source_max_len) for s in sources],
                  [tokenizer_lib.encode(tokenizer, t, target_max_len) for t in targets],
                  special, chat=None if pretraining else chat,
-                 num_visual_tokens=num_visual_tokens, max_seq_len=max_seq_len)
+                 num_visual_tokens=num_visual_tokens, max_seq_len=max_seq_len,
+                 max_num_images=max_num_images)
 
 
 # ----------------------------------------------------------------------------- understanding inference
 
+def with_image_markers(question: str, num_images: int) -> str:
+  """The user turn for a question about `num_images` images (LLaVA-OneVision layout).
+
+  A question that already holds `<image>` markers must hold exactly one per
+  image (they say where each image goes); otherwise every image comes first,
+  each on its own line, then the question (`<image>\n<image>\nQ`), as the
+  training data's rewrite puts a trailing image first.
+  """
+  marks = question.count(IMAGE_MARKER)
+  if marks == 0:
+    return (IMAGE_MARKER + "\n") * num_images + question
+  if marks != num_images:
+    raise ValueError(f"the question has {marks} <image> markers but {num_images} images were given")
+  return question
+
+
 def _understanding_layout(tokenizer, question, special, chat, num_visual_tokens, parity_mode,
-                          parity_block_length):
-  """tokens, placement (offset, length), attention block (offset, length)."""
+                          parity_block_length, num_images=1):
+  """tokens, placement [(offset, length)], attention blocks [(offset, length)]."""
+  if parity_mode and num_images != 1:
+    raise ValueError("parity_mode reproduces inference_mmu.py, which takes one image")
   if parity_mode:
     # inference_mmu.py: [bos sys user] boi [time V] eoi question assistant, no "\n"
     # after eoi, no eos before the assistant header, the block shifted by one.
     head = [special.bos] + list(chat.system) + list(chat.user)
     tokens = (head + visual_block(special, num_visual_tokens)
               + tokenizer_lib.encode(tokenizer, question) + list(chat.assistant))
-    return tokens, (len(head) + 1, num_visual_tokens), (len(head) + 2, parity_block_length)
-  source = tokenizer_lib.encode(tokenizer, "<image>\n" + question, MMU_SOURCE_MAX_LEN)
-  tokens, _, positions = _chat_sequence([source], [[]], special, chat, num_visual_tokens)
-  return tokens, positions[0], positions[0]
+    return tokens, [(len(head) + 1, num_visual_tokens)], [(len(head) + 2, parity_block_length)]
+  source = tokenizer_lib.encode(tokenizer, with_image_markers(question, num_images),
+                                MMU_SOURCE_MAX_LEN)
+  tokens, _, positions = _chat_sequence([source], [[]], special, chat, num_visual_tokens,
+                                        num_images)
+  if len(positions) != num_images:  # markers cut by the 512-token source truncation
+    raise LayoutError(f"the question is too long: only {len(positions)} of {num_images} images "
+                      f"fit in the first {MMU_SOURCE_MAX_LEN} tokens")
+  return tokens, positions, positions
 
 
 def understanding_prompt(tokenizer, question: str, special: SpecialTokens, chat: ChatIds, *,
                          num_visual_tokens: int, parity_mode: bool = False,
-                         pad_to_multiple: int | None = None) -> Row:
+                         pad_to_multiple: int | None = None, num_images: int = 1) -> Row:
   """An image question prompt for greedy answering (4.4).
 
   Returns a row plus
     prompt_length                 int: real tokens; generation starts there
-    attention_modality_positions  (1, 2): the bidirectional block for the mask
-  `modality_positions` says where the visual tokens go (time slot at offset).
+    attention_modality_positions  (K, 2): the bidirectional blocks for the mask
+  `modality_positions` (K, 2) says where each image's visual tokens go (time
+  slot at offset); K = num_images, one block per image (`with_image_markers`).
   Default: the stage-2c training template, both positions equal (La+1, N+1).
-  `parity_mode`: inference_mmu.py exactly; the mask block is (La+2, N+1).
+  `parity_mode`: inference_mmu.py exactly (one image); the mask block is (La+2, N+1).
   """
   tokens, place, block = _understanding_layout(tokenizer, question, special, chat,
-                                               num_visual_tokens, parity_mode, num_visual_tokens)
+                                               num_visual_tokens, parity_mode, num_visual_tokens,
+                                               num_images)
   return _prompt_row(tokens, place, block, special, pad_to_multiple)
+
+
+def conversation_prompt(tokenizer, turns: Sequence[tuple[str, str]], special: SpecialTokens,
+                        chat: ChatIds, *, num_visual_tokens: int, num_images: int,
+                        pad_to_multiple: int | None = None) -> Row:
+  """A multi-turn chat prompt (the server's messages) for answering the last turn.
+
+  turns: (user text with one `<image>` per image, earlier assistant answer);
+  the last turn's answer is '' (the model writes it). Earlier answers end with
+  the eos string, as in training rows. Same fields as `understanding_prompt`.
+  """
+  eos = tokenizer_lib.QWEN_TOKEN_STRINGS["eos"]
+  sources = [tokenizer_lib.encode(tokenizer, u, MMU_SOURCE_MAX_LEN) for u, _ in turns]
+  targets = [tokenizer_lib.encode(tokenizer, a + eos, MMU_TARGET_MAX_LEN) for _, a in turns[:-1]]
+  tokens, _, positions = _chat_sequence(sources, targets + [[]], special, chat, num_visual_tokens,
+                                        max(num_images, 1))
+  if len(positions) != num_images:
+    raise LayoutError(f"{num_images} images given but {len(positions)} fit in the messages "
+                      f"(each turn keeps its first {MMU_SOURCE_MAX_LEN} tokens)")
+  return _prompt_row(tokens, positions, positions, special, pad_to_multiple)
 
 
 def video_understanding_prompt(tokenizer, question: str, special: SpecialTokens, chat: ChatIds, *,
@@ -313,8 +377,9 @@ def video_understanding_prompt(tokenizer, question: str, special: SpecialTokens,
 
 
 def _prompt_row(tokens, place, block, special, pad_to_multiple) -> Row:
-  row = make_row(tokens, None, [place], special, bucket_length(len(tokens), pad_to_multiple))
-  row["attention_modality_positions"] = np.asarray([block], np.int32)
+  row = make_row(tokens, None, list(place) or [(0, 0)], special,
+                 bucket_length(len(tokens), pad_to_multiple))
+  row["attention_modality_positions"] = np.asarray(list(block) or [(0, 0)], np.int32).reshape(-1, 2)
   row["prompt_length"] = len(tokens)
   return row
 

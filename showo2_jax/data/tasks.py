@@ -28,7 +28,7 @@ import threading
 import numpy as np
 
 from showo2_jax.data import media
-from showo2_jax.data import sequences
+from showo2_jax.data import sequences, sources
 from showo2_jax.data import tokenizer as tokenizer_lib
 from showo2_jax.data import transforms
 
@@ -48,6 +48,16 @@ class Filtered(Exception):
   """Raised by pixel loaders for samples the data filters reject."""
 
 
+class BadRecord(Exception):
+  """An annotation record the source marked bad (`sources.bad_record`: file:line)."""
+
+
+def check_record(record) -> None:
+  """Raises BadRecord for a source's bad-record marker."""
+  if sources.is_bad(record):
+    raise BadRecord(record[sources.BAD])
+
+
 def is_visual_key(key: str) -> bool:
   """Fields with one entry per visual slot (folded into the batch axis)."""
   return key == "pixel_values" or key == "latents" or key.startswith("latents_")
@@ -61,7 +71,7 @@ def num_visual_tokens(resolution: int, latent_frames: int = 1, vae_stride: int =
 
 
 # What a sample can fail with without it being a bug in our code.
-DATA_ERRORS = (Filtered, media.MediaError, sequences.LayoutError)
+DATA_ERRORS = (Filtered, BadRecord, media.MediaError, sequences.LayoutError)
 
 
 def as_skipped(error: Exception) -> Skipped:
@@ -120,7 +130,12 @@ def pixel_loader(kind: str, resolution: int, *, min_res=None, num_frames: int = 
   }
   if kind not in loaders:
     raise ValueError(f"unknown record kind {kind!r}; one of {sorted(loaders)}")
-  return loaders[kind]
+  return functools.partial(_checked_pixels, load=loaders[kind])
+
+
+def _checked_pixels(record: dict, load) -> np.ndarray:
+  check_record(record)
+  return load(record)
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -151,6 +166,7 @@ class Task:
 
   def __call__(self, record: dict, rng: np.random.Generator):
     try:
+      check_record(record)
       record = self.select(record, rng)
       visuals = {k: np.asarray(v, np.float32) for k, v in record.items() if is_visual_key(k)}
       if "latents" not in visuals:

@@ -67,6 +67,8 @@ class Showo2Records(tfds.core.GeneratorBasedBuilder):
       records = sources.read_json_list(path, ("conversations",))
     root = self._media_root or os.path.dirname(os.path.abspath(path))
     for i, record in enumerate(records):
+      if sources.is_bad(record):  # logged and counted by read_*; not written
+        continue
       record = dict(record)
       media = b""
       for key in _MEDIA_KEYS:

@@ -18,6 +18,7 @@ kept as the reference in tests and as the baseline in benchmarks.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -27,7 +28,7 @@ import numpy as np
 from showo2_jax.models.showo2 import Showo2
 from showo2_jax.sample import prefix as prefix_lib
 from showo2_jax.sample import progress
-from showo2_jax.sample.tokens import TokenSampling, sample_next
+from showo2_jax.sample.tokens import TokenSampling, sample_next, sample_next_rows
 
 
 class Generated(NamedTuple):
@@ -35,6 +36,32 @@ class Generated(NamedTuple):
   num_steps: jax.Array         # () int32 decoding steps actually run
   prompt_logits: Optional[jax.Array]  # (B, P, V) when requested
   step_logits: Optional[jax.Array]    # (B, max_new_tokens, V): logits after each new token
+
+
+# Host sinks of streamed tokens, by id (see `generate(stream_id=...)`).
+_STREAMS: dict = {}
+_STREAM_IDS = itertools.count(1)
+
+
+def open_stream(sink) -> int:
+  """Registers `sink(step, tokens (B,) np.int32)`; returns the id to pass as `stream_id`.
+
+  The sink runs on a JAX host-callback thread once per decoding step, possibly
+  out of step order (`step` says which); close it with `close_stream`.
+  """
+  i = next(_STREAM_IDS) % (2**31 - 1)
+  _STREAMS[i] = sink
+  return i
+
+
+def close_stream(stream_id: int) -> None:
+  _STREAMS.pop(int(stream_id), None)
+
+
+def _emit(stream_id, step, tokens):
+  sink = _STREAMS.get(int(stream_id))
+  if sink is not None:
+    sink(int(step), np.asarray(tokens))
 
 
 def _step_mask(shift, slot, kv_len):
@@ -45,13 +72,20 @@ def _step_mask(shift, slot, kv_len):
     "model", "max_new_tokens", "sampling", "record_logits", "show_progress"))
 def generate(model: Showo2, params, tokens, shift, lengths, placement, attention, visual,
              stop_ids, pad_id, rng, *, max_new_tokens: int, sampling: TokenSampling,
-             record_logits: bool = False, show_progress: bool = False) -> Generated:
+             record_logits: bool = False, show_progress: bool = False,
+             row_sampling=None, row_max_new=None, stream_id=None) -> Generated:
   """Cached generation after an aligned prompt.
 
   tokens (B, P), shift / lengths (B,), placement / attention (B, M, 2) in slot
   space (see `prefix.AlignedPrefix`); visual (B*M, 1 + Nv, D) or None; stop_ids
   (S,) int32 (`stop_array`; -1 entries match nothing). `record_logits` also returns the prompt's and every
   step's logits (for parity checks; memory B x (P + max_new) x V).
+
+  Server options (traced, so one compilation serves requests with different
+  settings): row_sampling = (temperature (B,), top_p (B,)) replaces `sampling`
+  per row; row_max_new (B,) int32 stops each row after its own number of
+  tokens; stream_id (int32 scalar from `open_stream`) sends every step's tokens
+  to that host sink as they are produced.
   """
   b, p = tokens.shape
   kv_len = p + max_new_tokens
@@ -70,9 +104,17 @@ def generate(model: Showo2, params, tokens, shift, lengths, placement, attention
   def body(state):
     i, out, done, logits, cache, rng, buf = state
     rng, sub = jax.random.split(rng)
-    tok = jnp.where(done, pad_id, sample_next(sub, logits, sampling))
+    if row_sampling is None:
+      nxt = sample_next(sub, logits, sampling)
+    else:
+      nxt = sample_next_rows(sub, logits, *row_sampling)
+    tok = jnp.where(done, pad_id, nxt)
     out = jax.lax.dynamic_update_slice(out, tok[:, None], (0, i))
     done = done | jnp.isin(tok, stop_ids)
+    if row_max_new is not None:
+      done = done | (i + 1 >= row_max_new)
+    if stream_id is not None:
+      jax.debug.callback(_emit, stream_id, i, tok)
     emb = prefix_lib.embed_tokens(model, params, tok[:, None])
     slot = p + i
     hidden, cache = model.apply(variables, emb, (lengths + i)[:, None], _step_mask(shift, slot, kv_len),

@@ -118,10 +118,11 @@ def generate_story(pipe: Pipeline, prompt: str = sequences.VIST_FLAG, *, rounds:
   key = jax.random.PRNGKey(seed)
   shape = pipe.latent_shape()
   for r in range(rounds):
-    with progress.bar(max_text_tokens, f"round {r}: text", show_progress):
+    with progress.bar(max_text_tokens, f"round {r}: text", show_progress) as bar:
       ids = text_round(pipe, history, positions, latents, sampling=text_sampling,
                        max_new_tokens=max_text_tokens, context_t=context_t,
                        rng=jax.random.fold_in(key, 2 * r), show_progress=show_progress)
+      progress.advance_to(bar, max_text_tokens)  # stopped early at eos / boi
     texts.append(pipe.tokenizer.decode(ids, skip_special_tokens=False))
     history = history + ids
     if not ids or ids[-1] != sp.boi:

@@ -86,7 +86,9 @@ class Pipeline:
     self.tokenizer = tokenizer
     self.special = special
     self.vae = vae
-    stride = VAE_STRIDE * config.patch_size
+    # Wan2.1 downsamples 8x; a VAE of another depth (tiny_shapes' 4x) says so itself.
+    self.vae_stride = vae.stride if vae is not None else VAE_STRIDE
+    stride = self.vae_stride * config.patch_size
     # Generation at the checkpoint's resolution (432 / 512 / 1024 px); understanding at
     # the semantic layers' native grid (27 x 16 = 432 px), as the original's MMU scripts
     # (which add the 27x27 position table without resizing it). `resolution` sets both.
@@ -122,7 +124,7 @@ class Pipeline:
   # ------------------------------------------------------------------ geometry
   @property
   def latent_size(self) -> int:
-    return self.resolution // VAE_STRIDE
+    return self.resolution // self.vae_stride
 
   @property
   def num_image_tokens(self) -> int:
@@ -136,7 +138,7 @@ class Pipeline:
   @property
   def understanding_block(self) -> int:
     """Visual block length of one understanding image (730 at 432 px)."""
-    side = self.understanding_resolution // VAE_STRIDE // self.config.patch_size
+    side = self.understanding_resolution // self.vae_stride // self.config.patch_size
     return side * side + 1
 
   def latent_shape(self, latent_frames: int = 1) -> tuple[int, ...]:
@@ -190,8 +192,6 @@ class Pipeline:
     cond_latent = None
     if condition_image is not None:
       cond_latent = self._need_vae().encode(np.asarray(condition_image)[None])[0]
-    use_cfg = sampling.guidance_scale != 0
-    grid = transport.time_grid(sampling.num_steps, sampling.time_shifting_factor)
     evals = sampling.evaluations()
     n_batches = math.ceil(len(prompts) / batch_size)
     key = jax.random.PRNGKey(seed)
@@ -202,15 +202,77 @@ class Pipeline:
                            for i in range(len(batch))])
         if cond_latent is not None:
           noise = noise.at[:, :, 0].set(cond_latent)
-        rows = [[self.special.bos] + r + [self.special.boi] for r in batch]
-        if use_cfg:
-          rows += [[self.special.bos, self.special.boi]] * len(batch)
-        a = prefix_lib.align(rows, self.special.pad, multiple=self.bucket_multiple)
-        out = visual.sample_latents(
-            self.model, self.params, a.tokens, a.shift, a.lengths, a.placement, a.attention,
-            None, None, noise, grid, sampling.guidance_scale, method=sampling.method,
-            use_cfg=use_cfg, first_frame_as_cond=cond_latent is not None,
-            show_progress=show_progress)
+        out = self.sample_latents(batch, noise, sampling, first_frame_as_cond=cond_latent is not None,
+                                  show_progress=show_progress)
+        outputs.append(np.asarray(out)[:n_real])
+    return np.concatenate(outputs)
+
+  def sample_latents(self, prompt_ids: Sequence[Sequence[int]], noise, sampling: FlowSampling, *,
+                     sources=None, width: Optional[int] = None, first_frame_as_cond: bool = False,
+                     show_progress: bool = False) -> jax.Array:
+    """One batch: token ids per row + noise (B, C, [T,] H, W) -> final latents (B, ...).
+
+    Rows are `[bos] ids [boi]`, CFG null rows `[bos boi]`. With `sources`
+    (B, C, H, W) clean latents (image editing), each row is
+    `[bos] [boi] source [eoi] ids [boi]`: the source image is a clean visual
+    block (t = 1) before the instruction, and the null row keeps the source
+    and drops the instruction. `width` fixes the aligned prefix width (the
+    server's length buckets); default: rounded up to `bucket_multiple`.
+    """
+    sp = self.special
+    use_cfg = sampling.guidance_scale != 0
+    head = [sp.bos]
+    placement = ctx_vis = ctx_te = None
+    if sources is not None:
+      head = [sp.bos] + sequences.visual_block(sp, self.image_block)
+      n = len(prompt_ids) * (2 if use_cfg else 1)
+      placement = np.tile(np.asarray([[[2, self.image_block]]], np.int32), (n, 1, 1))
+      ctx_vis, ctx_te = understanding.visual_tokens(
+          self.model, self.params, jnp.asarray(sources),
+          jnp.ones((len(prompt_ids),), jnp.float32))
+      if use_cfg:
+        ctx_vis = jnp.concatenate([ctx_vis, ctx_vis])
+        ctx_te = jnp.concatenate([ctx_te, ctx_te])
+    rows = [head + list(r) + [sp.boi] for r in prompt_ids]
+    if use_cfg:
+      rows += [head + [sp.boi]] * len(prompt_ids)
+    longest = max(len(r) for r in rows)
+    if longest + self.image_block > self.max_context:
+      raise PromptTooLongError(f"prompt of {longest} tokens does not fit the context")
+    a = prefix_lib.align(rows, sp.pad, placement=placement, multiple=self.bucket_multiple,
+                         width=width)
+    grid = transport.time_grid(sampling.num_steps, sampling.time_shifting_factor)
+    return visual.sample_latents(
+        self.model, self.params, a.tokens, a.shift, a.lengths, a.placement, a.attention,
+        ctx_vis, ctx_te, jnp.asarray(noise), grid, sampling.guidance_scale, method=sampling.method,
+        use_cfg=use_cfg, first_frame_as_cond=first_frame_as_cond, show_progress=show_progress)
+
+  def edit(self, sources: Sequence[Any], instructions: Sequence[str],
+           sampling: FlowSampling = FlowSampling(), *, seed: int = 0, batch_size: int = 1,
+           truncate: bool = False, show_progress: bool = False) -> np.ndarray:
+    """Image editing: (source image, instruction) -> edited latents (n, C, H, W).
+
+    The source (PIL or uint8 HWC, center-cropped to the generation resolution)
+    is encoded by the VAE and placed as a clean visual block before the
+    instruction; the flow head generates the target after it. Noise per item
+    is `fold_in(seed, index)`, as `generate`.
+    """
+    if len(sources) != len(instructions):
+      raise ValueError(f"{len(sources)} source images but {len(instructions)} instructions")
+    ids = self.prompt_ids(instructions, truncate)
+    key = jax.random.PRNGKey(seed)
+    shape = self.latent_shape()
+    outputs = []
+    items = list(zip(sources, ids))
+    with progress.bar(None, "denoising", show_progress):
+      for start, (batch, n_real) in zip(range(0, len(items), batch_size),
+                                        _chunks(items, batch_size)):
+        pixels = np.stack([self.image_pixels(src) for src, _ in batch])
+        latents = self._need_vae().encode(pixels)
+        noise = jnp.stack([transport.initial_noise(jax.random.fold_in(key, start + i), shape)
+                           for i in range(len(batch))])
+        out = self.sample_latents([r for _, r in batch], noise, sampling, sources=latents,
+                                  show_progress=show_progress)
         outputs.append(np.asarray(out)[:n_real])
     return np.concatenate(outputs)
 
@@ -231,7 +293,7 @@ class Pipeline:
     return transforms.image_transform(image.convert("RGB"), resolution or self.resolution)
 
   def check_questions(self, questions: Sequence[str], parity_mode: bool = False,
-                      truncate: bool = False) -> None:
+                      truncate: bool = False, num_images: Optional[Sequence[int]] = None) -> None:
     """Refuses questions the prompt layout would cut (PromptTooLongError).
 
     The training template (not parity_mode) keeps the first 512 tokens of
@@ -241,8 +303,8 @@ class Pipeline:
     """
     if parity_mode or truncate:
       return
-    for q in questions:
-      n = len(tokenizer_lib.encode(self.tokenizer, "<image>\n" + q))
+    for q, k in zip(questions, num_images or [1] * len(questions)):
+      n = len(tokenizer_lib.encode(self.tokenizer, sequences.with_image_markers(q, k)))
       if n > sequences.MMU_SOURCE_MAX_LEN:
         raise PromptTooLongError(
             f"question of {n} tokens is longer than the {sequences.MMU_SOURCE_MAX_LEN} the "
@@ -270,28 +332,66 @@ class Pipeline:
                  parity_mode: bool = False, seed: int = 0, batch_size: int = 1,
                  sample_posterior: bool = False, truncate: bool = False,
                  show_progress: bool = False) -> list[str]:
-    """One answer per (image, question) pair; images are PIL or uint8 HWC arrays.
+    """One answer per (images, question) pair.
 
-    Raises PromptTooLongError for a question over 512 tokens unless `truncate`
+    images[i] is one image (PIL or uint8 HWC) or a list of images: a list asks
+    its question about all of them at once, one visual block per image in the
+    LLaVA-OneVision multi-image layout (`sequences.with_image_markers`: images
+    first, or where the question's `<image>` markers say). Answers do not
+    depend on batch_size or on the other items of a batch. Raises
+    PromptTooLongError for a question over 512 tokens unless `truncate`
     (see `check_questions`).
     """
     if len(images) != len(questions):
       raise ValueError(f"{len(images)} images but {len(questions)} questions")
-    self.check_questions(questions, parity_mode, truncate)
+    image_lists = [list(im) if isinstance(im, (list, tuple)) else [im] for im in images]
+    if any(not ims for ims in image_lists):
+      raise ValueError("an item with no image: pass at least one image per question")
+    self.check_questions(questions, parity_mode, truncate, [len(ims) for ims in image_lists])
     vae_key, text_key = jax.random.split(jax.random.PRNGKey(seed))
     answers = []
-    pairs = list(zip(images, questions))
-    with progress.bar(None, "decoding", show_progress):
-      for start, (batch, n_real) in zip(range(0, len(pairs), batch_size), _chunks(pairs, batch_size)):
-        pixels = np.stack([self.image_pixels(im, self.understanding_resolution) for im, _ in batch])
+    items = list(zip(image_lists, questions))
+    n_batches = math.ceil(len(items) / batch_size)
+    # Total: the most tokens it can take; a batch that stops at eos jumps to its end.
+    with progress.bar(max_new_tokens * n_batches, "decoding", show_progress) as bar:
+      for b_idx, (start, (batch, n_real)) in enumerate(
+          zip(range(0, len(items), batch_size), _chunks(items, batch_size))):
         rng = jax.random.fold_in(vae_key, start) if sample_posterior else None
-        vis = understanding.image_tokens(self.model, self.params, self.encode_pixels(pixels, rng))
-        rows = [sequences.understanding_prompt(
+        vis, m = self.visual_blocks([ims for ims, _ in batch], rng)
+        rows = [self.pad_slots(sequences.understanding_prompt(
             self.tokenizer, q, self.special, self.chat, num_visual_tokens=self.understanding_block,
-            parity_mode=parity_mode) for _, q in batch]
+            parity_mode=parity_mode, num_images=len(ims)), m) for ims, q in batch]
         answers += self._answer(rows, vis, sampling, max_new_tokens,
                                 jax.random.fold_in(text_key, start), show_progress)[:n_real]
+        progress.advance_to(bar, (b_idx + 1) * max_new_tokens)
     return answers
+
+  def visual_blocks(self, image_lists: Sequence[Sequence[Any]], rng=None,
+                    num_slots: Optional[int] = None) -> tuple[jax.Array, int]:
+    """Images per row -> (visual (B*M, 1 + N, D), M): clean blocks, row-major slots.
+
+    M = num_slots or the most images of a row; a row's missing slots are zeros
+    (their positions are the empty (0, 0), so nothing reads them).
+    """
+    m = num_slots or max(len(ims) for ims in image_lists)
+    flat = [im for ims in image_lists for im in ims]
+    pixels = np.stack([self.image_pixels(im, self.understanding_resolution) for im in flat])
+    blocks = understanding.image_tokens(self.model, self.params, self.encode_pixels(pixels, rng))
+    index, k = [], 0
+    for ims in image_lists:
+      index += list(range(k, k + len(ims))) + [-1] * (m - len(ims))
+      k += len(ims)
+    index = np.asarray(index, np.int32)
+    gathered = jnp.take(blocks, jnp.asarray(np.maximum(index, 0)), axis=0)
+    return jnp.where(jnp.asarray(index >= 0)[:, None, None], gathered, 0), m
+
+  @staticmethod
+  def pad_slots(row: dict, num_slots: int) -> dict:
+    """A prompt row's (K, 2) positions padded with empty slots to (num_slots, 2)."""
+    for key in ("modality_positions", "attention_modality_positions"):
+      pos = row[key]
+      row[key] = np.concatenate([pos, np.zeros((num_slots - len(pos), 2), np.int32)])
+    return row
 
   def understand_video(self, frames: Sequence[Any], question: str, *,
                        sampling: TokenSampling = GREEDY, max_new_tokens: int = 300,
@@ -308,12 +408,14 @@ class Pipeline:
         self.understanding_resolution)) for f in frames])
     vae_key, text_key = jax.random.split(jax.random.PRNGKey(seed))
     latents = self.encode_pixels(pixels, vae_key if sample_posterior else None)
-    side = self.understanding_resolution // VAE_STRIDE // self.config.patch_size
+    side = self.understanding_resolution // self.vae_stride // self.config.patch_size
     pooled = understanding.pooled_side(side)
     vis = understanding.video_tokens(self.model, self.params, latents, pooled)
     row = sequences.video_understanding_prompt(
         self.tokenizer, question, self.special, self.chat, num_frames=len(frames),
         tokens_per_frame=pooled * pooled, parity_mode=parity_mode,
         parity_block_length=self.understanding_block if parity_mode else None)
-    with progress.bar(None, "decoding", show_progress):
-      return self._answer([row], vis, sampling, max_new_tokens, text_key, show_progress)[0]
+    with progress.bar(max_new_tokens, "decoding", show_progress) as bar:
+      answer = self._answer([row], vis, sampling, max_new_tokens, text_key, show_progress)[0]
+      progress.advance_to(bar, max_new_tokens)
+      return answer

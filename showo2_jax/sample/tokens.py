@@ -65,3 +65,25 @@ def sample_next(rng: jax.Array, logits: jax.Array, sampling: TokenSampling) -> j
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
   return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def sample_next_rows(rng: jax.Array, logits: jax.Array, temperature: jax.Array,
+                     top_p: jax.Array) -> jax.Array:
+  """Per-row settings: (B, V) logits, temperature / top_p (B,) -> (B,) int32 ids.
+
+  Rows with temperature 0 are greedy; the others sample at their temperature
+  with their own nucleus. The settings are traced, so requests with different
+  settings share one compiled batch (the server's continuous batches).
+  """
+  logits = logits.astype(jnp.float32)
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  t = jnp.where(temperature > 0, temperature, 1.0).astype(jnp.float32)[:, None]
+  scaled = logits / t
+  ordered = jnp.sort(scaled, axis=-1)[..., ::-1]
+  probs = jax.nn.softmax(ordered, axis=-1)
+  mass_before = jnp.cumsum(probs, axis=-1) - probs
+  keep = jnp.sum(mass_before <= top_p.astype(jnp.float32)[:, None], axis=-1, keepdims=True)
+  threshold = jnp.take_along_axis(ordered, jnp.maximum(keep, 1) - 1, axis=-1)
+  filtered = jnp.where(scaled < threshold, -jnp.inf, scaled)
+  sampled = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+  return jnp.where(temperature > 0, sampled, greedy)

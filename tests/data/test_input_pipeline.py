@@ -97,6 +97,28 @@ def test_bad_images_are_skipped_and_counted(tmp_path, tok, special):
   assert "num_bad" not in batches[0]
 
 
+def test_bad_records_are_skipped_and_counted_with_file_and_line(tmp_path, tok, special, caplog):
+  """Non-UTF-8 bytes and wrong types in annotation fields: counted skips, not a
+  refused dataset or a crashed worker; the log names file and line."""
+  path = testing.write_image_text_dataset(tmp_path, 4)
+  lines = open(path, "rb").read().splitlines()
+  lines[1] = lines[1].replace(b"The image", b"The \xff image")  # not UTF-8
+  lines[2] = b'{"path": "images/00002.png", "prompt": ["a", "list"]}'
+  open(path, "wb").write(b"\n".join(lines) + b"\n")
+  task = tasks.ImageTextTask(tok, special, resolution=R, max_seq_len=L)
+  ds = pipeline.mixed_batches([pipeline.Stream("t2i", sources.image_text_source(path), task, 2)],
+                              seed=0)
+  for workers in (0, 1):  # also through a Grain worker process
+    it = iter(pipeline.make_loader(ds, num_workers=workers))
+    batches = [next(it) for _ in range(2)]  # 4 rows from 2 good records per epoch: 2 epochs
+    assert all(b["text_tokens"].shape == (2, L) for b in batches)
+    # Both bad records of the first epoch at least (a skip is counted with the next kept row).
+    assert it.skip_counts["num_bad"] >= 2 and it.skip_counts["num_filtered"] == 0
+    if workers:
+      it.close()
+  assert f"{path}:2: not UTF-8" in caplog.text and f"{path}:3: 'prompt' must be a string" in caplog.text
+
+
 def test_worker_processes_resume_exactly(data_dir, tok, special):
   ds = pipeline.make_loader(pipeline.mixed_batches(streams(data_dir, tok, special), seed=0),
                             num_workers=2)

@@ -140,12 +140,49 @@ def test_llava_rows_truncate_to_max_seq_len(tok, special):
   assert row["text_tokens"].shape == (40,) and (row["text_tokens"] != special.pad).all()
 
 
-def test_two_images_in_one_sample_are_rejected(tok, special):
-  convs = [{"from": "human", "value": "<image>\nA"}, {"from": "gpt", "value": "x"},
+def test_multi_image_rows_get_one_block_per_image(tok, special):
+  """LLaVA-OneVision multi-image rows: every <image> (in one turn or across turns)
+  becomes its own visual block and slot; M is padded to max_num_images."""
+  s = special
+  chat = sequences.ChatIds.build(tok)
+  convs = [{"from": "human", "value": "<image>\n<image>\nA"}, {"from": "gpt", "value": "x"},
            {"from": "human", "value": "<image>\nB"}, {"from": "gpt", "value": "y"}]
-  with pytest.raises(sequences.LayoutError, match="one <image>"):
-    sequences.llava_row(tok, convs, special, stage="tuning", chat=sequences.ChatIds.build(tok),
-                        num_visual_tokens=NV, max_seq_len=128)
+  with pytest.raises(sequences.LayoutError, match="more than 1 <image>"):
+    sequences.llava_row(tok, convs, s, stage="tuning", chat=chat, num_visual_tokens=NV,
+                        max_seq_len=128)
+  row = sequences.llava_row(tok, convs, s, stage="tuning", chat=chat, num_visual_tokens=NV,
+                            max_seq_len=160, max_num_images=4)
+  pos = row["modality_positions"].tolist()
+  assert len(pos) == 4 and pos[3] == [0, 0]
+  tokens = row["text_tokens"].tolist()
+  for offset, length in pos[:3]:
+    assert length == NV and tokens[offset - 1] == s.boi and tokens[offset + NV] == s.eoi
+    assert tokens[offset:offset + NV] == [s.img_pad] * NV
+  assert row["image_masks"].sum() == 3 * NV and s.img not in tokens
+  assert pos[0][0] + NV + 3 == pos[1][0]  # eoi, the "\n" between the markers, boi
+  # Answers stay labelled, the images are not.
+  labelled = [t for t, l in zip(tokens, row["text_labels"].tolist()) if l != IGN]
+  assert labelled == enc(tok, "x<|im_end|>") + enc(tok, "y<|im_end|>")
+
+
+def test_understanding_prompt_with_several_images(tok, special):
+  chat = sequences.ChatIds.build(tok)
+  p = sequences.understanding_prompt(tok, "Same?", special, chat, num_visual_tokens=NV,
+                                     num_images=2)
+  q = sequences.understanding_prompt(tok, "<image>\n<image>\nSame?", special, chat,
+                                     num_visual_tokens=NV, num_images=2)
+  assert p["text_tokens"].tolist() == q["text_tokens"].tolist()
+  assert p["modality_positions"].shape == (2, 2)
+  assert p["attention_modality_positions"].tolist() == p["modality_positions"].tolist()
+  convs = [{"from": "human", "value": "<image>\n<image>\nSame?"}, {"from": "gpt", "value": ""}]
+  train = sequences.llava_row(tok, convs, special, stage="tuning", chat=chat,
+                              num_visual_tokens=NV, max_seq_len=160, max_num_images=2)
+  n = p["prompt_length"]
+  assert p["text_tokens"].tolist() == train["text_tokens"][:n].tolist()
+  assert p["modality_positions"].tolist() == train["modality_positions"].tolist()
+  with pytest.raises(ValueError, match="1 <image> markers but 2 images"):
+    sequences.understanding_prompt(tok, "<image> Same?", special, chat, num_visual_tokens=NV,
+                                   num_images=2)
 
 
 def test_understanding_prompt_fixed_mode_is_the_training_layout(tok, special):

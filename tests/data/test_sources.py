@@ -18,21 +18,39 @@ def test_image_text_source_resolves_paths(tmp_path):
   assert other[0]["path"] == "/elsewhere/images/00000.png"
 
 
-def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+def test_bad_jsonl_lines_become_counted_skips_naming_file_and_line(tmp_path, caplog):
   path = tmp_path / "bad.jsonl"
-  path.write_text('{"path": "a.png", "prompt": "x"}\n\n{"path": "b.png", "prompt": \n')
-  with pytest.raises(sources.DataFormatError, match=r"bad\.jsonl:3: invalid JSON"):
-    sources.image_text_source(path)
+  path.write_bytes(b'{"path": "a.png", "prompt": "x"}\n\n{"path": "b.png", "prompt": \n'
+                   b'{"path": "c.png", "prompt": "caf\xe9"}\n'      # latin-1, not UTF-8
+                   b'{"path": "d.png", "prompt": 5}\n'                # wrong type
+                   b'{"path": "e.png"}\n'                             # missing key
+                   b'["f.png", "x"]\n')                                # not an object
+  ds = sources.image_text_source(path)
+  assert len(ds) == 6 and not sources.is_bad(ds[0])
+  reasons = [ds[i][sources.BAD] for i in range(1, 6)]
+  assert reasons[0].startswith(f"{path}:3: invalid JSON")
+  assert reasons[1].startswith(f"{path}:4: not UTF-8 (byte 0xe9")
+  assert reasons[2].startswith(f"{path}:5: 'prompt' must be a string, got int")
+  assert reasons[3] == f"{path}:6: missing keys ['prompt']"
+  assert reasons[4].startswith(f"{path}:7: expected a JSON object")
+  assert "5 of 6 records are bad" in caplog.text
+  # Every record bad: nothing to train on, fail fast.
+  (tmp_path / "all_bad.jsonl").write_bytes(b'{"path": 1, "prompt": "x"}\n')
+  with pytest.raises(sources.DataFormatError, match=r"none of its 1 records is usable.*all_bad\.jsonl:1"):
+    sources.image_text_source(tmp_path / "all_bad.jsonl")
 
 
-def test_record_missing_keys_is_an_error(tmp_path):
-  path = tmp_path / "d.jsonl"
-  path.write_text('{"path": "a.png"}\n')
-  with pytest.raises(sources.DataFormatError, match=r"d\.jsonl:1: missing keys \['prompt'\]"):
-    sources.image_text_source(path)
-  path.write_text('["a.png", "x"]\n')
-  with pytest.raises(sources.DataFormatError, match="expected a JSON object"):
-    sources.image_text_source(path)
+def test_bad_llava_and_vist_records_name_the_record(tmp_path):
+  good = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
+  (tmp_path / "l.json").write_text(json.dumps([good, {"conversations": "hi"},
+                                               {**good, "image": ["a", "b"]}]))
+  ds = sources.llava_source(tmp_path / "l.json")
+  assert ds[1][sources.BAD].startswith(f"{tmp_path / 'l.json'}: record 1: 'conversations' must be")
+  assert ds[2][sources.BAD].startswith(f"{tmp_path / 'l.json'}: record 2: 'image' must be a string")
+  (tmp_path / "v.json").write_text(json.dumps([{"images": ["a"], "captions": ["x"]},
+                                               {"images": ["a"], "captions": []}]))
+  ds = sources.vist_source(tmp_path / "v.json")
+  assert ds[1][sources.BAD].endswith("record 1: 1 images but 0 captions")
 
 
 def test_empty_and_missing_datasets_fail_fast(tmp_path):
@@ -61,7 +79,7 @@ def test_vist_source_appends_jpg_and_checks_lengths(tmp_path):
   assert all(os.path.exists(p) for p in ds[1]["images"])
   (tmp_path / "bad.json").write_text(json.dumps([{"images": ["a"], "captions": []}]))
   with pytest.raises(sources.DataFormatError, match="record 0: 1 images but 0 captions"):
-    sources.vist_source(tmp_path / "bad.json")
+    sources.vist_source(tmp_path / "bad.json")  # its only record is bad
 
 
 def test_array_record_round_trip(tmp_path):

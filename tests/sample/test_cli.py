@@ -86,6 +86,55 @@ def test_understand_answers_each_question(assets, capsys):
   assert [a["question"] for a in answers] == ["What is in the image?", "Is it a dog?"]
 
 
+def test_understand_several_images_one_question_or_separately(assets, capsys):
+  second = assets["root"] / "second.png"
+  testing.random_image(np.random.default_rng(1), 64, 80).save(second)
+  images = ["--image", assets["image"], "--image", str(second)]
+  common = [*assets["model"], "--max-new-tokens", "4", "--no-progress"]
+  both = assets["root"] / "both.json"
+  rc, out, _ = _run(capsys, "understand", *common, *images, "--question", "Same?",
+                    "--json", str(both))
+  assert rc == 0 and out.count("Q: ") == 1  # one question about both images
+  answer = json.loads(both.read_text())
+  assert answer[0]["image"] == [assets["image"], str(second)]
+  sep = assets["root"] / "sep.json"
+  rc, out, _ = _run(capsys, "understand", *common, *images, "--question", "Same?",
+                    "--separate", "--json", str(sep))
+  assert rc == 0 and out.count("Q: ") == 2
+  batch = assets["root"] / "items.jsonl"
+  batch.write_text(json.dumps({"image": [assets["image"], str(second)], "question": "Same?"})
+                   + "\n" + json.dumps({"image": str(second), "question": "Same?"}) + "\n")
+  via_file = assets["root"] / "file.json"
+  rc, _, _ = _run(capsys, "understand", *common, "--batch-file", str(batch), "--json",
+                  str(via_file))
+  assert rc == 0
+  got = json.loads(via_file.read_text())
+  # The same items answered through the file: the two-image one as above, the
+  # one-image one as --separate's second answer.
+  assert got[0]["answer"] == answer[0]["answer"]
+  assert got[1]["answer"] == json.loads(sep.read_text())[1]["answer"]
+
+
+def test_edit_and_eval_commands(assets, capsys):
+  out_dir = assets["root"] / "edits"
+  rc, out, _ = _run(capsys, "edit", *assets["model"], "--image", assets["image"], "make it red",
+                    "make it blue", "--steps", "3", "--no-progress", "--out", str(out_dir))
+  assert rc == 0
+  meta = json.loads((out_dir / "edits.json").read_text())
+  assert [m["instruction"] for m in meta] == ["make it red", "make it blue"]
+  assert np.asarray(Image.open(out_dir / meta[1]["file"])).shape == (64, 64, 3)
+  prompts = assets["root"] / "geneval.jsonl"
+  prompts.write_text(json.dumps({"tag": "single_object", "prompt": "a dog"}) + "\n")
+  geneval = assets["root"] / "geneval"
+  rc, out, _ = _run(capsys, "eval", "geneval", *assets["model"], "--prompts", str(prompts),
+                    "--out", str(geneval), "--samples", "2", "--steps", "2", "--no-progress")
+  assert rc == 0 and "1 prompts (1 written now" in out
+  assert sorted(os.listdir(geneval / "00000" / "samples")) == ["0000.png", "0001.png"]
+  rc, _, err = _run(capsys, "eval", "dpg", *assets["model"], "--prompts",
+                    str(assets["root"] / "nope"), "--out", str(geneval))
+  assert rc == 1 and "--prompts" in err
+
+
 def test_mixed_writes_a_story(assets, capsys):
   out_dir = assets["root"] / "story"
   rc, out, err = _run(capsys, "mixed", *assets["model"], "--rounds", "1", "--max-text-tokens", "3",

@@ -133,3 +133,30 @@ def test_understand_video_reads_the_mp4_that_generate_writes(assets, capsys, tmp
                       "--max-new-tokens", "2", "--no-progress")
   assert rc == 0, err
   assert out.count("A: ") == 1
+
+
+def test_understand_progress_bar_has_a_total_and_stays(assets, capsys):
+  rc, out, err = _run(capsys, "understand", *assets["model"], "--image", assets["image"],
+                      "--question", "What is it?", "--max-new-tokens", "3")
+  assert rc == 0, err
+  last = err.replace("\r", "\n").strip().splitlines()
+  final = [line for line in last if line.startswith("decoding")][-1]
+  assert "3/3" in final and "100%" in final  # a total, reached even when eos stops it early
+
+
+def test_inference_commands_do_not_print_library_info_lines(assets, capsys, caplog, monkeypatch):
+  """Orbax (via absl) logs ~10 INFO lines per checkpoint load; JAX logs its backend probing."""
+  monkeypatch.setattr(Pipeline, "generate",
+                      lambda self, prompts, *a, **k: np.zeros((len(prompts),) + self.latent_shape(),
+                                                              np.float32))
+  orbax = list(assets["model"])
+  orbax[1] = assets["orbax"]
+  orbax = orbax[:4] + orbax[6:]  # no --vae: latents are saved, nothing decoded
+  with caplog.at_level("INFO"):
+    rc, _, err = _run(capsys, "generate", *orbax, "a dog", "--no-progress",
+                      "--out", str(assets["root"] / "quiet"))
+  assert rc == 0, err
+  noisy = [r for r in caplog.records if r.name.split(".")[0] in ("absl", "orbax")
+           or r.name == "jax._src.xla_bridge"]
+  assert not [r for r in noisy if r.levelno < 30], [r.getMessage()[:80] for r in noisy][:5]
+  assert any("loaded" in r.getMessage() for r in caplog.records)  # ours still speak

@@ -133,3 +133,69 @@ def test_rows_stop_at_their_stop_token(tiny):
   if stop not in free[1]:  # row 1 never stops: it runs to max_new_tokens
     np.testing.assert_array_equal(toks[1], free[1])
     assert int(out.num_steps) == 10
+
+
+# --- several images per prompt, per-row settings, streaming ------------------------------------
+
+def _multi_image_batch(model, params):
+  """Row 0 asks about two images (two visual blocks), row 1 about one (an empty slot)."""
+  rng = np.random.default_rng(5)
+  block = [BOI] + [IMG_PAD] * NV + [EOI]
+  text = lambda n: list(rng.integers(10, 290, n))
+  head0, mid0 = text(4), text(2)
+  row0 = [1] + head0 + block + mid0 + block + text(5)
+  pos0 = [[len(head0) + 2, NV], [len(head0) + 2 + NV + 1 + len(mid0) + 1, NV]]
+  head1 = text(9)
+  row1 = [1] + head1 + block + text(3)
+  pos1 = [[len(head1) + 2, NV], [0, 0]]
+  latents = jax.random.normal(jax.random.PRNGKey(7), (3, 16, 8, 8))
+  blocks = understanding.image_tokens(model, params, latents)
+  vis = jnp.stack([blocks[0], blocks[1], blocks[2], jnp.zeros_like(blocks[0])])   # (B*M, ...)
+  a = prefix.align([row0, row1], PAD, placement=np.asarray([pos0, pos1], np.int32), multiple=16)
+  return a, vis
+
+
+def test_several_images_cached_equals_uncached(tiny):
+  model, params = tiny
+  a, vis = _multi_image_batch(model, params)
+  args = (model, params, a.tokens, a.shift, a.lengths, a.placement, a.attention, vis)
+  key = jax.random.PRNGKey(1)
+  cached = decode.generate(*args, decode.stop_array([]), PAD, key, max_new_tokens=8,
+                           sampling=GREEDY)
+  uncached = decode.generate_uncached(*args, PAD, key, max_new_tokens=8, sampling=GREEDY)
+  np.testing.assert_array_equal(cached.tokens, uncached)
+  # The second image matters: dropping it changes the first row's answer logits.
+  gen2 = decode.generate(*args, decode.stop_array([]), PAD, key, max_new_tokens=2,
+                         sampling=GREEDY, record_logits=True)
+  one = a.placement.copy()
+  one[0, 1] = 0
+  gen1 = decode.generate(model, params, a.tokens, a.shift, a.lengths, one, one, vis,
+                         decode.stop_array([]), PAD, key, max_new_tokens=2, sampling=GREEDY,
+                         record_logits=True)
+  assert not np.allclose(gen1.prompt_logits[0, -1], gen2.prompt_logits[0, -1], atol=1e-4)
+
+
+def test_per_row_settings_and_streaming(tiny):
+  """row_sampling / row_max_new give each row its own settings in one compiled call, and
+  the stream sink sees every step's tokens."""
+  model, params = tiny
+  a, vis = _multi_image_batch(model, params)
+  args = (model, params, a.tokens, a.shift, a.lengths, a.placement, a.attention, vis)
+  key = jax.random.PRNGKey(2)
+  greedy = np.asarray(decode.generate(*args, decode.stop_array([]), PAD, key, max_new_tokens=8,
+                                      sampling=GREEDY).tokens)
+  seen = {}
+  sid = decode.open_stream(lambda step, toks: seen.__setitem__(step, toks.tolist()))
+  try:
+    out = decode.generate(
+        *args, decode.stop_array([]), PAD, key, max_new_tokens=8, sampling=GREEDY,
+        row_sampling=(jnp.asarray([0.0, 1.0]), jnp.asarray([1.0, 0.5])),
+        row_max_new=jnp.asarray([3, 8], jnp.int32), stream_id=jnp.int32(sid))
+    toks = np.asarray(out.tokens)
+    jax.effects_barrier()
+  finally:
+    decode.close_stream(sid)
+  np.testing.assert_array_equal(toks[0, :3], greedy[0, :3])   # temperature 0: greedy
+  assert (toks[0, 3:] == PAD).all()                          # its own max of 3 tokens
+  assert int(out.num_steps) == 8
+  assert [seen[i] for i in range(8)] == toks.T.tolist()

@@ -1,0 +1,1 @@
+"""OpenAI-compatible serving of Show-o2: `showo2-jax serve` (see api.py, engine.py)."""
