@@ -31,13 +31,17 @@ EXTRAS = {
     "torch": ["torch==2.13.0"],
     # TensorBoard writers in clu.metric_writers import tensorflow.
     "tf": ["tensorflow-cpu", "tensorboard"],
+    # libtpu: the TPU compiler. On a TPU VM it runs the TPU; on any CPU host it lets
+    # `showo2-jax compile --topology tpu:v5p-128` compile for a pod it does not have.
+    # The version jax[tpu] pins for our jax (0.10.x); jax itself is not re-pinned.
+    "tpu": ["libtpu==0.0.42.*"],
     # diffusers: only for the AutoencoderKLWan parity test.
     # gcp-storage-emulator: a GCS API on 127.0.0.1 for the gs:// tests.
     "dev": ["pytest", "pytest-xdist", "diffusers", "gcp-storage-emulator"],
     # `showo2-jax serve` (OpenAI-compatible HTTP); openai + httpx are the tests' clients.
     "serve": ["fastapi", "uvicorn", "python-multipart", "openai", "httpx"],
 }
-EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["dev"] + EXTRAS["serve"]
+EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["tpu"] + EXTRAS["dev"] + EXTRAS["serve"]
 
 setup(
     name="showo2-jax",

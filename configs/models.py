@@ -38,6 +38,8 @@ def _model(llm, siglip, flow, tokens_per_side):
       image_latent_height=tokens_per_side, image_latent_width=tokens_per_side,
       add_time_embeds=True, time_embed_dim=256, fusion_norm_eps=1e-6,
       dtype="float32", param_dtype="float32", remat_policy="none", scan_layers=False,
+      # "dense" (reference) or "chunked" (same numbers, O(chunk * L) attention memory).
+      attention_impl="dense", attention_chunk_size=512,
       # "compute": RoPE inv_freq rounded to the compute dtype as in the original's bf16
       # runs (its training and inference); "float32": exact. See docs/inference.md.
       rope_inv_freq_dtype="compute"))

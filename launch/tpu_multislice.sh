@@ -2,12 +2,13 @@
 # Train over several TPU slices (multislice, DCN between slices) with queued resources.
 #
 #   TPU_PREFIX=showo2 ZONE=us-east5-a NUM_SLICES=2 WORKDIR=gs://bucket/runs/stage2 \
-#     launch/tpu_multislice.sh [--dry-run] --config stage2_1p5b:c --config.mesh.data=2 --config.mesh.fsdp=-1
+#     launch/tpu_multislice.sh [--dry-run] --config stage2_1p5b:c --config.mesh.data=1 --config.mesh.fsdp=-1
 #
 # Each slice is its own TPU VM pod named ${TPU_PREFIX}-<i>; MEGASCALE_* tells the
 # runtime which slice a host belongs to and where slice 0's coordinator is, and
-# jax.distributed.initialize() picks that up. Put the slice count on the `data`
-# mesh axis (data parallel across the slow DCN links) and FSDP inside a slice.
+# jax.distributed.initialize() picks that up. `config.mesh.data/fsdp/tensor` are
+# sizes inside a slice; `mesh.dcn_data=-1` (the default) puts the slices on the
+# data axis (data parallel across the slow DCN links), FSDP stays inside a slice.
 # One ssh per worker of every slice, in parallel; each exit code is printed and
 # the worst returned (an error beats 143, which beats 0). --dry-run prints the
 # commands instead; NUM_WORKERS (workers per slice) skips asking gcloud.

@@ -92,10 +92,17 @@ class Showo2Config:
   # its inference scripts, DeepSpeed's bf16 engine in its training: the released
   # weights were trained that way); "float32" keeps them exact. No effect in float32.
   rope_inv_freq_dtype: str = "compute"
-  remat_policy: str = "none"        # none | full | dots | dots_with_no_batch_dims
+  remat_policy: str = "none"        # see layers.remat_policy for the names
   scan_layers: bool = False
+  # LLM and flow-head attention (models/attention.py): "dense" (the reference) or
+  # "chunked" (pure JAX, attention_chunk_size query rows at a time; same numbers,
+  # O(chunk * L) instead of O(L^2) attention memory).
+  attention_impl: str = "dense"
+  attention_chunk_size: int = 512
 
   def __post_init__(self):
+    if self.attention_impl not in ("dense", "chunked"):
+      raise ConfigError(f"attention_impl must be 'dense' or 'chunked', got {self.attention_impl!r}")
     if self.rope_inv_freq_dtype not in ("compute", "float32"):
       raise ConfigError(f"rope_inv_freq_dtype must be 'compute' or 'float32', got {self.rope_inv_freq_dtype!r}")
 

@@ -69,6 +69,8 @@ class ModulatedAttentionBlock(nn.Module):
   config: FlowHeadConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention_impl: str = "dense"          # models/attention.py
+  attention_chunk_size: int = 512
 
   @nn.compact
   def __call__(self, x, cond, slot_index, rope, mask, cache=None, cache_index=None):
@@ -84,7 +86,7 @@ class ModulatedAttentionBlock(nn.Module):
     h = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
     a, new_cache = layers.GQAttention(
         d, c.num_heads, c.num_kv_heads, c.head_dim, qk_norm_eps=c.qk_norm_eps, name="self_attn",
-        **kw)(modulate(h, shift_msa, scale_msa), rope, mask, cache, cache_index)
+        attention_impl=self.attention_impl, attention_chunk_size=self.attention_chunk_size, **kw)(modulate(h, shift_msa, scale_msa), rope, mask, cache, cache_index)
     x = x + (gate_msa * a).astype(x.dtype)
     h = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     mlp = SwiGLU(d, c.intermediate_size, name="mlp", **kw)(modulate(h, shift_mlp, scale_mlp))
@@ -119,12 +121,15 @@ class FlowHead(nn.Module):
   scan_layers: bool = False
   remat_policy: str = "none"
   rope_inv_freq_dtype: str = "compute"   # see layers.rope_inv_freq_dtype
+  attention_impl: str = "dense"          # models/attention.py
+  attention_chunk_size: int = 512
 
   def setup(self):
     c = self.config
     self.layers = layers.make_layer_stack(
         ModulatedAttentionBlock, c.num_layers, scan=self.scan_layers, remat=self.remat_policy,
-        num_args=6, cache_argnum=4, config=c, dtype=self.dtype, param_dtype=self.param_dtype)
+        num_args=6, cache_argnum=4, config=c, dtype=self.dtype, param_dtype=self.param_dtype,
+        attention_impl=self.attention_impl, attention_chunk_size=self.attention_chunk_size)
     self.inv_freq = layers.rope_inv_freq(
         c.head_dim, c.rope_theta, c.rope_scaling,
         dtype=layers.rope_inv_freq_dtype(self.rope_inv_freq_dtype, self.dtype))

@@ -215,6 +215,8 @@ class GQAttention(nn.Module):
   qk_norm_eps: Optional[float] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention_impl: str = "dense"          # models/attention.py
+  attention_chunk_size: int = 512
 
   @nn.compact
   def __call__(self, x, rope, mask, cache=None, cache_index=None):
@@ -232,7 +234,9 @@ class GQAttention(nn.Module):
     cos, sin = rope
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k, v, new_cache = update_kv_cache(cache, k, v, cache_index)
-    out = dot_product_attention(q, k, v, mask, self.head_dim ** -0.5)
+    from showo2_jax.models import attention  # pylint: disable=import-outside-toplevel
+    out = attention.attention(q, k, v, mask, self.head_dim ** -0.5, impl=self.attention_impl,
+                              chunk_size=self.attention_chunk_size)
     out = checkpoint_name(out.reshape(b, l, self.num_heads * self.head_dim), "attn_out")
     out = dense(self.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj", **kw)(out)
     return out, new_cache

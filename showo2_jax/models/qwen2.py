@@ -39,6 +39,8 @@ class Qwen2DecoderLayer(nn.Module):
   config: Qwen2Config
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention_impl: str = "dense"          # models/attention.py
+  attention_chunk_size: int = 512
 
   @nn.compact
   def __call__(self, x, rope, mask, cache=None, cache_index=None):
@@ -47,6 +49,7 @@ class Qwen2DecoderLayer(nn.Module):
     h = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
     a, new_cache = layers.GQAttention(
         c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, qkv_bias=True, name="self_attn",
+        attention_impl=self.attention_impl, attention_chunk_size=self.attention_chunk_size,
         **kw)(h, rope, mask, cache, cache_index)
     x = x + a
     h = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
@@ -62,6 +65,8 @@ class Qwen2Model(nn.Module):
   scan_layers: bool = False
   remat_policy: str = "none"
   rope_inv_freq_dtype: str = "compute"   # see layers.rope_inv_freq_dtype
+  attention_impl: str = "dense"          # models/attention.py
+  attention_chunk_size: int = 512
 
   def setup(self):
     c = self.config
@@ -71,7 +76,8 @@ class Qwen2Model(nn.Module):
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
     self.layers = layers.make_layer_stack(
         Qwen2DecoderLayer, c.num_layers, scan=self.scan_layers, remat=self.remat_policy,
-        num_args=4, cache_argnum=2, config=c, **kw)
+        num_args=4, cache_argnum=2, config=c, attention_impl=self.attention_impl,
+        attention_chunk_size=self.attention_chunk_size, **kw)
     self.norm = layers.RMSNorm(c.rms_norm_eps, **kw)
     self.inv_freq = layers.rope_inv_freq(
         c.head_dim, c.rope_theta, dtype=layers.rope_inv_freq_dtype(self.rope_inv_freq_dtype, self.dtype))
@@ -95,11 +101,13 @@ class Qwen2ForCausalLM(nn.Module):
   scan_layers: bool = False
   remat_policy: str = "none"
   rope_inv_freq_dtype: str = "compute"   # see layers.rope_inv_freq_dtype
+  attention_impl: str = "dense"          # models/attention.py
+  attention_chunk_size: int = 512
 
   def setup(self):
     c = self.config
     self.model = Qwen2Model(c, self.dtype, self.param_dtype, self.scan_layers, self.remat_policy,
-                            self.rope_inv_freq_dtype)
+                            self.rope_inv_freq_dtype, self.attention_impl, self.attention_chunk_size)
     if not c.tie_word_embeddings:
       self.lm_head = layers.dense(c.vocab_size, ("embed", "vocab"), use_bias=False,
                                   dtype=self.dtype, param_dtype=self.param_dtype)

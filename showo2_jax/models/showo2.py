@@ -117,7 +117,8 @@ class Showo2(nn.Module):
     kw = dict(dtype=dtype, param_dtype=pdt)
     stack = dict(scan_layers=c.scan_layers, remat_policy=c.remat_policy)
     rope = dict(rope_inv_freq_dtype=c.rope_inv_freq_dtype)
-    self.showo = Qwen2ForCausalLM(c.llm, **kw, **stack, **rope)
+    attn = dict(attention_impl=c.attention_impl, attention_chunk_size=c.attention_chunk_size)
+    self.showo = Qwen2ForCausalLM(c.llm, **kw, **stack, **rope, **attn)
     self.image_embedder_und = PatchEmbed(c.siglip.hidden_size, c.patch_size, **kw)
     self.image_embedder_gen = PatchEmbed(c.hidden_size, c.patch_size, **kw)
     self.position_embedding = nn.Embed(
@@ -129,7 +130,7 @@ class Showo2(nn.Module):
     if c.has_projections:
       self.time_embed_proj = layers.dense(c.hidden_size, ("embed_out", "embed"), **kw)
       self.diff_proj = DiffProj(c.flow_head.hidden_size, **kw)
-    self.diffusion_head_a = fh.FlowHead(c.flow_head, **kw, **stack, **rope)
+    self.diffusion_head_a = fh.FlowHead(c.flow_head, **kw, **stack, **rope, **attn)
     self.diffusion_head_b = fh.FinalLayer(c.flow_head, c.patch_dim, **kw)
 
   # ------------------------------------------------------------- visual tokens
@@ -179,8 +180,8 @@ class Showo2(nn.Module):
     slot = omni_mask.scatter_slot_index(modality_positions, local, self.empty_slots_overwrite_bos)
     offset = jnp.take_along_axis(modality_positions[..., 0], jnp.maximum(slot, 0), axis=1)
     r = jnp.clip(local - offset, 0, visual_tokens.shape[1] - 1)
-    k = jnp.arange(b, dtype=jnp.int32)[:, None] * m + jnp.maximum(slot, 0)
-    gathered = visual_tokens[k, r]
+    gathered = gather_rows(visual_tokens.reshape((b, m) + visual_tokens.shape[1:]),
+                           jnp.maximum(slot, 0), r)
     return jnp.where(slot[..., None] >= 0, gathered.astype(emb.dtype), emb)
 
   # ------------------------------------------------------------------ the heads
@@ -236,6 +237,17 @@ class Showo2(nn.Module):
     if compute_velocity and te is not None:
       out["v_tok"], _ = self.flow(hidden, te, modality_positions, positions, attention_mask)
     return out
+
+
+def gather_rows(per_slot: jax.Array, slot: jax.Array, index: jax.Array) -> jax.Array:
+  """out[b, l] = per_slot[b, slot[b, l], index[b, l]]: (B, M, N, F) -> (B, L, F).
+
+  A gather batched over rows (vmap), never a flat index into all B*M slots: each
+  device reads only its own rows, and the backward scatter-adds into a
+  (B_local, M, N, F) buffer instead of a zero buffer sized by the global batch
+  (which XLA would then all-reduce across the data-parallel devices).
+  """
+  return jax.vmap(lambda x, s, i: x[s, i])(per_slot, slot, index)
 
 
 def _default_positions(b, l):
@@ -311,8 +323,8 @@ def flow_targets_and_mask(image_labels, image_masks, modality_positions, patch_d
   slot = omni_mask.modulation_slot_index(modality_positions, local)
   o = jnp.take_along_axis(modality_positions[..., 0], jnp.maximum(slot, 0), axis=1)
   r = local - o - 1
-  k = jnp.arange(b, dtype=jnp.int32)[:, None] * m + jnp.maximum(slot, 0)
-  picked = tokens[k, jnp.clip(r, 0, tokens.shape[1] - 1)]
+  picked = gather_rows(tokens.reshape((b, m) + tokens.shape[1:]), jnp.maximum(slot, 0),
+                       jnp.clip(r, 0, tokens.shape[1] - 1))
   labels = jnp.where(((slot >= 0) & (r >= 0))[..., None], picked, 0.0)
   is_time = jnp.any(local[:, None, :] == modality_positions[..., 0][:, :, None], axis=1)
   mask = (image_masks > 0) & ~is_time

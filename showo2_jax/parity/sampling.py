@@ -73,16 +73,18 @@ def _understanding(model, params, d) -> List[Result]:
           ("und_full_logits (cached)", rel_err(logits, full), THRESHOLD)]
 
 
-def run_sampling_parity(fixture_dir) -> List[Result]:
+def run_sampling_parity(fixture_dir, **model_overrides) -> List[Result]:
   """(name, rel_err, threshold) per check of `fixture_dir/sampling.npz`; [] without it.
 
   Runs in float32 on the directory's original checkpoint (any such directory).
+  `model_overrides`: Showo2Config fields that must not change the numbers
+  (`attention_impl="chunked"`, `attention_chunk_size=...`).
   """
   path = os.path.join(os.fspath(fixture_dir), "sampling.npz")
   if not os.path.exists(path):
     return []
   config, params = load_original(os.fspath(fixture_dir), dtype=np.float32)
-  config = config.replace(dtype="float32", param_dtype="float32")
+  config = config.replace(dtype="float32", param_dtype="float32", **model_overrides)
   model = Showo2(config, empty_slots_overwrite_bos=False)
   params = jax.tree.map(jnp.asarray, params)
   with np.load(path) as npz:

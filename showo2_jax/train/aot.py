@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 
 import jax
 import numpy as np
 
 from showo2_jax import sharding as sharding_lib
-from showo2_jax.train import data as data_lib, optimizer as optimizer_lib, tasks
+from showo2_jax.train import data as data_lib, flops as flops_lib, optimizer as optimizer_lib, tasks
 from showo2_jax.train import state as state_lib, step as step_lib, vae_encoder
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class CompileReport:
   devices: int
   mesh: dict
   platform: str
+  device_kind: str
   params: int
   trainable: int
   argument_bytes: int
@@ -39,25 +41,51 @@ class CompileReport:
   temp_bytes: int
   alias_bytes: int
   code_bytes: int
-  flops: float
+  xla_peak_bytes: int            # XLA's own peak (TPU: what it checks against HBM; 0 on CPU)
+  flops: float                   # XLA cost analysis, per device (a scanned body counted once)
+  model_flops: float             # flops.train_flops_per_step / devices (remat not counted)
+  tokens_per_device: float       # tokens of one step per device
   compile_seconds: float
 
   @property
-  def peak_bytes(self) -> int:
-    """What must fit in one device's memory: live args + outputs + temporaries,
-    with donated (aliased) buffers counted once."""
+  def sum_bytes(self) -> int:
+    """Arguments + outputs + temporaries, donated (aliased) buffers counted once:
+    an upper bound of what one device holds at once."""
     return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
 
+  @property
+  def peak_bytes(self) -> int:
+    """What must fit in one device's memory: XLA's peak where the backend reports
+    it (TPU), else the upper bound `sum_bytes`."""
+    return self.xla_peak_bytes or self.sum_bytes
+
   def lines(self) -> list[str]:
+    hbm = HBM_BYTES.get(self.device_kind)
+    fit = ""
+    if hbm:
+      fit = f" of {_bytes(hbm)} HBM ({100 * self.peak_bytes / hbm:.0f}%)"
+      fit += "" if self.peak_bytes <= hbm else ": DOES NOT FIT"
+    peak_src = "XLA peak_memory_in_bytes" if self.xla_peak_bytes else "args + outputs + temps - aliased"
     return [
-        f"devices: {self.devices} ({self.platform}), mesh {self.mesh}",
+        f"devices: {self.devices} ({self.device_kind or self.platform}), mesh {self.mesh}",
         f"params: {_count(self.params)} ({_count(self.trainable)} trainable)",
         f"per device: arguments {_bytes(self.argument_bytes)}, outputs {_bytes(self.output_bytes)}, "
         f"temporaries {_bytes(self.temp_bytes)}, donated/aliased {_bytes(self.alias_bytes)}",
-        f"per device peak (args + outputs + temps - aliased): {_bytes(self.peak_bytes)}",
-        f"XLA cost analysis: {self.flops / 1e9:.3f} GFLOP per step per device; "
-        f"compiled in {self.compile_seconds:.0f} s",
+        f"per device peak ({peak_src}): {_bytes(self.peak_bytes)}{fit}",
+        f"FLOPs per step per device: model {_flops(self.model_flops)} "
+        f"({self.tokens_per_device:g} tokens; train/flops.py, no remat), XLA cost analysis "
+        f"{_flops(self.flops)} (counts a scanned layer stack once); compiled in "
+        f"{self.compile_seconds:.0f} s",
     ]
+
+
+# Per-device HBM by `device_kind` (chip for v5p/v5e/v6e; one TensorCore's share on v4).
+HBM_BYTES = {
+    "TPU v4": 16 * 2 ** 30,       # 32 GiB per chip, two cores
+    "TPU v5": 95 * 2 ** 30,       # v5p: 95 GiB per chip
+    "TPU v5 lite": 16 * 2 ** 30,  # v5e
+    "TPU v6 lite": 32 * 2 ** 30,  # v6e (Trillium)
+}
 
 
 def _bytes(n: float) -> str:
@@ -67,18 +95,77 @@ def _bytes(n: float) -> str:
   return f"{int(n)} B"
 
 
+def _flops(n: float) -> str:
+  for unit, size in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+    if n >= size:
+      return f"{n / size:.3f} {unit}"
+  return f"{n:.0f} FLOP"
+
+
 def _count(n: float) -> str:
   return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
 
 
-def tpu_devices(topology: str):
-  """Devices of a TPU topology such as 'v5p-256' or 'v5e:4x4' (libtpu required)."""
+# Slice names count TensorCores on v4/v5p (two per chip, one megacore device)
+# and chips on v5e/v6e; libtpu wants the physical chip grid.
+_CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v5litepod": 1, "v6e": 1}
+_GENERATION = {"v5litepod": "v5e"}
+
+
+def tpu_topology_name(name: str) -> str:
+  """'v5p-128' (a slice name, as `gcloud` and Cloud TPU docs spell it) or a raw
+  'v5p:4x4x4' -> the libtpu topology name ('v5p:4x4x4').
+
+  Slice sizes count TensorCores for v4/v5p (v5p-128 = 64 chips = 4x4x4) and
+  chips for v5e/v6e (v5e-256 = 16x16). The chip grid is Google's standard one:
+  3-D tori for v4/v5p (2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4, 4x4x8, ...), 2-D for
+  v5e/v6e (1x1, 2x2, 2x4, 4x4, 4x8, 8x8, 8x16, 16x16). Raises ValueError for
+  other names or sizes.
+  """
+  if ":" in name:
+    gen, _, grid = name.partition(":")
+    if not grid or not all(p.isdigit() for p in grid.split("x")):
+      raise ValueError(f"TPU topology '{name}': expected GENERATION:AxBxC such as v5p:4x4x4")
+    return name
+  gen, _, size = name.partition("-")
+  if gen not in _CORES_PER_CHIP or not size.isdigit():
+    raise ValueError(f"TPU topology '{name}': expected a slice name such as v5p-128, v4-64, "
+                     f"v5e-256 or v6e-256 ({', '.join(_CORES_PER_CHIP)}), or a raw v5p:4x4x4")
+  per_chip = _CORES_PER_CHIP[gen]
+  chips, rest = divmod(int(size), per_chip)
+  if rest or chips < 1 or chips & (chips - 1):
+    raise ValueError(f"TPU topology '{name}': {size} is not a standard {gen} slice size "
+                     f"(a power of two{' of TensorCores, 2 per chip' if per_chip == 2 else ' of chips'}); "
+                     "pass the chip grid, e.g. v5p:4x4x6")
+  gen = _GENERATION.get(gen, gen)
+  if per_chip == 2:                     # 3-D torus: grow the smallest axis, from 2x2x1
+    dims = [2, 2, 1] if chips >= 4 else [chips, 1, 1]
+    while dims[0] * dims[1] * dims[2] < chips:
+      i = max(j for j in range(3) if dims[j] == min(dims))
+      dims[i] *= 2
+      dims.sort()
+    if chips < 4:
+      dims = sorted(dims, reverse=True)
+  else:                                 # 2-D torus: AxB with A <= B <= 2A
+    a = 1 << ((chips.bit_length() - 1) // 2)
+    dims = [a, chips // a]
+  return f"{gen}:{'x'.join(map(str, dims))}"
+
+
+def tpu_devices(topology: str, num_slices: int = 1):
+  """Devices of a TPU topology such as 'v5p-256' or 'v5e:4x4' (libtpu required),
+  `num_slices` copies of it joined over DCN (multislice). Nothing is allocated:
+  these devices can be compiled for, not run on."""
+  name = tpu_topology_name(topology)
+  # A CPU host may have another process holding libtpu's lock file; describing a
+  # topology uses no TPU, so several processes may do it at once.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   try:
-    topo = topologies.get_topology_desc(topology_name=topology, platform="tpu")
+    topo = topologies.get_topology_desc(topology_name=name, platform="tpu", num_slices=num_slices)
   except Exception as e:  # noqa: BLE001 - surfaces libtpu's own message
-    raise RuntimeError(f"cannot describe TPU topology '{topology}' ({e}); it needs libtpu "
-                       f"(pip install 'jax[tpu]'). Use --topology cpu:N for fake CPU devices.") from e
+    raise RuntimeError(f"cannot describe TPU topology '{name}' ({str(e).splitlines()[0]}); it needs "
+                       f"libtpu (pip install -e '.[tpu]'). Use --topology cpu:N for fake CPU devices.") from e
   return list(topo.devices)
 
 
@@ -126,12 +213,19 @@ def compile_train_step(config, devices) -> CompileReport:
     for p in path:
       leaf = leaf[p]
     counts[label == "frozen"] = counts.get(label == "frozen", 0) + int(np.prod(leaf.shape))
+  gb, seq_len = int(config.train.global_batch_size), int(config.max_seq_len)
+  model_flops = flops_lib.train_flops_per_step(tasks.build(config).model_config, seq_len,
+                                               data_lib.slots_per_row(config), gb)
   return CompileReport(
       devices=len(devices), mesh=dict(mesh.shape), platform=devices[0].platform,
+      device_kind=str(getattr(devices[0], "device_kind", "")),
       params=sum(counts.values()), trainable=counts.get(False, 0),
       argument_bytes=int(getattr(mem, "argument_size_in_bytes", 0)),
       output_bytes=int(getattr(mem, "output_size_in_bytes", 0)),
       temp_bytes=int(getattr(mem, "temp_size_in_bytes", 0)),
       alias_bytes=int(getattr(mem, "alias_size_in_bytes", 0)),
       code_bytes=int(getattr(mem, "generated_code_size_in_bytes", 0)),
-      flops=float((cost or {}).get("flops", 0.0)), compile_seconds=seconds)
+      xla_peak_bytes=int(getattr(mem, "peak_memory_in_bytes", 0) or 0),
+      flops=float((cost or {}).get("flops", 0.0)),
+      model_flops=model_flops / len(devices), tokens_per_device=gb * seq_len / len(devices),
+      compile_seconds=seconds)

@@ -61,8 +61,11 @@ def make_state(params, rng, labels, tx) -> TrainState:
 def layout(init_params_fn: Callable, make_tx: Callable, labels_fn: Callable, mesh: Mesh,
            rules=sharding_lib.LOGICAL_AXIS_RULES) -> StateLayout:
   """init_params_fn(rng) -> boxed params (no 'params' collection key);
-  labels_fn(params) -> flat labels; make_tx(labels) -> optax transform."""
-  rng = jax.random.PRNGKey(0)
+  labels_fn(params) -> flat labels; make_tx(labels) -> optax transform.
+
+  Runs nothing on the mesh's devices (shapes only), so `mesh` may be made of
+  abstract devices of a TPU topology description (AOT on a CPU host)."""
+  rng = jax.ShapeDtypeStruct((2,), jnp.uint32)   # a raw PRNGKey's shape, not a value
   boxed = jax.eval_shape(init_params_fn, rng)
   labels = labels_fn(values(boxed))
   tx = make_tx(partition.trainable_labels(labels))

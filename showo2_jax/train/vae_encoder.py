@@ -143,7 +143,8 @@ def _param_shapes(cfg: wan.WanVAEConfig):
   s = cfg.spatial_factor
   x = jax.ShapeDtypeStruct((1, 1 + wan.ENCODE_CHUNK_FRAMES, s, s, 3), jnp.float32)
   z = jax.ShapeDtypeStruct((1, 2, 1, 1, cfg.z_dim), jnp.float32)
-  return encoder_half(jax.eval_shape(wan.WanVAE(cfg).init, jax.random.PRNGKey(0), x, z)["params"])
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)     # shapes only: nothing runs on any device
+  return encoder_half(jax.eval_shape(wan.WanVAE(cfg).init, key, x, z)["params"])
 
 
 def encoder_half(params) -> dict:

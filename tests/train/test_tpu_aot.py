@@ -1,0 +1,78 @@
+"""AOT compilation for TPU topologies on a CPU host (libtpu, no TPU), and mesh layout."""
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+from showo2_jax import sharding
+from showo2_jax.train import aot
+
+from tests.train import runs
+
+
+@pytest.mark.parametrize("name, grid", [
+    ("v5p-8", "v5p:2x2x1"), ("v5p-16", "v5p:2x2x2"), ("v5p-32", "v5p:2x2x4"),
+    ("v5p-64", "v5p:2x4x4"), ("v5p-128", "v5p:4x4x4"), ("v5p-256", "v5p:4x4x8"),
+    ("v5p-1024", "v5p:8x8x8"), ("v4-8", "v4:2x2x1"), ("v5e-8", "v5e:2x4"),
+    ("v5litepod-16", "v5e:4x4"), ("v5e-256", "v5e:16x16"), ("v6e-256", "v6e:16x16"),
+    ("v6e-128", "v6e:8x16"), ("v5p:4x4x6", "v5p:4x4x6")])
+def test_slice_names_count_cores_on_v4_v5p_and_chips_on_v5e_v6e(name, grid):
+  assert aot.tpu_topology_name(name) == grid
+
+
+@pytest.mark.parametrize("name", ["v5p-12", "v5p-7", "v7x-8", "v5p", "v5p:4y4", "tpu-8"])
+def test_bad_topology_names_say_what_is_expected(name):
+  with pytest.raises(ValueError, match="TPU topology"):
+    aot.tpu_topology_name(name)
+
+
+def test_mesh_sizes_across_slices_must_match_the_slices():
+  devices = jax.devices()[:1]
+  with pytest.raises(ValueError, match="dcn"):
+    sharding.create_mesh({"data": -1, "dcn_fsdp": 2}, devices)
+  with pytest.raises(ValueError, match="8 are available|devices"):
+    sharding.create_mesh({"data": 8}, devices)
+  mesh = sharding.create_mesh({"data": -1}, devices)
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+
+
+SCRIPT = textwrap.dedent("""
+    import contextlib, io, sys
+    from showo2_jax.cli import main as cli_main
+    from showo2_jax import sharding
+    from showo2_jax.train import aot
+    # The TPU topology's devices lay out on the torus (no fallback) and over slices.
+    devs = aot.tpu_devices("v5p:2x2x1", 2)
+    mesh = sharding.create_mesh({"data": 1, "fsdp": -1, "tensor": 1, "dcn_data": 2}, devs)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}, mesh.shape
+    slices = [[d.slice_index for d in row.ravel()] for row in mesh.devices]
+    assert slices == [[0] * 4, [1] * 4], slices        # data over DCN, fsdp inside a slice
+    for argv in (["--topology", "tpu:v5p-8", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+                  "--config.mesh.tensor=2"],
+                 ["--topology", "tpu:v5p:2x2x1", "--slices", "2", "--config.mesh.data=1",
+                  "--config.mesh.fsdp=-1", "--config.mesh.dcn_data=2"]):
+      out = io.StringIO()
+      with contextlib.redirect_stdout(out):
+        rc = cli_main.main(["compile", "--config", "tiny_train"] + argv)
+      print(out.getvalue())
+      assert rc == 0, argv
+    rc = cli_main.main(["compile", "--config", "tiny_train", "--topology", "tpu:v5p-12"])
+    assert rc == 1
+    print("OK")
+""")
+
+
+def test_tiny_train_step_compiles_for_a_tpu_slice_and_two_slices():
+  """The whole step (state layout, batch shardings, step) built for abstract TPU
+  devices and compiled by the TPU compiler, one slice and two over DCN."""
+  proc = subprocess.run([sys.executable, "-c", SCRIPT], env=runs.env(1), cwd=runs.REPO,
+                        capture_output=True, text=True, timeout=900)
+  out = proc.stdout
+  assert proc.returncode == 0 and "OK" in out, out[-3000:] + proc.stderr[-3000:]
+  assert "devices: 4 (TPU v5), mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in out
+  assert "devices: 8 (TPU v5), mesh {'data': 2, 'fsdp': 4, 'tensor': 1}" in out
+  assert out.count("per device peak (XLA peak_memory_in_bytes)") == 2
+  assert "of 95.00 GiB HBM" in out
+  assert "not a standard v5p slice size" in proc.stderr
