@@ -30,6 +30,8 @@ STAGE2_GROUP_PATTERNS = dict(
 def add_training(c, *, num_steps, global_batch_size, seed=10086):
   """Adds the train/optim/checkpoint/init/data blocks to a model config `c`."""
   c.seed = seed
+  # The Qwen2.5-Instruct tokenizer directory; read only by file data (`--data`, `data.streams`).
+  c.tokenizer_path = ""
   # The frozen VAE that encodes `pixel_values` inside the step (spec 7.1 step 1). Only
   # read when batches carry pixels and no latents; precomputed latents are faster.
   # Wan2.1_VAE.pth, a .safetensors, a directory holding one, an Orbax wan_vae dir

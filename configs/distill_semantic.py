@@ -4,7 +4,8 @@
 26 SigLIP-so400m layers on 432-px latents to match SigLIP features (cosine
 loss on clean and noised latents). `--config distill_semantic:tiny` is the
 fixture-sized version on synthetic data (tests, demos). Stage 1 then reads the
-result with `init.semantic_layers_from`.
+result with `init.sources = ("semantic:<this run>", ...)`. Real data: see
+docs/training.md (precompute-latents --teacher, then data.source=array_record).
 
 The original's distillation hyper-parameters are not released; the values below
 (AdamW 1e-4, 2000 warm-up steps) are ours.
@@ -32,4 +33,7 @@ def get_config(arg=None):
   c.train.task = "distill_semantic"
   c.train.frozen = ()
   c.data.update(dict(t2i_rows=1, mmu_rows=0, max_images=1))
+  # Real data: source="array_record" and `path` = the glob of the shards written by
+  # `showo2-jax precompute-latents --teacher <SigLIP dir>` (latents + SigLIP features).
+  c.data.path = ""
   return c

@@ -7,6 +7,10 @@ showlab/show-o2-1.5B (`init.from_original` or `init.from_orbax`), constant lr
 up to 4 images of 730 tokens. Per row, with probability 0.7 the first
 idx ~ U{1..last} images are clean context (t = 1, out of the flow loss).
 Batch 2 rows per GPU; 8 GPUs assumed -> global 16.
+
+Data (`--data FILE`; example configs/data/mixed_modality.yaml): one `vist`
+stream (VIST-style json: images + captions per story, max_num_images 4).
+Also set `tokenizer_path`.
 """
 from configs import _train_common as tc
 from configs import common, models

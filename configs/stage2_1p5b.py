@@ -12,6 +12,11 @@ head). `time_embed` is in no group and so never updated, as in the original
 | b   | LLaVA-OV 1.5 + DenseFusion    | everything (but t.e.) | 2e-6 / 1e-5 / 1e-5   |
 | c   | LLaVA-OV SI 3.2M (tuning)     | everything (but t.e.) | 2e-6 / 1e-5 / 1e-5   |
 num_steps is len(dataset) // (rows_mmu * GPUs): set it for your data.
+
+Data (`--data FILE`; example configs/data/stage2.yaml): `t2i` (image-text
+JSONL, min_res 512) then `mmu` (task llava: LLaVA json + image folder, `stage`
+pre-training | pre-training-1-5 | tuning for 2a | 2b | 2c), 4 + 4 rows per
+device (7B: 2 + 2). Also set `tokenizer_path`.
 """
 from configs import _train_common as tc
 from configs import common, models

@@ -35,11 +35,18 @@ def add_arguments(parser):
                       help="wan: the Wan2.1 VAE; pool: 8x average pooling to 16 channels, a "
                            "VAE-free stand-in for pipeline dry runs")
   parser.add_argument("--vae-weights", default=None,
-                      help="Wan2.1 VAE checkpoint (.pth/.safetensors); required with --encoder wan "
+                      help="Wan2.1 VAE checkpoint (.pth/.safetensors, or an Orbax wan_vae "
+                           "directory with its own config); required with --encoder wan "
                            "unless --random-vae")
   parser.add_argument("--random-vae", action="store_true",
                       help="encode with a randomly initialised Wan VAE (--seed): only for dry runs "
                            "of the data path, the latents mean nothing")
+  parser.add_argument("--teacher", default=None, metavar="SIGLIP_DIR",
+                      help="also store SigLIP features of each image (`latents_teacher`) from this "
+                           "HF SigLIP directory: the records semantic-layer distillation reads")
+  parser.add_argument("--teacher-layer", type=int, default=-1,
+                      help="SigLIP hidden state to store: -1 = all layers but the last (the depth "
+                           "of und_trans, default), k = after k layers")
   parser.add_argument("--deterministic", action="store_true",
                       help="store the posterior mean only (no latents_logvar)")
   parser.add_argument("--resolution", type=int, default=None, help="override the config's")
@@ -83,6 +90,8 @@ def run(args) -> int:
   load = tasks.pixel_loader(args.kind, resolution, min_res=args.min_res, num_frames=args.num_frames)
   encode = pool_encoder if args.encoder == "pool" else wan_encoder(
       cfg, args.vae_weights, deterministic=args.deterministic, seed=args.seed)
+  if args.teacher:
+    encode = with_teacher(encode, args.teacher, args.teacher_layer)
   result = precompute.precompute_latents(
       precompute.with_pixels(records, load), encode, args.out, batch_size=args.batch_size,
       num_shards=args.num_shards, records_per_shard=args.records_per_shard,
@@ -91,6 +100,19 @@ def run(args) -> int:
   print(f"wrote {result.num_records} records to {len(result.shards_written)} shards in {args.out} "
         f"({len(result.shards_skipped)} shards already done, {result.num_skipped} records skipped)")
   return 0
+
+
+def with_teacher(encode, siglip_dir: str, layer: int = -1):
+  """encode_fn that adds `latents_teacher`: SigLIP pixel-tower features of each image."""
+  from showo2_jax.models import siglip_vision  # pylint: disable=g-import-not-at-top
+  teacher = siglip_vision.teacher_encoder(siglip_dir, layer)
+
+  def both(pixels):
+    out = encode(pixels)
+    out = dict(out) if isinstance(out, dict) else {"latents": out}
+    out["latents_teacher"] = teacher(pixels)
+    return out
+  return both
 
 
 def pool_encoder(pixels: np.ndarray, stride: int = 8, channels: int = 16) -> np.ndarray:
@@ -109,9 +131,15 @@ def wan_encoder(cfg, weights: str | None, *, deterministic: bool, seed: int = 0)
     from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise CliError(f"the Wan VAE is not available in this build ({e}); use --encoder pool") from e
-  vae_cfg = wan.WanVAEConfig.from_config_dict(cfg.vae)
-  params = (loading.load_wan_vae_params(weights, vae_cfg) if weights
-            else wan.init_params(jax.random.PRNGKey(seed), vae_cfg))
+  from showo2_jax.sample import loading as sample_loading  # pylint: disable=g-import-not-at-top
+  if weights and sample_loading.is_orbax_dir(weights):
+    # An Orbax wan_vae checkpoint carries its own architecture and latent statistics.
+    vae = sample_loading.load_vae(weights)
+    vae_cfg, params = vae.config, vae.params
+  else:
+    vae_cfg = wan.WanVAEConfig.from_config_dict(cfg.vae)
+    params = (loading.load_wan_vae_params(weights, vae_cfg) if weights
+              else wan.init_params(jax.random.PRNGKey(seed), vae_cfg))
 
   def encode(pixels):
     mu, logvar = wan.encode_posterior(params, pixels, vae_cfg)

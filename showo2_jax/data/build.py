@@ -12,6 +12,9 @@ from __future__ import annotations
 import glob
 from typing import NamedTuple
 
+import grain
+
+from showo2_jax import paths as paths_lib
 from showo2_jax.data import pipeline
 from showo2_jax.data import sources
 from showo2_jax.data import tasks
@@ -54,14 +57,19 @@ def task_spec(name: str) -> TaskSpec:
 
 
 def load_records(kind: str, source: str, path: str, media_root: str | None = None):
-  """Records (grain.MapDataset) of a record kind from annotation files, shards or TFDS."""
+  """Records (grain.MapDataset) of a record kind from annotation files (a path or a
+  glob: the files' records concatenated in name order), shards or TFDS."""
   if source == "files":
-    return FILE_SOURCES[kind](path, media_root)
+    files = paths_lib.glob(path) if glob.has_magic(path) else [path]
+    if not files:
+      raise FileNotFoundError(f"no annotation files match {path!r}")
+    parts = [FILE_SOURCES[kind](f, media_root) for f in files]
+    return parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
   if source == "array_record":
-    paths = sorted(glob.glob(path))
-    if not paths:
+    files = paths_lib.glob(path)
+    if not files:
       raise FileNotFoundError(f"no ArrayRecord files match {path!r}")
-    return sources.array_record_source(paths)
+    return sources.array_record_source(files)
   if source == "tfds":
     from showo2_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
     return tfds_builder.tfds_source(path)

@@ -101,18 +101,34 @@ def _as_tuple(batch):
 def concat_batches(batches: Sequence[dict]) -> dict:
   """Rows of all streams, in stream order; slot axes folded into the batch axis.
 
-  Streams must agree on L, M and the visual input kind (pixels or latents) and
-  shape, as the original's concatenation required.
+  Streams must agree on L and the visual input kind (pixels or latents) and
+  shape, as the original's concatenation required. Rows with fewer image slots
+  than the widest stream (t2i: M = 1 beside interleaved rows: M = 4) get empty
+  slots, position (0, 0) and zero images, as an interleaved row with fewer images
+  has: the step gives them no tokens and no loss.
   """
   keys = set(batches[0])
   for b in batches[1:]:
     if set(b) != keys:
       raise ValueError(f"streams produce different fields: {sorted(keys)} vs {sorted(b)}")
+  if "modality_positions" in keys:
+    m = max(b["modality_positions"].shape[1] for b in batches)
+    batches = [{k: _pad_slots(v, m) if k == "modality_positions" or tasks_lib.is_visual_key(k) else v
+                for k, v in b.items()} for b in batches]
   out = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
   for k in out:
     if tasks_lib.is_visual_key(k):
       out[k] = out[k].reshape((-1,) + out[k].shape[2:])
   return out
+
+
+def _pad_slots(v: np.ndarray, m: int) -> np.ndarray:
+  """(B, M', ...) -> (B, m, ...) with zero slots appended."""
+  if v.shape[1] == m:
+    return v
+  pad = [(0, 0)] * v.ndim
+  pad[1] = (0, m - v.shape[1])
+  return np.pad(v, pad)
 
 
 def make_loader(dataset: grain.IterDataset, *, num_workers: int = 0,

@@ -43,7 +43,9 @@ class TimestepEmbedder(nn.Module):
 
   @nn.compact
   def __call__(self, t):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.02))
+    # Weights N(0, 0.02) (the original's DiT init); biases PyTorch's default.
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=nn.initializers.normal(0.02),
+              bias_init=layers.TORCH_LINEAR_BIAS)
     x = timestep_sinusoid(t, self.frequency_dim).astype(self.dtype)
     x = layers.dense(self.hidden_size, ("freq", "embed"), name="mlp_0", **kw)(x)
     return layers.dense(self.hidden_size, ("embed", "embed_out"), name="mlp_2", **kw)(layers.silu(x))
@@ -86,10 +88,13 @@ class ModulatedAttentionBlock(nn.Module):
     h = layers.RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x)
     a, new_cache = layers.GQAttention(
         d, c.num_heads, c.num_kv_heads, c.head_dim, qk_norm_eps=c.qk_norm_eps, name="self_attn",
-        attention_impl=self.attention_impl, attention_chunk_size=self.attention_chunk_size, **kw)(modulate(h, shift_msa, scale_msa), rope, mask, cache, cache_index)
+        kernel_init=layers.torch_linear_kernel_init, attention_impl=self.attention_impl,
+        attention_chunk_size=self.attention_chunk_size, **kw)(modulate(h, shift_msa, scale_msa), rope,
+                                                              mask, cache, cache_index)
     x = x + (gate_msa * a).astype(x.dtype)
     h = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
-    mlp = SwiGLU(d, c.intermediate_size, name="mlp", **kw)(modulate(h, shift_mlp, scale_mlp))
+    mlp = SwiGLU(d, c.intermediate_size, name="mlp", kernel_init=layers.torch_linear_kernel_init,
+                 **kw)(modulate(h, shift_mlp, scale_mlp))
     x = x + (gate_mlp * mlp).astype(x.dtype)
     return nn.with_logical_constraint(x, ACT), new_cache
 

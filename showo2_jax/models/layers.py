@@ -3,6 +3,9 @@
 Every parameter is created with logical axis names (`nn.with_logical_partitioning`);
 `showo2_jax.sharding` maps them to mesh axes. Numerics follow the PyTorch original
 (spec 2.6): norms compute in float32 and cast back *before* the weight multiply.
+In bf16 they round where PyTorch's bf16 kernels do: matmuls (Dense, attention)
+accumulate in float32, a bias is added in float32, activations compute in float32,
+and each rounds once to the compute dtype; attention scores and softmax stay fp32.
 """
 from __future__ import annotations
 
@@ -19,6 +22,15 @@ Dtype = Any
 KVCache = dict  # {"k": (B, S, Hkv, Dh), "v": (B, S, Hkv, Dh)}
 
 default_kernel_init = nn.initializers.lecun_normal()
+
+# PyTorch's nn.Linear default init, kaiming_uniform_(a=sqrt(5)): weight and bias
+# ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)). The original relies on it for the layers
+# Show-o2 adds and stage 1 trains from scratch (fusion_proj, diff_proj,
+# time_embed_proj, the flow head's attention and MLP; spec 7.2 "fresh-init
+# facts": its Xavier re-init is a no-op), so ours start from the same law.
+torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# Pass as `bias_init`: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in read from the input.
+TORCH_LINEAR_BIAS = "torch_linear_bias"
 
 
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype: Dtype = jnp.float32,
@@ -53,7 +65,11 @@ class Dense(nn.Module):
     y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                             (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
     if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, (self.axes[1],)),
+      bias_init = self.bias_init
+      if isinstance(bias_init, str) and bias_init == TORCH_LINEAR_BIAS:
+        bound = 1.0 / np.sqrt(x.shape[-1])
+        bias_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+      bias = self.param("bias", nn.with_logical_partitioning(bias_init, (self.axes[1],)),
                         (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype).astype(jnp.float32)
     return y.astype(self.dtype)
@@ -215,6 +231,7 @@ class GQAttention(nn.Module):
   qk_norm_eps: Optional[float] = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  kernel_init: Any = default_kernel_init
   attention_impl: str = "dense"          # models/attention.py
   attention_chunk_size: int = 512
 
@@ -223,7 +240,8 @@ class GQAttention(nn.Module):
     b, l, _ = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     def proj(heads, axis, name):
-      y = dense(heads * self.head_dim, ("embed", axis), use_bias=self.qkv_bias, name=name, **kw)(x)
+      y = dense(heads * self.head_dim, ("embed", axis), use_bias=self.qkv_bias, name=name,
+                kernel_init=self.kernel_init, **kw)(x)
       return y.reshape(b, l, heads, self.head_dim)
     q = proj(self.num_heads, "heads", "q_proj")
     k = proj(self.num_kv_heads, "kv_heads", "k_proj")
@@ -238,7 +256,8 @@ class GQAttention(nn.Module):
     out = attention.attention(q, k, v, mask, self.head_dim ** -0.5, impl=self.attention_impl,
                               chunk_size=self.attention_chunk_size)
     out = checkpoint_name(out.reshape(b, l, self.num_heads * self.head_dim), "attn_out")
-    out = dense(self.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj", **kw)(out)
+    out = dense(self.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj",
+                kernel_init=self.kernel_init, **kw)(out)
     return out, new_cache
 
 

@@ -25,10 +25,12 @@ class SwiGLU(nn.Module):
   intermediate_size: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  kernel_init: Any = layers.default_kernel_init
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+              kernel_init=self.kernel_init)
     gate = layers.dense(self.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
     up = layers.dense(self.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
     h = nn.with_logical_constraint(layers.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))

@@ -64,8 +64,11 @@ class _PatchConv(nn.Module):
   def __call__(self, x):
     p = self.patch_size
     n, hh, ww, ch = x.shape
+    # The original's Xavier-uniform on the (out, in*k*k) view of the weight: fan_out
+    # is `features` alone (flax's conv xavier would also multiply it by k*k).
+    xavier = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=3)
     kernel = self.param("kernel", nn.with_logical_partitioning(
-        nn.initializers.xavier_uniform(), ("conv_h", "conv_w", "latent", "embed")),
+        xavier, ("conv_h", "conv_w", "latent", "embed")),
         (p, p, ch, self.features), self.param_dtype)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                       (self.features,), self.param_dtype)
@@ -74,6 +77,11 @@ class _PatchConv(nn.Module):
                    preferred_element_type=jnp.float32)
     y = y + bias.astype(self.dtype).astype(jnp.float32)
     return y.astype(self.dtype).reshape(n, -1, self.features)
+
+
+# PyTorch's nn.Linear default init (layers.torch_linear_kernel_init): the original
+# relies on it for fusion_proj, diff_proj and time_embed_proj (spec 7.2).
+TORCH_LINEAR = dict(kernel_init=layers.torch_linear_kernel_init, bias_init=layers.TORCH_LINEAR_BIAS)
 
 
 class FusionProj(nn.Module):
@@ -87,6 +95,7 @@ class FusionProj(nn.Module):
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = layers.RMSNorm(self.eps, name="norm", **kw)(x)
+    kw.update(TORCH_LINEAR)
     x = layers.dense(self.hidden_size, ("fusion_in", "embed"), name="fc1", **kw)(x)
     x = layers.gelu(x, approximate=False)
     return layers.dense(self.hidden_size, ("mlp", "embed"), name="fc2", **kw)(x)
@@ -100,7 +109,7 @@ class DiffProj(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, **TORCH_LINEAR)
     x = layers.dense(self.hidden_size, ("embed", "mlp"), name="fc1", **kw)(x)
     return layers.dense(self.hidden_size, ("mlp", "embed_out"), name="fc2", **kw)(layers.gelu(x, approximate=False))
 
@@ -128,7 +137,7 @@ class Showo2(nn.Module):
     self.fusion_proj = FusionProj(c.hidden_size, c.fusion_norm_eps, **kw)
     self.time_embed = fh.TimestepEmbedder(c.flow_head.hidden_size, c.time_embed_dim, **kw)
     if c.has_projections:
-      self.time_embed_proj = layers.dense(c.hidden_size, ("embed_out", "embed"), **kw)
+      self.time_embed_proj = layers.dense(c.hidden_size, ("embed_out", "embed"), **kw, **TORCH_LINEAR)
       self.diff_proj = DiffProj(c.flow_head.hidden_size, **kw)
     self.diffusion_head_a = fh.FlowHead(c.flow_head, **kw, **stack, **rope, **attn)
     self.diffusion_head_b = fh.FinalLayer(c.flow_head, c.patch_dim, **kw)
@@ -308,6 +317,57 @@ def ntp_loss(logits, text_labels, ignore_index: int = -100):
   target = jnp.take_along_axis(logits, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
   nll = lse - target.astype(jnp.float32)
   return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def ntp_loss_from_hidden(logits_fn, hidden, text_labels, ignore_index: int = -100,
+                         chunk_size: int = 256):
+  """`ntp_loss(logits_fn(hidden), text_labels)` without the (B, L, V) logits.
+
+  hidden (B, L, D) final-norm LLM states; logits_fn maps (B, n, D) -> (B, n, V)
+  (the model's own head, e.g. `Showo2.logits`, so the numbers are the same);
+  text_labels (B, L) int, `ignore_index` = no target. Returns the fp32 mean NLL.
+
+  The original applies the lm_head at every position and then ignores most of
+  them (image blocks, pads, prompts: ~98% of a small stage-2 batch). Here, within
+  each row, the shifted positions that have a target are moved to the front (a
+  stable sort; rows stay where they are, so a batch-sharded `hidden` needs no
+  communication), then a `lax.scan` runs the head and logsumexp on `chunk_size`
+  positions of every row at a time and skips (`lax.cond`) each chunk in which no
+  row has a target, forward and backward. Each chunk is rematerialised, so at
+  most one (B, chunk_size, V) block of logits lives at a time. The sum runs in a
+  different order than `ntp_loss` (fp32 rounding only).
+  """
+  b, _, d = hidden.shape
+  h = hidden[:, :-1]
+  labels = text_labels[:, 1:]
+  valid = labels != ignore_index
+  n = h.shape[1]
+  order = jnp.argsort(~valid, axis=1, stable=True)    # per row: labelled positions first
+  chunks = -(-n // chunk_size)
+  pad = chunks * chunk_size - n
+
+  def arrange(x):
+    x = jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((b, chunks, chunk_size) + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)                         # (chunks, B, chunk_size, ...)
+
+  h_c, lab_c, val_c = arrange(h), arrange(jnp.where(valid, labels, 0)), arrange(valid)
+
+  @jax.checkpoint
+  def chunk_nll(hc, lc, vc):
+    def compute():
+      logits = logits_fn(hc)
+      lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+      target = jnp.take_along_axis(logits, lc[..., None], axis=-1)[..., 0].astype(jnp.float32)
+      return jnp.sum(jnp.where(vc, lse - target, 0.0))
+    return jax.lax.cond(jnp.any(vc), compute, lambda: jnp.zeros((), jnp.float32))
+
+  def body(total, xs):
+    return total + chunk_nll(*xs), None
+
+  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h_c, lab_c, val_c))
+  return total / jnp.maximum(jnp.sum(valid), 1)
 
 
 def flow_targets_and_mask(image_labels, image_masks, modality_positions, patch_dim: int):

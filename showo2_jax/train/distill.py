@@ -13,7 +13,12 @@ Params carry Show-o2's names, so the result drops into a Show-o2 tree
 (`init.semantic_layers_from` of a stage-1 config).
 
 Batches: `latents` (B, C, H, W) clean, `teacher` (B, N, D_siglip) SigLIP
-features of the same images, precomputed offline like the latents.
+features of the same images. Real data: `showo2-jax precompute-latents
+--teacher <HF SigLIP dir>` encodes each image once with the Wan VAE and the
+SigLIP pixel tower (models/siglip_vision.py) into ArrayRecord shards
+(`latents`, `latents_teacher`); the task reads them through Grain with
+`data.source = "array_record"`, `data.path = <shard glob>`. Synthetic data
+(`data.source = "synthetic"`) uses a fixed random map as the teacher.
 """
 from __future__ import annotations
 
@@ -116,13 +121,44 @@ def distill_task(config, labels_fn):
 
   def make_iterator(mesh):
     start, stop = data_lib.process_rows(mesh, config.train.global_batch_size)
+    if config.data.get("source") == "array_record":
+      return record_iterator(config, stop - start, mc)
     source = SyntheticTeacherSource(data_lib.synthetic_spec(config), mc.siglip.hidden_size, p)
     return synthetic.SyntheticIterator(source, start, stop)
 
-  if config.data.get("source") != "synthetic":
-    raise ValueError("distill_semantic reads precomputed (latents, SigLIP features) pairs; only the "
-                     "synthetic source exists so far")
+  if config.data.get("source") not in ("synthetic", "array_record"):
+    raise ValueError("distill_semantic reads precomputed (latents, SigLIP features) records "
+                     "(data.source='array_record', data.path=<shard glob>) or synthetic data")
   return Task(name="distill_semantic", model_config=mc, init_params=init,
               objective=DistillObjective(model, config), labels=labels_fn,
               make_iterator=make_iterator,
               tokens_per_row=mc.image_latent_height * mc.image_latent_width)
+
+
+def _distill_row(record: dict) -> dict:
+  """A precomputed record (one image) -> {'latents': (C, H, W), 'teacher': (N, D)}."""
+  if "latents_teacher" not in record:
+    raise ValueError("distillation records need `latents_teacher` (precompute-latents --teacher)")
+  return {"latents": np.asarray(record["latents"][0], np.float32),
+          "teacher": np.asarray(record["latents_teacher"][0], np.float32)}
+
+
+def record_iterator(config, rows: int, mc: Showo2Config):
+  """This process's batches of precomputed records, through Grain: shard by process,
+  shuffle (seed), repeat, batch. Its iterator checkpoints its position."""
+  from showo2_jax import paths  # pylint: disable=import-outside-toplevel
+  from showo2_jax.data import sources  # pylint: disable=import-outside-toplevel
+  files = paths.glob(config.data.path)
+  if not files:
+    raise FileNotFoundError(f"data.path {config.data.path!r} matches no ArrayRecord shard")
+  records = sources.array_record_source(files)
+  records = records[jax.process_index()::jax.process_count()]
+  ds = (records.shuffle(seed=int(config.data.get("seed", config.seed))).repeat().map(_distill_row)
+        .batch(rows, drop_remainder=True))
+  n = mc.image_latent_height * mc.image_latent_width
+  first = ds[0]
+  if first["teacher"].shape[1:] != (n, mc.siglip.hidden_size):
+    raise ValueError(f"teacher features {first['teacher'].shape[1:]} do not match the student's "
+                     f"{n} tokens x {mc.siglip.hidden_size} (SigLIP image_size/patch must give the "
+                     f"latent token grid)")
+  return iter(ds.to_iter_dataset())

@@ -259,3 +259,31 @@ def test_frozen_pattern_matching_nothing_is_an_error():
   c.train.frozen = ("showo", "und_tran5")
   with pytest.raises(ValueError, match="und_tran5"):
     _init(c)
+
+
+def test_shipped_stage_configs_chain(hf_dirs, tmp_path):
+  """stage1_1p5b:a's own init block (paths replaced, tiny model) starts from Qwen2 +
+  the pre-distilled file, and stage2_1p5b:a's starts from that run's checkpoint."""
+  root, qwen, _ = hf_dirs
+  s1 = config_lib.load_config("stage1_1p5b:a")
+  s1.model = _config().model
+  random, _, _, _ = _init(_config())
+  semantic = _semantic_file(tmp_path / "sem.safetensors",
+                            showo2_keys.unroll_flat(_flat(random)), "safetensors")
+  kinds = [warm_start.parse_source(e).kind for e in s1.init.sources]
+  assert kinds == ["qwen2", "semantic"]
+  s1.init.sources = (f"qwen2:{root / 'qwen2'}", f"semantic:{tmp_path / 'sem.safetensors'}")
+  _, stage1, lay, _ = _init(s1)
+  flat1 = _flat(stage1)
+  np.testing.assert_array_equal(flat1["showo/model/norm/scale"], qwen["model.norm.weight"])
+  np.testing.assert_array_equal(flat1["position_embedding/embedding"],
+                                semantic["position_embedding.weight"])
+  _save_run(tmp_path / "stage1", s1, stage1, lay)
+
+  s2 = config_lib.load_config("stage2_1p5b:a")
+  s2.model = s1.model
+  assert [warm_start.parse_source(e).kind for e in s2.init.sources] == ["checkpoint"]
+  s2.init.sources = (f"checkpoint:{tmp_path / 'stage1'}",)
+  _, stage2, _, _ = _init(s2)
+  for name, value in _flat(stage2).items():
+    np.testing.assert_array_equal(value, flat1[name], err_msg=name)
