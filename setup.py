@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "imageio",
     "imageio-ffmpeg",  # MP4 read/write for video understanding and generation
     "tqdm",
+    "matplotlib",     # loss.png of the tiny_shapes run
     # Paths are URIs (gs://, s3://): etils.epath, gcsfs behind it for GCS.
     "etils[epath]",
     "gcsfs",
@@ -37,7 +38,9 @@ EXTRAS = {
     "tpu": ["libtpu==0.0.42.*"],
     # diffusers: only for the AutoencoderKLWan parity test.
     # gcp-storage-emulator: a GCS API on 127.0.0.1 for the gs:// tests.
-    "dev": ["pytest", "pytest-xdist", "diffusers", "gcp-storage-emulator"],
+    # nbclient + ipykernel: the notebooks are executed as notebooks in the tests.
+    "dev": ["pytest", "pytest-xdist", "diffusers", "gcp-storage-emulator", "nbclient", "nbformat",
+            "ipykernel"],
     # `showo2-jax serve` (OpenAI-compatible HTTP); openai + httpx are the tests' clients.
     "serve": ["fastapi", "uvicorn", "python-multipart", "openai", "httpx"],
 }
@@ -51,6 +54,7 @@ setup(
     # named configs (`--config tiny_train`) as a source checkout does (config_lib).
     packages=find_packages(include=["showo2_jax", "showo2_jax.*"]) + ["showo2_jax.configs"],
     package_dir={"showo2_jax.configs": "configs"},
+    package_data={"showo2_jax.configs": ["data/*.yaml", "data/*.py", "data/*.json"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -33,3 +33,4 @@ def test_wheel_install_finds_the_configs(tmp_path):
   module, config_dir, values, count = out.stdout.split("\n")[:4]
   assert module.startswith(str(site)) and config_dir == str(site / "showo2_jax" / "configs")
   assert values == "300 432" and int(count) >= 10
+  assert (site / "showo2_jax" / "configs" / "data" / "stage1.yaml").exists()  # the example data files

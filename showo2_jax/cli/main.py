@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ COMMANDS = {
     "mixed": ("showo2_jax.cli.mixed", "mixed-modality (interleaved text and image) generation"),
     "edit": ("showo2_jax.cli.edit", "image editing: source image + instruction -> edited image"),
     "eval": ("showo2_jax.cli.eval", "GenEval / DPG-Bench sample folders (resumable, sharded over hosts)"),
+    "eval-shapes": ("showo2_jax.cli.eval_shapes", "score a tiny_shapes run on held-out prompts and images"),
     "serve": ("showo2_jax.cli.serve", "OpenAI-compatible HTTP server: chat with images, image generation and editing"),
 }
 
@@ -55,6 +57,32 @@ def quiet_libraries(command: str, verbose: bool):
       logging.getLogger(n).setLevel(level)
 
 
+def skip_absent_tpu(command: str) -> None:
+  """Keeps JAX from starting libtpu on a host without TPU chips.
+
+  With libtpu installed (it is, for `compile`'s TPU topologies), JAX's default
+  platform search loads it on any host, and libtpu prints several lines of errors
+  to stderr when it finds no chip. Unless JAX_PLATFORMS is set (or the command is
+  `compile`, which needs the TPU plugin for topologies), a host that JAX's own
+  probe finds without TPU chips runs on "cuda,cpu" (with a CUDA plugin and an
+  NVIDIA device) or "cpu", which is what it would have picked anyway.
+  """
+  if command == "compile" or os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_FORCE_TPU_INIT"):
+    return
+  try:
+    import jax  # pylint: disable=import-outside-toplevel
+    from jax._src import hardware_utils  # pylint: disable=import-outside-toplevel
+    chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+  except Exception:  # pylint: disable=broad-except
+    return  # not knowable: leave JAX's default search alone
+  if chips:
+    return
+  import glob  # pylint: disable=import-outside-toplevel
+  cuda = (any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin"))
+          and glob.glob("/dev/nvidia[0-9]*"))
+  jax.config.update("jax_platforms", "cuda,cpu" if cuda else "cpu")
+
+
 def main(argv=None) -> int:
   # TensorFlow (TFDS, TensorBoard writers) prints a oneDNN banner from C++ at import.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -81,6 +109,7 @@ def main(argv=None) -> int:
   if args.command is None:
     parser.print_help()
     return 2
+  skip_absent_tpu(args.command)
   try:
     with quiet_libraries(args.command, args.verbose):
       return int(modules[args.command].run(args) or 0)

@@ -35,7 +35,8 @@ def add_arguments(parser):
                       help="wan: the Wan2.1 VAE; pool: 8x average pooling to 16 channels, a "
                            "VAE-free stand-in for pipeline dry runs")
   parser.add_argument("--vae-weights", default=None,
-                      help="Wan2.1 VAE checkpoint (.pth/.safetensors); required with --encoder wan "
+                      help="Wan2.1 VAE checkpoint (.pth/.safetensors, or an Orbax wan_vae "
+                           "directory with its own config); required with --encoder wan "
                            "unless --random-vae")
   parser.add_argument("--random-vae", action="store_true",
                       help="encode with a randomly initialised Wan VAE (--seed): only for dry runs "
@@ -130,9 +131,15 @@ def wan_encoder(cfg, weights: str | None, *, deterministic: bool, seed: int = 0)
     from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise CliError(f"the Wan VAE is not available in this build ({e}); use --encoder pool") from e
-  vae_cfg = wan.WanVAEConfig.from_config_dict(cfg.vae)
-  params = (loading.load_wan_vae_params(weights, vae_cfg) if weights
-            else wan.init_params(jax.random.PRNGKey(seed), vae_cfg))
+  from showo2_jax.sample import loading as sample_loading  # pylint: disable=g-import-not-at-top
+  if weights and sample_loading.is_orbax_dir(weights):
+    # An Orbax wan_vae checkpoint carries its own architecture and latent statistics.
+    vae = sample_loading.load_vae(weights)
+    vae_cfg, params = vae.config, vae.params
+  else:
+    vae_cfg = wan.WanVAEConfig.from_config_dict(cfg.vae)
+    params = (loading.load_wan_vae_params(weights, vae_cfg) if weights
+              else wan.init_params(jax.random.PRNGKey(seed), vae_cfg))
 
   def encode(pixels):
     mu, logvar = wan.encode_posterior(params, pixels, vae_cfg)

@@ -1,8 +1,13 @@
 """`showo2-jax train --config CONFIG --workdir DIR [--config.key=value ...]`.
 
-CONFIG is a name under configs/ (`tiny_train`, `stage1_1p5b:b`, ...) or a path to
-a config file. Re-running with the same workdir resumes from its latest
-checkpoint. On a cluster, run the same command on every host: jax.distributed is
+CONFIG is a name under configs/ (`tiny_shapes`, `stage1_1p5b:b`, ...) or a path
+to a config file. Re-running with the same workdir resumes from its latest
+checkpoint. A config with a `recipe` block (`tiny_shapes`) runs several phases
+in sub-folders of the workdir (showo2_jax/shapes/recipe.py).
+
+On the terminal: a progress bar per phase that starts after the first step
+(so its ETA is not compilation's), a "compiling" line before it, and the losses
+every `train.log_every` steps. On a cluster, run the same command on every host: jax.distributed is
 initialised from the environment (TPU pods, SLURM, ...) or from the flags below.
 Exit codes: 0 done, 1 user error, 3 non-finite loss, 143 preempted (checkpoint
 written; re-run to resume).
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from showo2_jax.cli.main import CliError
 from showo2_jax.train import config_overrides
@@ -57,17 +63,46 @@ def quiet_libraries() -> None:
   logging.getLogger("gcsfs").setLevel(logging.ERROR)
 
 
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0",
+                      "--xla_llvm_disable_expensive_passes=true")
+
+
+def fast_compile(config) -> None:
+  """`xla_cpu_fast_compile`: XLA's CPU optimisation passes off, for tiny programs whose
+  compilation costs more than their steps (must run before JAX starts its backend)."""
+  if not config.get("xla_cpu_fast_compile", False):
+    return
+  flags = os.environ.get("XLA_FLAGS", "")
+  extra = [f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in flags]
+  os.environ["XLA_FLAGS"] = " ".join([flags] + extra).strip()
+
+
 def run(args) -> int:
   quiet_libraries()
   config = load_config(args)
   if "train" not in config:
     raise CliError(f"config '{args.config}' has no train block; use a training config "
-                   f"(tiny_train, stage1_1p5b, stage2_1p5b, ...)")
+                   f"(tiny_shapes, tiny_train, stage1_1p5b, stage2_1p5b, ...)")
+  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+    raise CliError(f"--workdir: '{args.workdir}' is a file, not a directory")
+  fast_compile(config)
   from showo2_jax.train import distributed  # pylint: disable=import-outside-toplevel
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-  from showo2_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from showo2_jax.train import console as console_lib, trainer  # pylint: disable=import-outside-toplevel
+  if "recipe" in config:
+    from showo2_jax.shapes import recipe  # pylint: disable=import-outside-toplevel
+    try:
+      recipe.run(config, args.workdir)
+    except trainer.NonFiniteLossError as e:
+      log.error("%s", e)
+      return 3
+    except recipe.Stopped:
+      return trainer.EXIT_PREEMPTED
+    return 0
+  console = console_lib.Console("train", enabled=jax.process_index() == 0)
   try:
-    summary = trainer.train(config, args.workdir)
+    summary = trainer.train(config, args.workdir, console=console)
   except trainer.NonFiniteLossError as e:
     log.error("%s", e)
     return 3

@@ -29,6 +29,7 @@ from typing import Callable, Optional, Sequence
 
 import grain
 
+from showo2_jax import paths
 from showo2_jax.data import record_io
 
 _log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (),
   """Parses a JSONL file; blank lines are ignored. Bad lines become `bad_record`
   markers naming file and line (see the module docstring)."""
   records = []
-  with open(_existing(path), "rb") as f:
+  with paths.open(_existing(path), "rb") as f:
     for lineno, raw in enumerate(f, 1):
       where = f"{path}:{lineno}"
       try:
@@ -108,7 +109,7 @@ def read_json_list(path: str | os.PathLike, required: Sequence[str] = (),
                    check: Optional[Callable[[dict], Optional[str]]] = None) -> list[dict]:
   """Parses a JSON file holding a list of objects (LLaVA, VIST annotations); bad
   records become `bad_record` markers naming the file and the record's index."""
-  with open(_existing(path), "rb") as f:
+  with paths.open(_existing(path), "rb") as f:
     raw = f.read()
   try:
     records = json.loads(raw.decode("utf-8"))
@@ -196,13 +197,14 @@ def array_record_source(paths: str | os.PathLike | Sequence[str | os.PathLike]) 
 
 def _existing(path) -> str:
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"dataset file not found: {path}")
   return path
 
 
 def _root(annotation_path, media_root) -> str:
-  return os.fspath(media_root) if media_root else os.path.dirname(os.path.abspath(annotation_path))
+  # Media paths are joined with "/" (posix), which is also right for gs:// roots.
+  return os.fspath(media_root) if media_root else paths.parent(annotation_path)
 
 
 def _non_empty(records, path):

@@ -13,6 +13,7 @@ import os
 
 import jax
 
+from showo2_jax import paths
 from showo2_jax.sample import loading
 from showo2_jax.sample.pipeline import Pipeline
 
@@ -26,12 +27,16 @@ class InferenceSetupError(ValueError):
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
   g = parser.add_argument_group("model")
   g.add_argument("--checkpoint", required=True,
-                 help="Orbax checkpoint of showo2-jax, or the original Show-o2 directory "
-                      "(config.json + pytorch_model.bin / model.safetensors)")
-  g.add_argument("--tokenizer", required=True,
-                 help="local Qwen2.5-Instruct tokenizer directory (Show-o2 tokens are added)")
+                 help="a training workdir (showo2-jax train: its latest params, and its "
+                      "tokenizer, VAE and sampling settings as defaults), an Orbax checkpoint "
+                      "of showo2-jax, or the original Show-o2 directory (config.json + "
+                      "pytorch_model.bin / model.safetensors)")
+  g.add_argument("--tokenizer",
+                 help="local Qwen2.5-Instruct tokenizer directory (Show-o2 tokens are added); "
+                      "default for a training workdir: the run's tokenizer_path")
   g.add_argument("--vae", help="Wan2.1 VAE: Wan2.1_VAE.pth, a directory with config.json, "
-                               "or an Orbax wan_vae checkpoint")
+                               "or an Orbax wan_vae checkpoint; default for a training workdir: "
+                               "the run's vae_checkpoint")
   g.add_argument("--config", help="optional config name/path for defaults (resolution, "
                                   "max_seq_len, sample.*), e.g. showo2_1p5b_hq512")
   g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16"),
@@ -98,8 +103,16 @@ def make_output_dir(flag: str, path) -> None:
 
 
 def config_defaults(args) -> dict:
-  """{'resolution', 'max_seq_len', 'sample': {...}} from --config (empty without it)."""
-  return _config_defaults(getattr(args, "config", None))
+  """{'resolution', 'max_seq_len', 'sample': {...}} from --config, else from the
+  training workdir given as --checkpoint (empty without either)."""
+  spec = getattr(args, "config", None)
+  if spec:
+    return _config_defaults(spec)
+  checkpoint = getattr(args, "checkpoint", None)
+  if checkpoint and os.path.isdir(checkpoint):
+    run = training_run_defaults(args)
+    return {k: run[k] for k in ("resolution", "max_seq_len", "sample") if run.get(k) is not None}
+  return {}
 
 
 @functools.lru_cache(maxsize=4)
@@ -122,11 +135,44 @@ def resolve_dtype(name: str) -> str:
   return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
+def training_run_defaults(args) -> dict:
+  """For `--checkpoint` = a training workdir: the run's tokenizer, VAE, resolution,
+  max_seq_len and sample settings (what its config.json says); else {}."""
+  run = loading.resolve_training_run(args.checkpoint) if args.checkpoint else None
+  if run is None:
+    return {}
+  cfg = loading.run_config(run)
+  vae = cfg.get("vae_checkpoint") or None
+  return {"tokenizer": cfg.get("tokenizer_path") or None,
+          "vae": None if vae == "random" else vae,
+          "resolution": cfg.get("resolution"), "max_seq_len": cfg.get("max_seq_len"),
+          "sample": dict(cfg.get("sample", {}))}
+
+
+def fill_from_training_run(args) -> None:
+  """Fills --tokenizer / --vae from a training workdir's config when not given."""
+  run = training_run_defaults(args)
+  if not run:
+    if not args.tokenizer:
+      raise InferenceSetupError("--tokenizer is required (unless --checkpoint is a training "
+                                "workdir, whose config names its tokenizer)")
+    return
+  for flag in ("tokenizer", "vae"):
+    if getattr(args, flag) is None and run.get(flag):
+      setattr(args, flag, run[flag])
+  if not args.tokenizer:
+    raise InferenceSetupError(f"--tokenizer is required: the training run {args.checkpoint} "
+                              "names no tokenizer_path")
+
+
 def load_pipeline(args, need_vae: bool = False) -> Pipeline:
   """Builds the pipeline, turning missing files into one-line errors."""
+  if args.checkpoint and not os.path.exists(args.checkpoint):
+    raise InferenceSetupError(f"--checkpoint: '{args.checkpoint}' does not exist")
+  fill_from_training_run(args)
   for flag, path in (("--checkpoint", args.checkpoint), ("--tokenizer", args.tokenizer),
                      ("--vae", args.vae)):
-    if path and not os.path.exists(path):
+    if path and not paths.exists(path):
       raise InferenceSetupError(f"{flag}: '{path}' does not exist")
   if need_vae and not args.vae:
     raise InferenceSetupError("this command needs the Wan VAE: pass --vae")

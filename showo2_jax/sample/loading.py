@@ -1,6 +1,10 @@
 """Loading what inference needs: Show-o2 weights, the Wan VAE, the tokenizer.
 
-Checkpoints come in two layouts and are told apart by their files:
+Checkpoints come in three layouts and are told apart by their files:
+  * a training workdir (`config.json` + `checkpoints/<step>/state`, written by
+    `showo2-jax train`): the latest step's params with the run's model config;
+    the run also names its tokenizer and VAE (`run_config`). A multi-phase run
+    such as `tiny_shapes` (`phases.json`) stands for its final phase;
   * our Orbax param checkpoints (`showo2_jax.json` / `_CHECKPOINT_METADATA`,
     written by `showo2_jax.convert.orbax_io`), which carry their own config;
   * the original PyTorch model directory (`config.json` + `pytorch_model.bin` /
@@ -19,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showo2_jax import paths
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import to_dtype
 
@@ -39,12 +44,12 @@ class CheckpointNotFoundError(FileNotFoundError):
 
 
 def is_orbax_dir(path: str) -> bool:
-  return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in ORBAX_MARKERS)
+  return paths.isdir(path) and any(paths.exists(paths.join(path, m)) for m in ORBAX_MARKERS)
 
 
 def _check_exists(path: str, what: str) -> str:
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise CheckpointNotFoundError(f"{what} not found: '{path}'")
   return path
 
@@ -57,6 +62,50 @@ def _restore_orbax(path: str, kind: str):
   return config, params
 
 
+def resolve_training_run(path: str) -> Optional[str]:
+  """The training workdir `path` stands for, or None if it is not one.
+
+  A workdir holds `config.json` and `checkpoints/`; a multi-phase run dir
+  (`phases.json`, e.g. tiny_shapes) stands for its final Show-o2 phase.
+  """
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    return None
+  if os.path.exists(os.path.join(path, "phases.json")):
+    from showo2_jax.shapes import recipe  # pylint: disable=g-import-not-at-top
+    path = recipe.final_run_dir(path)
+  if (os.path.exists(os.path.join(path, "config.json"))
+      and os.path.isdir(os.path.join(path, "checkpoints"))):
+    return path
+  return None
+
+
+def run_config(run_dir: str) -> dict:
+  """The whole config (a dict) a training run wrote to its workdir."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def load_training_run(run_dir: str) -> tuple[Showo2Config, Any]:
+  """(model config, host params) of a training workdir's latest checkpoint."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from showo2_jax.convert import training_run  # pylint: disable=g-import-not-at-top
+  from showo2_jax.convert.showo2_torch import abstract_params  # pylint: disable=g-import-not-at-top
+  from showo2_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
+  if run_config(run_dir).get("train", {}).get("task", "showo2") != "showo2":
+    raise ValueError(f"{run_dir}: a training run of another task "
+                     f"({run_config(run_dir)['train']['task']}), not of Show-o2")
+  config = training_run.run_model_config(run_dir)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                          nn.meta.unbox(abstract_params(config)))
+  try:
+    params = checkpointing.restore_params(run_dir, abstract)
+  except FileNotFoundError as e:
+    raise CheckpointNotFoundError(f"{run_dir}: {e}") from None
+  return config, jax.device_get(params)
+
+
 def load_showo2(path: str, dtype: str = "float32") -> tuple[Showo2Config, Any]:
   """(config with compute dtype `dtype`, device params cast to `dtype`).
 
@@ -64,7 +113,10 @@ def load_showo2(path: str, dtype: str = "float32") -> tuple[Showo2Config, Any]:
   (`model.to(bfloat16)`) for generation.
   """
   path = _check_exists(path, "checkpoint")
-  if is_orbax_dir(path):
+  run = resolve_training_run(path)
+  if run is not None:
+    config, params = load_training_run(run)
+  elif is_orbax_dir(path):
     config, params = _restore_orbax(path, "showo2")
   else:
     root = path if os.path.isdir(path) else os.path.dirname(path)
@@ -137,11 +189,11 @@ def checkpoint_identity(path: str) -> Optional[str]:
   and, for our Orbax checkpoints, from the path of the source they were converted
   from (recorded by `convert to-orbax`).
   """
-  candidates = [os.path.abspath(os.fspath(path))]
+  candidates = [paths.as_str(path)]
   if is_orbax_dir(candidates[0]):
-    meta_file = os.path.join(candidates[0], ORBAX_MARKERS[0])
+    meta_file = paths.join(candidates[0], ORBAX_MARKERS[0])
     try:
-      with open(meta_file, encoding="utf-8") as f:
+      with paths.open(meta_file) as f:
         source = (json.load(f).get("source") or {}).get("path")
       if source:
         candidates.append(source)

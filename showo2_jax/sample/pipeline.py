@@ -86,7 +86,9 @@ class Pipeline:
     self.tokenizer = tokenizer
     self.special = special
     self.vae = vae
-    stride = VAE_STRIDE * config.patch_size
+    # Wan2.1 downsamples 8x; a VAE of another depth (tiny_shapes' 4x) says so itself.
+    self.vae_stride = vae.stride if vae is not None else VAE_STRIDE
+    stride = self.vae_stride * config.patch_size
     # Generation at the checkpoint's resolution (432 / 512 / 1024 px); understanding at
     # the semantic layers' native grid (27 x 16 = 432 px), as the original's MMU scripts
     # (which add the 27x27 position table without resizing it). `resolution` sets both.
@@ -122,7 +124,7 @@ class Pipeline:
   # ------------------------------------------------------------------ geometry
   @property
   def latent_size(self) -> int:
-    return self.resolution // VAE_STRIDE
+    return self.resolution // self.vae_stride
 
   @property
   def num_image_tokens(self) -> int:
@@ -136,7 +138,7 @@ class Pipeline:
   @property
   def understanding_block(self) -> int:
     """Visual block length of one understanding image (730 at 432 px)."""
-    side = self.understanding_resolution // VAE_STRIDE // self.config.patch_size
+    side = self.understanding_resolution // self.vae_stride // self.config.patch_size
     return side * side + 1
 
   def latent_shape(self, latent_frames: int = 1) -> tuple[int, ...]:
@@ -406,7 +408,7 @@ class Pipeline:
         self.understanding_resolution)) for f in frames])
     vae_key, text_key = jax.random.split(jax.random.PRNGKey(seed))
     latents = self.encode_pixels(pixels, vae_key if sample_posterior else None)
-    side = self.understanding_resolution // VAE_STRIDE // self.config.patch_size
+    side = self.understanding_resolution // self.vae_stride // self.config.patch_size
     pooled = understanding.pooled_side(side)
     vis = understanding.video_tokens(self.model, self.params, latents, pooled)
     row = sequences.video_understanding_prompt(

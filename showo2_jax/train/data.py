@@ -90,6 +90,13 @@ def check_global_batch(global_batch: int, mesh: Mesh, grad_accum_steps: int) -> 
   return micro
 
 
+def layout(config) -> dict:
+  """What this process's data position depends on (saved with every checkpoint)."""
+  d = config.data
+  return {"process_count": jax.process_count(),
+          "num_workers": int(d.get("num_workers", 0)) if "streams" in d else 0}
+
+
 def make_iterator(config, mesh: Mesh) -> Iterator:
   """This process's training iterator (with get_state/set_state for checkpoints).
 

@@ -177,7 +177,7 @@ class ThroughputReport:
     if self._t0 is None:
       self.start(step)
       return None
-    if step % self.every:
+    if step % self.every or step == self._s0:
       return None
     now = time.perf_counter()
     steps_per_sec = (step - self._s0) / max(now - self._t0, 1e-9)

@@ -52,7 +52,8 @@ def make_train_step(objective: Objective, lay: StateLayout, *, grad_accum_steps:
                     schedules: Mapping[str, Callable] | None = None,
                     encoder: vae_encoder.VaeEncoder | None = None) -> Callable:
   """`encoder`: the VAE that turns `pixel_values` into latents (None: batches
-  carry latents). The step then takes the VAE params as a fourth argument."""
+  carry latents). The step then takes the VAE params as a fourth argument.
+  An objective with `reads_pixels = True` gets the batch's pixels as they are."""
   labels, tx = lay.labels, lay.tx
 
   def train_step(state: TrainState, batch, rng, vae_params=None):
@@ -60,6 +61,8 @@ def make_train_step(objective: Objective, lay: StateLayout, *, grad_accum_steps:
     r_vae = vae_encoder.vae_rng(rng)
 
     def visuals(mb, r):
+      if getattr(objective, "reads_pixels", False):   # e.g. training the VAE itself
+        return mb
       return vae_encoder.prepare_visuals(mb, r, encoder, vae_params)
 
     def loss_fn(tr, mb, r):

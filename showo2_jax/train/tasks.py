@@ -5,8 +5,9 @@ The loop (trainer.py) is the same for every task; a task supplies
 - `objective(params, batch, rng) -> (loss, metrics)`;
 - `labels(params)`: frozen / optimizer group per param (partition.py);
 - `make_iterator(mesh)`: this process's batches.
-`config.train.task` picks one: "showo2" (stages 1-2, mixed modality) or
-"distill_semantic" (the semantic-layer distillation that precedes stage 1).
+`config.train.task` picks one: "showo2" (stages 1-2, mixed modality),
+"distill_semantic" (the semantic-layer distillation that precedes stage 1) or
+"wan_vae" (training a Wan-architecture VAE, train/vae_task.py).
 """
 from __future__ import annotations
 
@@ -59,4 +60,7 @@ def build(config) -> Task:
   if name == "distill_semantic":
     from showo2_jax.train import distill  # pylint: disable=import-outside-toplevel
     return distill.distill_task(config, _labels_fn(config))
-  raise ValueError(f"unknown train.task '{name}'; choose showo2 or distill_semantic")
+  if name == "wan_vae":
+    from showo2_jax.train import vae_task  # pylint: disable=import-outside-toplevel
+    return vae_task.vae_task(config, _labels_fn(config))
+  raise ValueError(f"unknown train.task '{name}'; choose showo2, distill_semantic or wan_vae")

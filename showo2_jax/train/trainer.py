@@ -112,9 +112,11 @@ def _with_vae(train_step, vae_params, state, batch, rng):
   return train_step(state, batch, rng, vae_params)
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, console=None) -> dict:
   """Runs (or resumes) a training run; returns a summary dict with `status`.
 
+  `console`: a `train.console.Console` for the terminal (progress bar, losses,
+  the compile line), or None for none (library use; the log still gets them).
   Raises workdir.WorkdirError if `workdir` is a file or holds another config's run.
   """
   workdir_lib.check(config, workdir)
@@ -132,7 +134,8 @@ def train(config, workdir: str) -> dict:
   ckpt = checkpointing.Checkpointer(paths.join(workdir, "checkpoints"),
                                     every_steps=config.checkpoint.every_steps,
                                     keep=config.checkpoint.keep,
-                                    async_save=config.checkpoint.async_save)
+                                    async_save=config.checkpoint.async_save,
+                                    layout=data_lib.layout(config))
   schedules = optimizer_lib.schedules(config.optim, num_steps)
   try:
     with jax.set_mesh(mesh), sharding_lib.axis_rules():
@@ -143,19 +146,25 @@ def train(config, workdir: str) -> dict:
       log.info("params per group: %s", {k: f"{v / 1e6:.2f}M" for k, v in sorted(counts.items())})
       iterator = task.make_iterator(mesh)
       state, restored = build_state(task, config, lay, ckpt, iterator)
-      return _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules, workdir)
+      return _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules, workdir,
+                   console)
   finally:
+    if console is not None:
+      console.close()
     ckpt.close()
     writers.close()
 
 
-def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules, workdir) -> dict:
+def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules, workdir,
+          console=None) -> dict:
   t = config.train
   num_steps, global_batch = int(t.num_steps), int(t.global_batch_size)
   step = int(restored or 0)
   base_key = _host_key(state.rng)
   first = next(iterator)
-  encoder, vae_params = load_vae_if_needed(config, first, lay.mesh)
+  # Only Show-o2 steps encode pixels with a frozen VAE (a VAE-training task reads them raw).
+  encoder, vae_params = (load_vae_if_needed(config, first, lay.mesh) if task.name == "showo2"
+                         else (None, None))
   batch_spec = data_lib.slots_by_row(data_lib.step_fields(first))
   train_step = step_lib.jit_train_step(
       step_lib.make_train_step(task.objective, lay, grad_accum_steps=int(t.grad_accum_steps),
@@ -190,6 +199,8 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
     m.update({f"data/{k}": float(v) for k, v in (getattr(iterator, "skip_counts", None) or {}).items()})
     if s % int(t.log_every) == 0 or s == num_steps:
       writers.write_scalars(s, m)
+      if console is not None:
+        console.scalars(s, num_steps, m)
     return m
 
   with PreemptionGuard() as guard:
@@ -199,8 +210,18 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
         profile(step)
       batch = data_lib.to_global(local, lay.mesh, global_batch)
       rng = np.asarray(jax.random.fold_in(base_key, step))
+      first_step = pending is None and step == int(restored or 0)
+      if first_step and console is not None:
+        console.compiling(step, num_steps)
       state, m = train_step(state, batch, rng)
       step += 1
+      if first_step:
+        # Compilation is over once the first step's outputs exist: the bar and the
+        # throughput report start here, so their rates and ETAs are training's.
+        jax.block_until_ready(m)
+        report.start(step)
+        if console is not None:
+          console.compiled(step, num_steps)
       if pending is not None and (pending[0] % check_every == 0 or pending[0] % int(t.log_every) == 0):
         last = settle(pending)
       pending = (step, m)
@@ -217,6 +238,8 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
               f"{e} (loss={last.get('loss')}). Last good checkpoint: "
               f"{'none' if good is None else paths.join(ckpt.directory, str(good))}") from None
       report(step)
+      if console is not None:
+        console.update(step)
       if preempted:
         log.warning("preempted: checkpoint of step %d written; exiting", step)
         status = "preempted"
@@ -225,4 +248,6 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
         local = next(iterator)
   ckpt.wait()
   writers.flush()
+  if console is not None:
+    console.close()
   return {"status": status, "step": step, "metrics": last}

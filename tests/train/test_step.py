@@ -165,3 +165,11 @@ def test_tiny_run_learns(reference_run):
   assert mean("flow_loss", last) < 0.85 * mean("flow_loss", first), metrics[300]
   assert list(reference_run.glob("events.out.tfevents*"))
   assert runs.checkpoint_steps(reference_run) == [200, 300]
+  # The terminal: a compile line before the bar, then the losses every log_every
+  # (here 1) steps, and the bar (kept) at 300/300.
+  log = (reference_run / "log.txt").read_text()
+  compiling = log.index("[train] compiling the train step")
+  assert compiling < log.index("[train] compiled and ran step 1 in")
+  assert "[train] step   2/300  loss " in log and "[train] step 300/300  loss " in log
+  assert "ntp_loss" in log.split("[train] step 300/300", 1)[1].splitlines()[0]
+  assert "train: 100%" in log and "300/300" in log
