@@ -101,12 +101,23 @@ def check_bf16_dir(path: str, sampling: bool = True) -> tuple[int, int]:
   return checked, failed
 
 
+def _backends_started() -> bool:
+  """XLA reads XLA_FLAGS when its first backend starts, not at `import jax`."""
+  if "jax" not in sys.modules:
+    return False
+  try:
+    from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+    return xla_bridge.backends_are_initialized()
+  except (ImportError, AttributeError):
+    return True
+
+
 def _strict_bf16_rounding():
   """Makes XLA's CPU backend round bf16 intermediates (it must happen before jax starts)."""
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_allow_excess_precision" in flags:
     return
-  if "jax" in sys.modules:
+  if _backends_started():
     print("[bf16] warning: jax already started; XLA may keep bf16 intermediates in fp32")
     return
   os.environ["XLA_FLAGS"] = (flags + " " + NO_EXCESS_PRECISION).strip()

@@ -26,11 +26,13 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
+from showo2_jax import paths
 from showo2_jax.convert import showo2_keys
 
 log = logging.getLogger(__name__)
@@ -111,16 +113,16 @@ def make_meta(kind: str, config: Any, *, scan_layers: bool = False,
 
 def read_meta(path: str) -> dict:
   """Our metadata of the checkpoint at `path` (Orbax custom metadata, else the sidecar)."""
-  path = os.fspath(path)
-  if not os.path.isdir(path):
+  path = paths.as_str(path)
+  if not paths.isdir(path):
     raise OrbaxCheckpointError(f"{path}: no such Orbax checkpoint directory")
   meta = None
-  orbax_meta = os.path.join(path, "_CHECKPOINT_METADATA")
-  if os.path.exists(orbax_meta):
-    with open(orbax_meta) as f:
+  orbax_meta = paths.join(path, "_CHECKPOINT_METADATA")
+  if paths.exists(orbax_meta):
+    with paths.open(orbax_meta) as f:
       meta = (json.load(f) or {}).get("custom_metadata")
-  if not meta and os.path.exists(os.path.join(path, SIDECAR)):
-    with open(os.path.join(path, SIDECAR)) as f:
+  if not meta and paths.exists(paths.join(path, SIDECAR)):
+    with paths.open(paths.join(path, SIDECAR)) as f:
       meta = json.load(f)
   if not meta or meta.get("format") != FORMAT:
     raise OrbaxCheckpointError(
@@ -133,24 +135,24 @@ def read_meta(path: str) -> dict:
 
 def stored_leaves(path: str) -> dict[str, Any]:
   """Flat {'a/b/c': Orbax leaf metadata (shape, dtype)} of the stored tree."""
-  return showo2_keys.flatten(_ocp().metadata(os.path.abspath(os.fspath(path))).metadata)
+  return showo2_keys.flatten(_ocp().metadata(paths.as_str(path)).metadata)
 
 
 def _write_sidecar(path: str, meta: dict) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(path, SIDECAR), "w") as f:
+    with paths.open(paths.join(path, SIDECAR), "w") as f:
       json.dump(meta, f, indent=1)
 
 
 def _clear(path: str, overwrite: bool) -> None:
   partial = path + ".partial_save"
-  if os.path.exists(path):
+  if paths.exists(path):
     if not overwrite:
       raise FileExistsError(f"{path} already exists (pass overwrite=True / --overwrite to replace it)")
-    shutil.rmtree(path)
-  if os.path.exists(partial):  # a conversion that died half-way
+    paths.remove(path)
+  if paths.exists(partial):  # a conversion that died half-way
     log.warning("removing the unfinished partial save %s", partial)
-    shutil.rmtree(partial)
+    paths.remove(partial)
 
 
 # ----------------------------------------------------------------------- saving
@@ -168,8 +170,8 @@ def save_params(path: str, params: Mapping, config: Any, kind: str = "showo2", *
     scan_layers = bool(getattr(config, "scan_layers", None) or
                        (isinstance(config, Mapping) and config.get("scan_layers")))
   meta = make_meta(kind, config, scan_layers=scan_layers, source=source)
-  path = os.path.abspath(os.fspath(path))
-  if os.path.exists(path) and not overwrite:
+  path = paths.as_str(path)
+  if paths.exists(path) and not overwrite:
     raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
   with _save_context():  # Orbax replaces an existing checkpoint collectively, across hosts
     _ocp().save(path, dict(params), overwrite=overwrite, custom_metadata=meta)
@@ -189,11 +191,19 @@ class ParamWriter:
 
   def __init__(self, path: str, meta: dict, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                overwrite: bool = False):
-    self.final_path = os.path.abspath(os.fspath(path))
-    replacing = os.path.exists(self.final_path)
+    self.final_path = paths.as_str(path)
+    replacing = paths.exists(self.final_path)
     if replacing and not overwrite:
       raise FileExistsError(f"{self.final_path} already exists (pass overwrite=True / --overwrite "
                             "to replace it)")
+    # Orbax's partial saves need a file system that renames (not an object store):
+    # a URI output is assembled in a local temp folder and uploaded once complete.
+    self.remote_path = None
+    if paths.is_uri(self.final_path):
+      self.remote_path = self.final_path
+      self._staging = tempfile.mkdtemp(prefix="showo2_jax_convert_")
+      self.final_path = os.path.join(self._staging, paths.name(self.remote_path))
+      replacing = False
     self.path = self.final_path + ".replacing" if replacing else self.final_path
     self.meta = meta
     self.chunk_bytes = int(chunk_bytes)
@@ -235,11 +245,17 @@ class ParamWriter:
     _write_sidecar(self.path, self.meta)
     if self.path != self.final_path:  # complete: now swap it in for the old one
       old = self.final_path + ".old"
-      shutil.rmtree(old, ignore_errors=True)
-      os.rename(self.final_path, old)
-      os.rename(self.path, self.final_path)
-      shutil.rmtree(old)
+      paths.remove(old)
+      paths.rename(self.final_path, old)
+      paths.rename(self.path, self.final_path)
+      paths.remove(old)
       self.path = self.final_path
+    if self.remote_path is not None:
+      log.info("uploading %s to %s", self.final_path, self.remote_path)
+      paths.remove(self.remote_path)
+      paths.copy_from_local(self.final_path, self.remote_path)
+      shutil.rmtree(self._staging, ignore_errors=True)
+      self.path = self.final_path = self.remote_path
 
   def __enter__(self):
     return self
@@ -248,9 +264,11 @@ class ParamWriter:
     if exc_type is None:
       self.close()
     else:  # leave nothing half-written behind (and an overwritten checkpoint as it was)
-      shutil.rmtree(self.path + ".partial_save", ignore_errors=True)
+      paths.remove(self.path + ".partial_save")
       if self.path != self.final_path:
-        shutil.rmtree(self.path, ignore_errors=True)
+        paths.remove(self.path)
+      if self.remote_path is not None:
+        shutil.rmtree(self._staging, ignore_errors=True)
 
 
 # -------------------------------------------------------------------- restoring
@@ -309,7 +327,7 @@ def restore_params(path: str, shardings=None, *, mesh=None, dtype=None):
   `config` is typed: Showo2Config, Qwen2Config, SiglipConfig or WanVAEConfig.
   """
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
-  path = os.path.abspath(os.fspath(path))
+  path = paths.as_str(path)
   meta = read_meta(path)
   kind, scan = meta["kind"], bool(meta.get("scan_layers", False))
   config = config_from_dict(kind, meta["config"])
@@ -351,7 +369,7 @@ def load_leaves(path: str, flat_paths, stored: Optional[Mapping[str, Any]] = Non
   ctx = ocp.Context()
   ctx.pytree.loading.partial_load = True
   with ctx:
-    tree = ocp.load(os.path.abspath(os.fspath(path)), showo2_keys.unflatten(wanted))
+    tree = ocp.load(paths.as_str(path), showo2_keys.unflatten(wanted))
   _trim_heap()
   flat = showo2_keys.flatten(tree)
   return {p: flat[p] for p in wanted}

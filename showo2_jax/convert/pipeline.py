@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from showo2_jax import paths
 from showo2_jax.convert import checkpoint_io, orbax_io, showo2_keys, sources
 from showo2_jax.convert import plan as plan_lib
 
@@ -86,7 +87,7 @@ def to_orbax(src: str, out: str, *, kind: Optional[str] = None, dtype: Optional[
   """Converts a PyTorch-side checkpoint into an Orbax checkpoint at `out`."""
   start = time.time()
   cast = np_dtype(dtype)
-  if os.path.abspath(src) == os.path.abspath(out):
+  if paths.as_str(src) == paths.as_str(out):
     raise ConversionError("--out must differ from the source")
   source = sources.open_source(src, kind, scan_layers=scan_layers, resize_vocab=resize_vocab)
   with source.state_dict as sd:
@@ -106,7 +107,7 @@ def to_orbax(src: str, out: str, *, kind: Optional[str] = None, dtype: Optional[
         for leaf, entries in source.plan.by_leaf().items():
           w.add(leaf, _build_leaf(sd, match, entries, source.plan.leaves[leaf], cast))
       tensors = len(source.plan.entries)
-  summary = {"kind": source.kind, "source": source.path, "out": os.path.abspath(out),
+  summary = {"kind": source.kind, "source": source.path, "out": paths.as_str(out),
              "tensors": tensors, "leaves": w.leaves, "bytes": w.bytes,
              "seconds": round(time.time() - start, 2)}
   log.info("to-orbax: %s", summary)

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import grain
 
+from showo2_jax import paths as paths_lib
 from showo2_jax.data import pipeline
 from showo2_jax.data import sources
 from showo2_jax.data import tasks
@@ -31,6 +32,9 @@ TASKS = {
                     ("cond_dropout_prob", "min_res")),
     "captioning": TaskSpec("image_text", tasks.ImageTextTask, dict(captioning=True), ("min_res",)),
     "llava": TaskSpec("llava", tasks.LlavaTask, {}, ("stage",)),
+    # LLaVA-OneVision multi-image conversations: M = max_num_images slots per row.
+    "llava_multi_image": TaskSpec("llava", tasks.LlavaTask, {}, ("stage", "max_num_images")),
+    "edit": TaskSpec("edit", tasks.EditTask, {}, ("cond_dropout_prob",)),
     "vist": TaskSpec("vist", tasks.VistTask, {}, ("max_num_images",)),
     "video_t2i": TaskSpec("video_text", tasks.VideoTextTask, dict(captioning=False),
                           ("cond_dropout_prob", "num_frames")),
@@ -42,6 +46,7 @@ FILE_SOURCES = {
     "llava": sources.llava_source,
     "vist": sources.vist_source,
     "video_text": sources.video_text_source,
+    "edit": sources.edit_source,
 }
 
 
@@ -55,16 +60,16 @@ def load_records(kind: str, source: str, path: str, media_root: str | None = Non
   """Records (grain.MapDataset) of a record kind from annotation files (a path or a
   glob: the files' records concatenated in name order), shards or TFDS."""
   if source == "files":
-    files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+    files = paths_lib.glob(path) if glob.has_magic(path) else [path]
     if not files:
       raise FileNotFoundError(f"no annotation files match {path!r}")
     parts = [FILE_SOURCES[kind](f, media_root) for f in files]
     return parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
   if source == "array_record":
-    paths = sorted(glob.glob(path))
-    if not paths:
+    files = paths_lib.glob(path)
+    if not files:
       raise FileNotFoundError(f"no ArrayRecord files match {path!r}")
-    return sources.array_record_source(paths)
+    return sources.array_record_source(files)
   if source == "tfds":
     from showo2_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
     return tfds_builder.tfds_source(path)

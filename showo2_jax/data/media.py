@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from showo2_jax import paths
 from showo2_jax.data import transforms
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -38,6 +39,8 @@ def ffmpeg_subprocess():
 def open_image(path: str | None = None, data: bytes | None = None) -> Image.Image:
   """Opens and fully decodes an image (so corruption surfaces here, not later)."""
   try:
+    if data is None and paths.is_uri(path):  # gs://...: PIL reads local files or bytes
+      data = paths.read_bytes(path)
     image = Image.open(io.BytesIO(data) if data is not None else path)
     image.load()
     return image
@@ -53,10 +56,13 @@ def read_video_frames(path: str, num_frames: int) -> list[Image.Image]:
   Pillow everywhere; mp4 needs imageio-ffmpeg or pyav).
   """
   try:
-    if os.path.isdir(path):
-      names = sorted(n for n in os.listdir(path) if n.lower().endswith(FRAME_SUFFIXES))
+    if paths.isdir(path):
+      names = sorted(n for n in paths.listdir(path) if n.lower().endswith(FRAME_SUFFIXES))
       picked = transforms.frame_indices(len(names), num_frames)
-      return [open_image(os.path.join(path, names[i])).convert("RGB") for i in picked]
+      return [open_image(paths.join(path, names[i])).convert("RGB") for i in picked]
+    if paths.is_uri(path):  # ffmpeg reads local files: a temporary copy of the video
+      with paths.local_copy(path) as local:
+        return read_video_frames(local, num_frames)
     import imageio.v3 as iio  # pylint: disable=g-import-not-at-top
     with ffmpeg_subprocess():
       total = _count_frames(path)

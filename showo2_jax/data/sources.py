@@ -14,9 +14,10 @@ a marker `{BAD: "file:line: reason"}`, which the tasks turn into a counted skip
 
 Record kinds (see docs/data.md):
   image-text  {"path", "prompt"}                       (JSONL, stage 1)
-  llava       {"conversations", "image"?}              (JSON list, stage 2)
+  llava       {"conversations", "image"? (a list: multi-image)} (JSON list, stage 2)
   vist        {"images": [...], "captions": [...]}     (JSON list, mixed modality)
   video-text  {"path" (file or frame folder), "prompt"} (JSONL)
+  edit        {"source", "target", "instruction"}      (JSONL, image editing)
   array-record: any of the above with media as bytes ("image_bytes") or
                 precomputed "latents" (record_io format).
 """
@@ -29,6 +30,7 @@ from typing import Callable, Optional, Sequence
 
 import grain
 
+from showo2_jax import paths
 from showo2_jax.data import record_io
 
 _log = logging.getLogger(__name__)
@@ -73,7 +75,10 @@ STR = (_is_str, "a string")
 STR_LIST = (_is_str_list, "a list of strings")
 TURNS = (_is_turns, 'a non-empty list of {"from": str, "value": str}')
 IMAGE_TEXT_FIELDS = {"path": STR, "prompt": STR}
-LLAVA_FIELDS = {"conversations": TURNS, "image": STR}
+STR_OR_LIST = (lambda v: _is_str(v) or (_is_str_list(v) and bool(v)),
+               "a string or a non-empty list of strings")
+LLAVA_FIELDS = {"conversations": TURNS, "image": STR_OR_LIST}  # a list: multi-image samples
+EDIT_FIELDS = {"source": STR, "target": STR, "instruction": STR}
 VIST_FIELDS = {"images": STR_LIST, "captions": STR_LIST}
 
 
@@ -82,7 +87,7 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (),
   """Parses a JSONL file; blank lines are ignored. Bad lines become `bad_record`
   markers naming file and line (see the module docstring)."""
   records = []
-  with open(_existing(path), "rb") as f:
+  with paths.open(_existing(path), "rb") as f:
     for lineno, raw in enumerate(f, 1):
       where = f"{path}:{lineno}"
       try:
@@ -108,7 +113,7 @@ def read_json_list(path: str | os.PathLike, required: Sequence[str] = (),
                    check: Optional[Callable[[dict], Optional[str]]] = None) -> list[dict]:
   """Parses a JSON file holding a list of objects (LLaVA, VIST annotations); bad
   records become `bad_record` markers naming the file and the record's index."""
-  with open(_existing(path), "rb") as f:
+  with paths.open(_existing(path), "rb") as f:
     raw = f.read()
   try:
     records = json.loads(raw.decode("utf-8"))
@@ -159,9 +164,22 @@ def llava_source(json_path: str | os.PathLike, media_root: str | None = None) ->
   records = []
   for r in read_json_list(json_path, ("conversations",), LLAVA_FIELDS):
     r = dict(r)
-    if "image" in r and not is_bad(r):
+    if is_bad(r):
+      pass
+    elif isinstance(r.get("image"), list):  # LLaVA-OneVision multi-image samples
+      r["image"] = [os.path.join(root, p) for p in r["image"]]
+    elif "image" in r:
       r["image"] = os.path.join(root, r["image"])
     records.append(r)
+  return grain.MapDataset.source(records)
+
+
+def edit_source(jsonl_path: str | os.PathLike, media_root: str | None = None) -> grain.MapDataset:
+  """Image editing triples: lines {"source": image, "target": image, "instruction": text}."""
+  root = _root(jsonl_path, media_root)
+  records = [r if is_bad(r) else dict(r, source=os.path.join(root, r["source"]),
+                                       target=os.path.join(root, r["target"]))
+             for r in read_jsonl(jsonl_path, ("source", "target", "instruction"), EDIT_FIELDS)]
   return grain.MapDataset.source(records)
 
 
@@ -196,13 +214,14 @@ def array_record_source(paths: str | os.PathLike | Sequence[str | os.PathLike]) 
 
 def _existing(path) -> str:
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise FileNotFoundError(f"dataset file not found: {path}")
   return path
 
 
 def _root(annotation_path, media_root) -> str:
-  return os.fspath(media_root) if media_root else os.path.dirname(os.path.abspath(annotation_path))
+  # Media paths are joined with "/" (posix), which is also right for gs:// roots.
+  return os.fspath(media_root) if media_root else paths.parent(annotation_path)
 
 
 def _non_empty(records, path):

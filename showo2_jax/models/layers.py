@@ -3,6 +3,9 @@
 Every parameter is created with logical axis names (`nn.with_logical_partitioning`);
 `showo2_jax.sharding` maps them to mesh axes. Numerics follow the PyTorch original
 (spec 2.6): norms compute in float32 and cast back *before* the weight multiply.
+In bf16 they round where PyTorch's bf16 kernels do: matmuls (Dense, attention)
+accumulate in float32, a bias is added in float32, activations compute in float32,
+and each rounds once to the compute dtype; attention scores and softmax stay fp32.
 """
 from __future__ import annotations
 

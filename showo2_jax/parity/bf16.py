@@ -152,10 +152,16 @@ def run_bf16_parity(path: str, sampling: bool = True) -> Iterator[Row]:
     ref = {v: samp[f"t2i_final_latents_{v}"] for v in ("fp32", "bf16", "bf16_fp32rope")}
     row = _row("t2i", "final_latents", ours, ref, key="final_latents")
     # An 8-step CFG trajectory of a random model amplifies any difference; the
-    # original's own fp32 run from a start perturbed by 1e-3 calibrates how much.
+    # original's own fp32 run from a start perturbed by 1e-3 (relative) says how much.
+    # Where that alone moves the result by half the original's bf16 error or more, the
+    # trajectory is chaotic and bf16 errors cannot be compared: the row is information.
     if "t2i_final_latents_fp32_perturbed" in samp:
-      row.gated = False
-    yield row
+      amp = rel(samp["t2i_final_latents_fp32_perturbed"], ref["fp32"])
+      row.gated = amp < 0.5 * row.original
+      yield row
+      yield Row("t2i", "fp32 perturbed", amp, amp, amp, amp, amp, gated=False)
+    else:
+      yield row
 
 
 def _row(case, out, ours, ref, key: Optional[str] = None) -> Row:
@@ -173,9 +179,12 @@ HEADER = (f"{'case':<5} {'output':<14} {'ours bf16':>10} {'original':>10} {'rati
 
 
 def format_row(r: Row) -> str:
+  if r.output == "fp32 perturbed":
+    return (f"{r.case:<5} {r.output:<14} {r.ours_off:>10.3e}  (info: the original's fp32 run from a "
+            f"start 1e-3 off, to the fp32 truth: how much the trajectory amplifies differences)")
   status = "ok" if r.ok else "FAIL"
   if not r.gated:
-    status = "info"
+    status = "info (chaotic trajectory)"
   return (f"{r.case:<5} {r.output:<14} {r.ours_off:>10.3e} {r.original:>10.3e} {r.ratio:>6.2f}   "
           f"{r.quirk_distance:>21.3e} {r.quirk_distance / r.original:>6.2f}   "
           f"{r.ours_on:>9.3e} {r.scripted:>10.3e}  {status}")

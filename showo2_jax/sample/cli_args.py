@@ -13,6 +13,7 @@ import os
 
 import jax
 
+from showo2_jax import paths
 from showo2_jax.sample import loading
 from showo2_jax.sample.pipeline import Pipeline
 
@@ -171,7 +172,7 @@ def load_pipeline(args, need_vae: bool = False) -> Pipeline:
   fill_from_training_run(args)
   for flag, path in (("--checkpoint", args.checkpoint), ("--tokenizer", args.tokenizer),
                      ("--vae", args.vae)):
-    if path and not os.path.exists(path):
+    if path and not paths.exists(path):
       raise InferenceSetupError(f"{flag}: '{path}' does not exist")
   if need_vae and not args.vae:
     raise InferenceSetupError("this command needs the Wan VAE: pass --vae")

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showo2_jax import paths
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import to_dtype
 
@@ -43,12 +44,12 @@ class CheckpointNotFoundError(FileNotFoundError):
 
 
 def is_orbax_dir(path: str) -> bool:
-  return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in ORBAX_MARKERS)
+  return paths.isdir(path) and any(paths.exists(paths.join(path, m)) for m in ORBAX_MARKERS)
 
 
 def _check_exists(path: str, what: str) -> str:
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise CheckpointNotFoundError(f"{what} not found: '{path}'")
   return path
 
@@ -188,11 +189,11 @@ def checkpoint_identity(path: str) -> Optional[str]:
   and, for our Orbax checkpoints, from the path of the source they were converted
   from (recorded by `convert to-orbax`).
   """
-  candidates = [os.path.abspath(os.fspath(path))]
+  candidates = [paths.as_str(path)]
   if is_orbax_dir(candidates[0]):
-    meta_file = os.path.join(candidates[0], ORBAX_MARKERS[0])
+    meta_file = paths.join(candidates[0], ORBAX_MARKERS[0])
     try:
-      with open(meta_file, encoding="utf-8") as f:
+      with paths.open(meta_file) as f:
         source = (json.load(f).get("source") or {}).get("path")
       if source:
         candidates.append(source)

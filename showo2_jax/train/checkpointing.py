@@ -20,7 +20,12 @@ writes in the background. What a restart does with what it finds:
   step that lacks Orbax's `_CHECKPOINT_METADATA` or fails to restore (a missing
   or damaged file) is moved aside into `<checkpoints>.damaged/<step>` (kept, not
   deleted) with a one-line warning naming it and the reason;
-- params with a NaN/Inf are never saved (`NonFiniteParamsError`).
+- params with a NaN/Inf are never saved (`NonFiniteParamsError`);
+- `layout` (a small JSON item) records what the data position depends on: the
+  number of processes (each reads its own shard) and of data workers. The params
+  reshard onto any mesh, the data position cannot follow such a change, so a
+  restart that changes them stops with a one-line `DataLayoutError` saying which
+  setting changed and how to go on, before anything is read.
 """
 from __future__ import annotations
 
@@ -58,6 +63,15 @@ class NonFiniteParamsError(RuntimeError):
   """The params to be saved hold a NaN/Inf; nothing was saved."""
 
 
+class DataLayoutError(ValueError):
+  """The checkpoint's data position was saved under another process/worker count."""
+
+
+# What the data position of a checkpoint depends on: (key, what the user sets).
+LAYOUT_FIELDS = (("process_count", "the number of processes (hosts)"),
+                 ("num_workers", "--config.data.num_workers"))
+
+
 DAMAGED_SUFFIX = ".damaged"
 # What Orbax writes into every finalized step dir; a step without it is not one.
 STEP_METADATA = "_CHECKPOINT_METADATA"
@@ -89,8 +103,12 @@ def _all_hosts_true(ok: bool) -> bool:
 
 
 class Checkpointer:
-  def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
+  def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True,
+               layout: Optional[dict] = None):
+    """`layout`: what this run's data position depends on (see LAYOUT_FIELDS); saved
+    with every step and compared on restore."""
     self.directory = paths.as_str(directory)
+    self.layout = dict(layout) if layout else None
     self.every_steps = max(int(every_steps), 1)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=max(int(every_steps), 1), max_to_keep=int(keep) if keep else None,
@@ -98,7 +116,8 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+                       "data": grain.checkpoint.CheckpointHandler(),
+                       "layout": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -120,10 +139,29 @@ class Checkpointer:
     args = {"state": ocp.args.StandardSave(state)}
     if iterator is not None:
       args["data"] = grain.checkpoint.CheckpointSave(IteratorSnapshot(iterator))
+      if self.layout is not None:
+        args["layout"] = ocp.args.JsonSave(self.layout)
     saved = self.manager.save(step, args=ocp.args.Composite(**args), force=force)
     if saved:
       log.info("checkpoint: saving step %d to %s", step, self.directory)
     return saved
+
+  def check_layout(self, step: int) -> None:
+    """Raises DataLayoutError if step `step`'s data position was saved under another
+    process or worker count than this run's (steps saved without a layout pass)."""
+    if self.layout is None or not paths.exists(paths.join(self.directory, str(step), "layout")):
+      return
+    saved = self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore()))["layout"]
+    step_dir = paths.join(self.directory, str(step))
+    for key, setting in LAYOUT_FIELDS:
+      if key in saved and key in self.layout and saved[key] != self.layout[key]:
+        fix = (f"run on {saved[key]} processes" if key == "process_count"
+               else f"pass --config.data.num_workers={saved[key]}")
+        raise DataLayoutError(
+            f"checkpoint {step_dir} was saved with {setting} = {saved[key]}, this run has "
+            f"{self.layout[key]}: the params would reshard but the data position cannot "
+            f"(no sample may repeat or be skipped); to resume, {fix}; or start a new --workdir "
+            f"with --config.init.from_checkpoint={step_dir} (the data starts over)")
 
   def restore(self, step: int, abstract_state: TrainState, iterator=None) -> TrainState:
     args = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -150,16 +188,44 @@ class Checkpointer:
     """
     for step in sorted(self.all_steps(), reverse=True):
       problem = self.step_problem(step)
+      if problem is None and iterator is not None:
+        self.check_layout(step)  # a setting to change, not a damaged step: raise
+        problem = self._data_problem(step)
       state = None
       if problem is None:
-        try:
-          state = self.restore(step, abstract_state, iterator)
+        try:  # a failure here is the files' fault: the state's structure is checked up front
+          state = self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state)))["state"]
         except Exception as e:  # pylint: disable=broad-except
           problem = _one_line(e)
       if _all_hosts_true(problem is None):
+        if iterator is not None:  # errors here are not damage (e.g. another data config): raise
+          self.manager.restore(step, args=ocp.args.Composite(
+              data=grain.checkpoint.CheckpointRestore(iterator)))
+        log.info("checkpoint: restored step %d from %s", step, self.directory)
         return state, step
       self.set_aside(step, problem or "failed to restore on another process")
     return None, None
+
+  def _data_problem(self, step: int) -> Optional[str]:
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    path = paths.join(self.directory, str(step), "data", name)
+    if not paths.exists(path):
+      data_dir = paths.join(self.directory, str(step), "data")
+      counts = {f.rsplit("-of-", 1)[-1][:-len(".json")] for f in
+                (paths.listdir(data_dir) if paths.exists(data_dir) else []) if "-of-" in f}
+      if counts and str(jax.process_count()) not in counts:  # saved before layouts were recorded
+        raise DataLayoutError(
+            f"checkpoint {paths.join(self.directory, str(step))} holds the data position of "
+            f"{'/'.join(sorted(counts))} processes, this run has {jax.process_count()}: to resume, "
+            f"run on that many processes; or start a new --workdir with "
+            f"--config.init.from_checkpoint={paths.join(self.directory, str(step))} (the data starts over)")
+      return f"no data/{name}"
+    try:
+      json.loads(paths.read_text(path))
+    except (ValueError, UnicodeDecodeError) as e:
+      return f"data/{name} is not JSON ({_one_line(e)})"
+    return None
 
   def set_aside(self, step: int, reason: str) -> str:
     """Moves step `step` into `<checkpoints>.damaged/` (kept for inspection) and warns."""

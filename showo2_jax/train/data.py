@@ -90,6 +90,13 @@ def check_global_batch(global_batch: int, mesh: Mesh, grad_accum_steps: int) -> 
   return micro
 
 
+def layout(config) -> dict:
+  """What this process's data position depends on (saved with every checkpoint)."""
+  d = config.data
+  return {"process_count": jax.process_count(),
+          "num_workers": int(d.get("num_workers", 0)) if "streams" in d else 0}
+
+
 def make_iterator(config, mesh: Mesh) -> Iterator:
   """This process's training iterator (with get_state/set_state for checkpoints).
 
@@ -161,7 +168,9 @@ def uses_pixels(config) -> bool:
 def slots_per_row(config) -> int:
   d = config.data
   if "streams" in d:
-    return max([int(d.streams[n].max_num_images) if d.streams[n].task == "vist" else 1
+    slots = {"vist": lambda s: int(s.max_num_images),
+             "llava_multi_image": lambda s: int(s.max_num_images), "edit": lambda s: 2}
+    return max([slots.get(d.streams[n].task, lambda s: 1)(d.streams[n])
                 for n in d.stream_order] or [1])
   return int(d.get("max_images", 1))
 

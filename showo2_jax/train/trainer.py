@@ -134,7 +134,8 @@ def train(config, workdir: str, console=None) -> dict:
   ckpt = checkpointing.Checkpointer(paths.join(workdir, "checkpoints"),
                                     every_steps=config.checkpoint.every_steps,
                                     keep=config.checkpoint.keep,
-                                    async_save=config.checkpoint.async_save)
+                                    async_save=config.checkpoint.async_save,
+                                    layout=data_lib.layout(config))
   schedules = optimizer_lib.schedules(config.optim, num_steps)
   try:
     with jax.set_mesh(mesh), sharding_lib.axis_rules():

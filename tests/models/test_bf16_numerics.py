@@ -139,3 +139,19 @@ def test_check_parity_bf16_rejects_other_directories(tmp_path, capsys):
   assert main(["check-parity", "--bf16", str(tmp_path)]) == 1
   err = capsys.readouterr().err
   assert "no ref_outputs.npz" in err and len(err.strip().splitlines()) == 1
+
+
+def test_check_parity_bf16_turns_excess_precision_off():
+  """The CLI sets the flag itself (after `import jax`, before any backend starts)."""
+  code = f"""
+      import os
+      os.environ.pop("XLA_FLAGS", None)
+      from showo2_jax.cli.main import main
+      main(["check-parity", "--bf16", "--skip-sampling", {str(BF16_FIXTURE)!r}])
+      print("flags", os.environ.get("XLA_FLAGS"))
+      """
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+  proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"flags {NO_EXCESS}" in proc.stdout and "warning" not in proc.stdout, proc.stdout[-3000:]

@@ -1,6 +1,7 @@
 """What a restart does with what a crash left (local folder and gs:// alike):
 stale tmp saves are removed, a damaged newer step is skipped with one warning and
 kept aside, the newest good step is restored, and NaN/Inf params are never saved."""
+import json
 import logging
 
 import jax
@@ -114,3 +115,49 @@ def test_non_finite_params_are_never_saved(tmp_path, bad):
     ckpt.save(2, state, None, force=True)
   ckpt.close()
   assert paths.listdir(paths.join(root, "checkpoints")) == ["1"]
+
+
+class _Position:
+  """A data iterator whose state is a position (what grain's handler saves)."""
+
+  def __init__(self, position=0):
+    self.position = position
+
+  def get_state(self):
+    return {"position": self.position}
+
+  def start_prefetch(self):
+    pass
+
+  def set_state(self, state):
+    self.position = (json.loads(state) if isinstance(state, (str, bytes)) else state)["position"]
+
+
+@pytest.mark.parametrize("changed,expected", [
+    ({"process_count": 2}, "number of processes (hosts) = 1, this run has 2: "),
+    ({"num_workers": 0}, "--config.data.num_workers = 4, this run has 0: "),
+])
+def test_restart_with_another_data_layout_is_one_line(tmp_path, changed, expected):
+  root = str(tmp_path / "run")
+  layout = {"process_count": 1, "num_workers": 4}
+  ckpt = checkpointing.Checkpointer(paths.join(root, "checkpoints"), every_steps=1, keep=5,
+                                    async_save=False, layout=layout)
+  ckpt.save(6, _state(6.0, 6), _Position(48), force=True)
+  ckpt.close()
+
+  same = checkpointing.Checkpointer(paths.join(root, "checkpoints"), every_steps=1, keep=5,
+                                    async_save=False, layout=layout)
+  it = _Position()
+  _, step = same.restore_latest(_abstract(), it)
+  same.close()
+  assert (step, it.position) == (6, 48)
+
+  other = checkpointing.Checkpointer(paths.join(root, "checkpoints"), every_steps=1, keep=5,
+                                     async_save=False, layout={**layout, **changed})
+  with pytest.raises(checkpointing.DataLayoutError) as e:
+    other.restore_latest(_abstract(), _Position())
+  other.close()
+  message = str(e.value)
+  assert expected in message and "\n" not in message, message
+  assert "--config.init.from_checkpoint=" in message and "to resume, " in message
+  assert paths.listdir(paths.join(root, "checkpoints")) == ["6"]   # not set aside
