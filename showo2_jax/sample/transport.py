@@ -344,7 +344,8 @@ def cfg_combine(v_cond: jax.Array, v_uncond: jax.Array, scale: Scalar,
   return (v_u + guided).astype(dtype)
 
 
-def _is_static_zero(scale) -> bool:
+def is_static_zero(scale) -> bool:
+  """True for a Python 0 guidance scale: `cfg_velocity_fn` then calls the model unbatched."""
   return isinstance(scale, (int, float)) and scale == 0
 
 
@@ -359,7 +360,7 @@ def cfg_velocity_fn(model_fn: VelocityFn, scale: Scalar, dtype=jnp.bfloat16) -> 
   With g == 0 (a Python 0, static) `model_fn` is called as is: build it over the cond
   rows only. The original still doubled the batch and halved the result (spec quirk 12).
   """
-  if _is_static_zero(scale):
+  if is_static_zero(scale):
     return model_fn
 
   def guided(x, t):

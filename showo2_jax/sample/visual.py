@@ -43,21 +43,31 @@ def zero_first_frame(v: jax.Array) -> jax.Array:
   return v.at[:, :, 0].set(0)
 
 
-def block_velocity(model: Showo2, params, x, t, llm_cache, flow_cache, shift, offsets, start: int):
+def block_velocity(model: Showo2, params, x, t, llm_cache, flow_cache, shift, offsets, start: int,
+                   repeats: int = 1):
   """Velocity of the visual block of every row against cached prefixes.
 
   x (R, C, [T,] H, W) latents at time t (R,); offsets (R,) true position of each
   row's time token; start = the cache slot where the block begins (the aligned
-  prefix width). Returns the velocity (R, C, [T,] H, W) in the compute dtype.
+  prefix width). `repeats` = k > 1 says x and t are k identical copies of their
+  first R/k rows (CFG's [x; x]): the visual tokens (patch embeds, semantic
+  layers, fusion, time embedding), which depend on (x, t) only, are computed
+  once and tiled. Returns the velocity (R, C, [T,] H, W) in the compute dtype.
   """
   variables = {"params": params}
   frames, h, w, video, nq = _geometry(model, x)
-  visual, te = model.apply(variables, x, t, method=Showo2.encode_visual)
+  rows = x.shape[0]
+  if rows % repeats:
+    raise ValueError(f"repeats={repeats} does not divide the {rows} rows")
+  n = rows // repeats
+  visual, te = model.apply(variables, x[:n], t[:n], method=Showo2.encode_visual)
+  if repeats > 1:
+    visual = jnp.tile(visual, (repeats,) + (1,) * (visual.ndim - 1))
+    te = jnp.tile(te, (repeats,) + (1,) * (te.ndim - 1))
   kv_len = start + nq
   positions = offsets[:, None] + jnp.arange(nq, dtype=jnp.int32)[None]
   mask = prefix_lib.window_mask(shift, start, nq, kv_len, bidirectional=True)
   hidden, _ = model.apply(variables, visual, positions, mask, llm_cache, start, method=Showo2.llm)
-  rows = x.shape[0]
   one_slot = jnp.zeros((rows, 1, 2), jnp.int32)       # only its shape (M = 1) is read
   slot_index = jnp.zeros((rows, nq), jnp.int32)       # every block position is slot 0
   v_tok, _ = model.apply(variables, hidden, te, one_slot, positions, mask, flow_cache, start,
@@ -87,8 +97,12 @@ def sample_latents(model: Showo2, params, tokens, shift, lengths, placement, att
       model, params, tokens, shift, placement, attention, start + nq, visual=context_visual,
       te=context_te, with_flow=True, logits=None)
 
+  # With CFG the guided velocity feeds [x; x], [t; t]: encode the image once.
+  doubled = use_cfg and not transport.is_static_zero(guidance_scale)
+
   def model_fn(x, t):
-    v = block_velocity(model, params, x, t, llm_cache, flow_cache, shift, lengths, start)
+    v = block_velocity(model, params, x, t, llm_cache, flow_cache, shift, lengths, start,
+                       repeats=2 if doubled else 1)
     progress.report(show_progress, t[0])
     return zero_first_frame(v) if first_frame_as_cond else v
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 
 import jax
@@ -46,6 +47,7 @@ class CompileReport:
   model_flops: float             # flops.train_flops_per_step / devices (remat not counted)
   tokens_per_device: float       # tokens of one step per device
   compile_seconds: float
+  collectives: dict = dataclasses.field(default_factory=dict)  # op -> count in the compiled HLO
 
   @property
   def sum_bytes(self) -> int:
@@ -76,6 +78,8 @@ class CompileReport:
         f"({self.tokens_per_device:g} tokens; train/flops.py, no remat), XLA cost analysis "
         f"{_flops(self.flops)} (counts a scanned layer stack once); compiled in "
         f"{self.compile_seconds:.0f} s",
+        "collectives in the compiled step: " + (", ".join(
+            f"{n} {op}" for op, n in sorted(self.collectives.items())) or "none"),
     ]
 
 
@@ -169,6 +173,19 @@ def tpu_devices(topology: str, num_slices: int = 1):
   return list(topo.devices)
 
 
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+
+
+def count_collectives(hlo_text: str) -> dict:
+  """{op: count} of the collective instructions in compiled HLO text (async pairs
+  counted once, at their -start)."""
+  pattern = re.compile(r"\b(" + "|".join(COLLECTIVES) + r")(-start)?\(")
+  counts = {}
+  for m in pattern.finditer(hlo_text):
+    counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+  return counts
+
+
 def lower_train_step(config, devices):
   """(lowered step, StateLayout): the run's exact step traced against abstract
   inputs on a mesh of `devices`; nothing is compiled or allocated."""
@@ -228,4 +245,4 @@ def compile_train_step(config, devices) -> CompileReport:
       xla_peak_bytes=int(getattr(mem, "peak_memory_in_bytes", 0) or 0),
       flops=float((cost or {}).get("flops", 0.0)),
       model_flops=model_flops / len(devices), tokens_per_device=gb * seq_len / len(devices),
-      compile_seconds=seconds)
+      compile_seconds=seconds, collectives=count_collectives(compiled.as_text()))

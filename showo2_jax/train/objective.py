@@ -46,8 +46,12 @@ class Showo2Objective:
         rng, batch["latents"], mp, batch["image_masks"], is_und, und_max_t0=self.und_max_t0,
         shift_mu=self.shift_mu, clean_context_prob=self.clean_context_prob)
     t_model = transport.bf16_round(flow.t) if self.bf16_timesteps else flow.t
-    out = self.model.apply({"params": params}, batch["text_tokens"], flow.x_t, t_model, mp)
-    ntp = showo2.ntp_loss(out["logits"], batch["text_labels"])
+    variables = {"params": params}
+    out = self.model.apply(variables, batch["text_tokens"], flow.x_t, t_model, mp, compute_logits=False)
+    # The lm_head runs only where a label exists (the same value as ntp_loss on full logits).
+    ntp = showo2.ntp_loss_from_hidden(
+        lambda h: self.model.apply(variables, h, method=showo2.Showo2.logits), out["hidden"],
+        batch["text_labels"])
     # The original places the targets in a model-dtype tensor before the MSE.
     labels = flow.u_t.astype(self.compute_dtype)
     fm = showo2.flow_loss(out["v_tok"], labels, flow.image_masks, mp)

@@ -76,3 +76,12 @@ def test_tiny_train_step_compiles_for_a_tpu_slice_and_two_slices():
   assert out.count("per device peak (XLA peak_memory_in_bytes)") == 2
   assert "of 95.00 GiB HBM" in out
   assert "not a standard v5p slice size" in proc.stderr
+  # FSDP: params are all-gathered per use in the compiled step (not replicated).
+  coll = [l for l in out.splitlines() if l.startswith("collectives in the compiled step:")]
+  assert len(coll) == 2 and all("all-gather" in l for l in coll), coll
+
+
+def test_collectives_are_counted_from_hlo_text():
+  text = ("%a = f32[8] all-gather(%x)\n%b = f32[4] all-gather-start(%y)\n"
+          "%c = f32[4] all-gather-done(%b)\n%d = f32[2] reduce-scatter(%z)\n")
+  assert aot.count_collectives(text) == {"all-gather": 2, "reduce-scatter": 1}

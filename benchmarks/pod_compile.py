@@ -1,0 +1,109 @@
+"""Per-chip memory and FLOPs of the train step on TPU pods, compiled on a CPU host.
+
+For each (config, topology, attention_impl) the exact train step is compiled by
+the TPU compiler for an abstract topology (libtpu, `pip install -e '.[tpu]'`; no
+TPU), one subprocess each, and one table row is printed: per-chip arguments,
+temporaries and XLA's peak (`peak_memory_in_bytes`, what the compiler checks
+against HBM), model FLOPs per chip per step (train/flops.py) beside XLA's count
+(which counts a scanned layer stack's body once), and the step time and tokens/s
+per chip implied at 50% of the chip's peak bf16 FLOP/s.
+
+  python benchmarks/pod_compile.py --configs stage2_1p5b:b --topologies v5p-128 v5e-256 \
+      --impls dense chunked --rows-per-chip 8 --json /tmp/pod.json
+
+Big compiles take minutes and several GiB of host memory each; run them one at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+# Peak dense bf16 TFLOP/s per device (Cloud TPU docs; v4 devices are TensorCores).
+PEAK_BF16_TFLOPS = {"TPU v4": 137.5, "TPU v5": 459.0, "TPU v5 lite": 197.0, "TPU v6 lite": 918.0}
+
+ONE = """
+import json, sys
+from showo2_jax.cli.train import quiet_libraries
+from showo2_jax import config_lib
+from showo2_jax.train import aot, config_overrides
+quiet_libraries()
+name, topo, impl, rows, overrides = json.loads(sys.argv[1])
+c = config_lib.load_config(name)
+devs = aot.tpu_devices(topo)
+c.train.global_batch_size = rows * len(devs)
+c.model.attention_impl = impl
+for kv in overrides:
+  k, v = kv.split("=", 1)
+  node = c
+  *parents, leaf = k.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = type(node[leaf])(json.loads(v) if not isinstance(node[leaf], str) else v)
+r = aot.compile_train_step(c, devs)
+print("RESULT", json.dumps(dict(
+    config=name, topology=topo, impl=impl, rows_per_chip=rows, devices=r.devices,
+    device_kind=r.device_kind, remat=c.model.remat_policy, argument_gib=r.argument_bytes / 2**30,
+    temp_gib=r.temp_bytes / 2**30, peak_gib=r.peak_bytes / 2**30,
+    hbm_gib=aot.HBM_BYTES.get(r.device_kind, 0) / 2**30, model_tflop=r.model_flops / 1e12,
+    xla_tflop=r.flops / 1e12, tokens_per_chip=r.tokens_per_device,
+    compile_s=r.compile_seconds, collectives=r.collectives)))
+"""
+
+
+def run_one(name, topo, impl, rows, overrides, timeout):
+  arg = json.dumps([name, topo, impl, rows, overrides])
+  p = subprocess.run([sys.executable, "-c", ONE, arg], capture_output=True, text=True, timeout=timeout)
+  for line in p.stdout.splitlines():
+    if line.startswith("RESULT "):
+      row = json.loads(line[len("RESULT "):])
+      peak = PEAK_BF16_TFLOPS.get(row["device_kind"], 0.0)
+      step = row["model_tflop"] / (0.5 * peak) if peak else float("nan")
+      row.update(step_s_at_50pct=step, tokens_per_s_per_chip=row["tokens_per_chip"] / step)
+      return row
+  err = (p.stderr.strip().splitlines() or ["no output"])[-1]
+  return dict(config=name, topology=topo, impl=impl, rows_per_chip=rows, error=err[:200])
+
+
+def table(rows) -> str:
+  head = ("| config | topology | attention | rows/chip | remat | args GiB | temps GiB | peak GiB "
+          "(HBM) | model TFLOP/chip | XLA TFLOP/chip | step s @50% | tokens/s/chip |")
+  lines = [head, "|" + "---|" * 12]
+  for r in rows:
+    if "error" in r:
+      lines.append(f"| {r['config']} | {r['topology']} | {r['impl']} | {r['rows_per_chip']} | "
+                   f"error: {r['error']} |||||||")
+      continue
+    lines.append(
+        f"| {r['config']} | {r['topology']} | {r['impl']} | {r['rows_per_chip']} | {r['remat']} | "
+        f"{r['argument_gib']:.2f} | {r['temp_gib']:.2f} | {r['peak_gib']:.2f} ({r['hbm_gib']:.0f}) | "
+        f"{r['model_tflop']:.1f} | {r['xla_tflop']:.1f} | {r['step_s_at_50pct']:.2f} | "
+        f"{r['tokens_per_s_per_chip']:.0f} |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--configs", nargs="+", default=["stage2_1p5b:b"])
+  p.add_argument("--topologies", nargs="+", default=["v5p-128"])
+  p.add_argument("--impls", nargs="+", default=["dense"])
+  p.add_argument("--rows-per-chip", type=int, default=8)
+  p.add_argument("--set", nargs="*", default=[], help="config overrides key=value (e.g. model.remat_policy=full)")
+  p.add_argument("--timeout", type=int, default=3600)
+  p.add_argument("--json", default=None, help="also write the rows here")
+  args = p.parse_args(argv)
+  rows = []
+  for name in args.configs:
+    for topo in args.topologies:
+      for impl in args.impls:
+        rows.append(run_one(name, topo, impl, args.rows_per_chip, args.set, args.timeout))
+        print(json.dumps(rows[-1]), flush=True)
+  print(table(rows))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

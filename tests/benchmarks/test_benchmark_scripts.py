@@ -1,0 +1,76 @@
+"""The accelerator suite and the side-by-side comparison run end to end on a tiny config.
+
+Nothing here is timed: the tests check that the commands run, write what they
+promise and compute their ratios from what they measured.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--config", "tiny", "--new-tokens", "4"]
+
+
+def _run(cmd, tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  return p.stdout
+
+
+def test_accelerator_suite_writes_every_figure(tmp_path):
+  out = tmp_path / "suite.json"
+  _run(["bash", str(REPO / "benchmarks" / "accelerator_suite.sh"), "--out", str(out), *TINY,
+        "--train-config", "tiny_train", "--t2i-points", "3", "--train-steps", "1",
+        "--batches", "1,2", "--train-batch", "2", "--peak-tflops", "1.0"], tmp_path)
+  res = json.loads(out.read_text())
+  assert [r["batch"] for r in res["t2i"]] == [1, 2]
+  assert [r["batch"] for r in res["decode"]] == [1, 2]
+  for r in res["t2i"]:
+    assert r["s_per_image"] > 0 and r["evals"] == 2
+  for r in res["decode"]:
+    # tokens/s is None only when 3 decode steps vanish in timing noise (tiny model)
+    assert r["prefill_s"] > 0 and r["total_s"] > 0
+    assert r["tok_per_s"] is None or r["tok_per_s"] > 0
+  train = res["train"]
+  assert train["step_s"] > 0 and train["global_batch"] == 2
+  assert abs(train["mfu"] - train["model_tflops"] / 1.0) < 1e-12       # the given peak
+  assert res["peak"]["measured_gemm_tflops"] > 0
+  assert res["machine"]["platform"] == "cpu"
+
+
+FAKE_REFERENCE = """
+import json, time
+time.sleep(0.01)
+print("some log line")
+print(json.dumps({"params": 1, "threads": 2, "t2i_s_per_cfg_call": 0.5,
+                  "t2i_s_per_image_50_steps_est": 24.5, "mmu_tokens": 8, "mmu_tok_per_s": 2.0,
+                  "train_s_per_step_b2_L1024": 7.0}))
+"""
+
+
+def test_compare_original_alternates_and_reports_ratios(tmp_path):
+  """A stand-in for the original's ref_bench.py (fixed figures) checks the plumbing:
+  rounds alternate, medians and ratios come from the measured figures."""
+  ref = tmp_path / "ref_bench.py"
+  ref.write_text(FAKE_REFERENCE)
+  code = tmp_path / "show-o2"
+  code.mkdir()
+  out = tmp_path / "compare.json"
+  stdout = _run([sys.executable, str(REPO / "benchmarks" / "compare_original.py"), *TINY,
+                 "--tasks", "t2i", "--t2i-points", "3", "--rounds", "2", "--reference-python", sys.executable,
+                 "--reference-code", str(code), "--reference-bench", str(ref), "--json", str(out)],
+                tmp_path)
+  res = json.loads(out.read_text())
+  assert len(res["ours_rounds"]) == 2 and len(res["original_rounds"]) == 2
+  (row,) = res["table"]
+  ours = sorted(r["t2i_s_per_image"] for r in res["ours_rounds"])
+  assert abs(row["ours"] - (ours[0] + ours[1]) / 2) < 1e-9
+  assert row["original"] == 0.5 * 2                  # per CFG call x (3 - 1) evaluations
+  assert abs(row["speedup"] - 1.0 / row["ours"]) < 1e-9
+  assert row["ours_peak_gib"] > 0.1
+  assert all(r["peak_rss_gib"] > 0 for r in res["original_rounds"])
+  assert "T2I 432 px, 3-point Euler + CFG" in stdout and "x faster" in stdout
+  assert set(res["gemm_peak_tflops"]) == {"jax", "torch"}
