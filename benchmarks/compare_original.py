@@ -256,6 +256,8 @@ def main(argv=None):
   if with_ref:
     peaks["torch"] = measured([args.reference_python, "-c", TORCH_GEMM.format(threads=args.threads)],
                               reference_env(args), args.timeout)["gemm_tflops"]
+  print("GEMM peak (fp32 2048^3): " + ", ".join(f"{k} {1000 * v:.0f} GFLOP/s" for k, v in peaks.items()),
+        flush=True)
   ours_rows, ref_rows = [], []
   for r in range(args.rounds):
     row = {}

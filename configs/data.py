@@ -7,7 +7,9 @@ Every batch holds `batch_size` rows of each stream, in `stream_order`
 `showo2_jax.data.build.pipeline_from_config`.
 
 Stream fields:
-  task         't2i' | 'captioning' | 'llava' | 'vist' | 'video_t2i' | 'video_captioning'
+  task         't2i' | 'captioning' | 'llava' | 'llava_multi_image' (LLaVA-OneVision
+               rows with several <image>, max_num_images slots) | 'vist' | 'video_t2i' |
+               'video_captioning' | 'edit' (JSONL {"source", "target", "instruction"})
   source       'files' (annotation file + media folder) | 'array_record' (glob of
                shards, e.g. precomputed latents) | 'tfds' (data dir of a built
                `showo2_records` dataset)

@@ -55,13 +55,21 @@ def build_server(args):
   if args.max_batch_size < 1:
     raise CliError("--max-batch-size must be >= 1")
   try:
+    cli_args.check_model_arguments(args)
+  except cli_args.InferenceSetupError as e:
+    raise CliError(str(e)) from None
+  try:
+    flow = FlowSampling(
+        num_steps=args.num_inference_steps or cli_args.sample_default(args, "num_steps", 50),
+        guidance_scale=(args.guidance_scale if args.guidance_scale is not None
+                        else cli_args.sample_default(args, "guidance_scale", 7.5)),
+        time_shifting_factor=cli_args.sample_default(args, "time_shifting_factor", 3.0))
+  except ValueError as e:
+    raise CliError(f"--guidance-scale / --num-inference-steps: {e}") from None
+  try:
     pipe = cli_args.load_pipeline(args, need_vae=True)
   except cli_args.InferenceSetupError as e:
     raise CliError(str(e)) from None
-  flow = FlowSampling(
-      num_steps=args.num_inference_steps or cli_args.sample_default(args, "num_steps", 50),
-      guidance_scale=(args.guidance_scale if args.guidance_scale is not None
-                      else cli_args.sample_default(args, "guidance_scale", 7.5)))
   engine = engine_lib.Engine(pipe, max_batch=args.max_batch_size,
                              window_s=args.batch_window_ms / 1000.0,
                              max_new_tokens=args.max_tokens_limit).start()

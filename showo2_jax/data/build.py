@@ -32,6 +32,9 @@ TASKS = {
                     ("cond_dropout_prob", "min_res")),
     "captioning": TaskSpec("image_text", tasks.ImageTextTask, dict(captioning=True), ("min_res",)),
     "llava": TaskSpec("llava", tasks.LlavaTask, {}, ("stage",)),
+    # LLaVA-OneVision multi-image conversations: M = max_num_images slots per row.
+    "llava_multi_image": TaskSpec("llava", tasks.LlavaTask, {}, ("stage", "max_num_images")),
+    "edit": TaskSpec("edit", tasks.EditTask, {}, ("cond_dropout_prob",)),
     "vist": TaskSpec("vist", tasks.VistTask, {}, ("max_num_images",)),
     "video_t2i": TaskSpec("video_text", tasks.VideoTextTask, dict(captioning=False),
                           ("cond_dropout_prob", "num_frames")),
@@ -43,6 +46,7 @@ FILE_SOURCES = {
     "llava": sources.llava_source,
     "vist": sources.vist_source,
     "video_text": sources.video_text_source,
+    "edit": sources.edit_source,
 }
 
 

@@ -14,9 +14,10 @@ a marker `{BAD: "file:line: reason"}`, which the tasks turn into a counted skip
 
 Record kinds (see docs/data.md):
   image-text  {"path", "prompt"}                       (JSONL, stage 1)
-  llava       {"conversations", "image"?}              (JSON list, stage 2)
+  llava       {"conversations", "image"? (a list: multi-image)} (JSON list, stage 2)
   vist        {"images": [...], "captions": [...]}     (JSON list, mixed modality)
   video-text  {"path" (file or frame folder), "prompt"} (JSONL)
+  edit        {"source", "target", "instruction"}      (JSONL, image editing)
   array-record: any of the above with media as bytes ("image_bytes") or
                 precomputed "latents" (record_io format).
 """
@@ -74,7 +75,10 @@ STR = (_is_str, "a string")
 STR_LIST = (_is_str_list, "a list of strings")
 TURNS = (_is_turns, 'a non-empty list of {"from": str, "value": str}')
 IMAGE_TEXT_FIELDS = {"path": STR, "prompt": STR}
-LLAVA_FIELDS = {"conversations": TURNS, "image": STR}
+STR_OR_LIST = (lambda v: _is_str(v) or (_is_str_list(v) and bool(v)),
+               "a string or a non-empty list of strings")
+LLAVA_FIELDS = {"conversations": TURNS, "image": STR_OR_LIST}  # a list: multi-image samples
+EDIT_FIELDS = {"source": STR, "target": STR, "instruction": STR}
 VIST_FIELDS = {"images": STR_LIST, "captions": STR_LIST}
 
 
@@ -160,9 +164,22 @@ def llava_source(json_path: str | os.PathLike, media_root: str | None = None) ->
   records = []
   for r in read_json_list(json_path, ("conversations",), LLAVA_FIELDS):
     r = dict(r)
-    if "image" in r and not is_bad(r):
+    if is_bad(r):
+      pass
+    elif isinstance(r.get("image"), list):  # LLaVA-OneVision multi-image samples
+      r["image"] = [os.path.join(root, p) for p in r["image"]]
+    elif "image" in r:
       r["image"] = os.path.join(root, r["image"])
     records.append(r)
+  return grain.MapDataset.source(records)
+
+
+def edit_source(jsonl_path: str | os.PathLike, media_root: str | None = None) -> grain.MapDataset:
+  """Image editing triples: lines {"source": image, "target": image, "instruction": text}."""
+  root = _root(jsonl_path, media_root)
+  records = [r if is_bad(r) else dict(r, source=os.path.join(root, r["source"]),
+                                       target=os.path.join(root, r["target"]))
+             for r in read_jsonl(jsonl_path, ("source", "target", "instruction"), EDIT_FIELDS)]
   return grain.MapDataset.source(records)
 
 

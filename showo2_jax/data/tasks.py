@@ -100,9 +100,15 @@ def image_text_pixels(record: dict, resolution: int, min_res=None) -> np.ndarray
 
 
 def llava_pixels(record: dict, resolution: int) -> np.ndarray:
-  """LLaVA images letterboxed (4.3); text-only samples get a black image."""
+  """LLaVA images letterboxed (4.3), (n, 3, R, R); text-only samples get a black image.
+
+  "image" may be a list (LLaVA-OneVision multi-image samples), in `<image>` order.
+  """
   if "image" not in record and "image_bytes" not in record:
     return transforms.black_pixels(resolution)[None]
+  if isinstance(record.get("image"), (list, tuple)):
+    return np.stack([transforms.to_pixels(transforms.resize_and_pad(
+        media.open_image(p).convert("RGB"), resolution)) for p in record["image"]])
   image = media.open_image(record.get("image"), record.get("image_bytes")).convert("RGB")
   return transforms.to_pixels(transforms.resize_and_pad(image, resolution))[None]
 
@@ -111,6 +117,12 @@ def vist_pixels(record: dict, resolution: int) -> np.ndarray:
   """Every image of a story, center-cropped (4.6)."""
   return np.stack([transforms.image_transform(media.open_image(p).convert("RGB"), resolution)
                    for p in record["images"]])
+
+
+def edit_pixels(record: dict, resolution: int) -> np.ndarray:
+  """(2, 3, R, R): the source, then the target, both center-cropped (as T2I images)."""
+  return np.stack([transforms.image_transform(media.open_image(record[k]).convert("RGB"),
+                                              resolution) for k in ("source", "target")])
 
 
 def video_pixels(record: dict, resolution: int, num_frames: int) -> np.ndarray:
@@ -127,6 +139,7 @@ def pixel_loader(kind: str, resolution: int, *, min_res=None, num_frames: int = 
       "llava": functools.partial(llava_pixels, resolution=resolution),
       "vist": functools.partial(vist_pixels, resolution=resolution),
       "video_text": functools.partial(video_pixels, resolution=resolution, num_frames=num_frames),
+      "edit": functools.partial(edit_pixels, resolution=resolution),
   }
   if kind not in loaders:
     raise ValueError(f"unknown record kind {kind!r}; one of {sorted(loaders)}")
@@ -242,9 +255,10 @@ class LlavaTask(Task):
   is_und = True
 
   def __init__(self, tokenizer, special, *, resolution, max_seq_len, stage="tuning",
-               system_prompt=sequences.DEFAULT_SYSTEM_PROMPT):
+               system_prompt=sequences.DEFAULT_SYSTEM_PROMPT, max_num_images=1):
     super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len)
     self.stage = stage
+    self.num_slots = max_num_images
     self.chat = sequences.ChatIds.build(tokenizer, system_prompt)
     self.load_pixels = pixel_loader("llava", resolution)
 
@@ -252,7 +266,30 @@ class LlavaTask(Task):
     return sequences.llava_row(self.tokenizer, record["conversations"], self.special,
                                stage=self.stage, chat=self.chat,
                                num_visual_tokens=self.num_visual_tokens,
-                               max_seq_len=self.max_seq_len)
+                               max_seq_len=self.max_seq_len, max_num_images=self.num_slots)
+
+
+class EditTask(Task):
+  """Image editing triples {"source", "target", "instruction"} (`sequences.edit_row`).
+
+  Two slots: the source (clean context, t = 1, no loss) and the target
+  (flow-matching loss). The instruction is dropped to '' with
+  `cond_dropout_prob`, which trains the null row of editing CFG (source kept).
+  """
+
+  def __init__(self, tokenizer, special, *, resolution, max_seq_len, cond_dropout_prob=0.1):
+    super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len)
+    self.num_slots = 2
+    self.cond_dropout_prob = cond_dropout_prob
+    self.load_pixels = pixel_loader("edit", resolution)
+    self.max_text_len = sequences.edit_max_text_len(max_seq_len, self.num_visual_tokens)
+
+  def layout(self, record, rng):
+    text = transforms.drop_caption(record["instruction"].replace("\n", " "),
+                                   self.cond_dropout_prob, rng)
+    ids = tokenizer_lib.encode(self.tokenizer, text, self.max_text_len)
+    return sequences.edit_row(ids, self.special, num_visual_tokens=self.num_visual_tokens,
+                              max_seq_len=self.max_seq_len)
 
 
 class VistTask(Task):

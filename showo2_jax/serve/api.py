@@ -297,10 +297,13 @@ class Server:
       ids = self.pipe.prompt_ids([prompt])[0]
     except ValueError as e:
       raise RequestError(str(e), "prompt") from None
-    flow = FlowSampling(
-        num_steps=num_inference_steps or self.flow.num_steps,
-        guidance_scale=self.flow.guidance_scale if guidance_scale is None else guidance_scale,
-        time_shifting_factor=self.flow.time_shifting_factor, method=self.flow.method)
+    try:
+      flow = FlowSampling(
+          num_steps=num_inference_steps or self.flow.num_steps,
+          guidance_scale=self.flow.guidance_scale if guidance_scale is None else guidance_scale,
+          time_shifting_factor=self.flow.time_shifting_factor, method=self.flow.method)
+    except ValueError as e:
+      raise RequestError(str(e), "guidance_scale") from None
     seed = secrets.randbelow(2**31) if seed is None else seed
     return ImageJob(prompt_ids=ids, n=n, sampling=flow, seed=seed, source=source)
 

@@ -107,6 +107,7 @@ def vae_phase_config(config, paths: Paths):
   c = _base(config)
   c.train.task = "wan_vae"
   c.train.kl_weight = float(r.kl_weight)
+  c.train.mse_weight = float(r.get("mse_weight", 0.0))
   c.train.num_steps = int(r.num_steps)
   c.train.global_batch_size = int(r.batch_size)
   c.train.frozen = ()

@@ -22,7 +22,7 @@ from typing import Mapping, Optional
 
 # Scalars worth a column on the console, in this order; the rest go to
 # TensorBoard and metrics.jsonl only.
-SHOWN = ("loss", "ntp_loss", "flow_loss", "rec_loss", "kl_loss", "distill_clean",
+SHOWN = ("loss", "ntp_loss", "flow_loss", "rec_loss", "mse_loss", "kl_loss", "distill_clean",
          "distill_noised", "grad_norm")
 
 

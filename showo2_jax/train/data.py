@@ -168,7 +168,9 @@ def uses_pixels(config) -> bool:
 def slots_per_row(config) -> int:
   d = config.data
   if "streams" in d:
-    return max([int(d.streams[n].max_num_images) if d.streams[n].task == "vist" else 1
+    slots = {"vist": lambda s: int(s.max_num_images),
+             "llava_multi_image": lambda s: int(s.max_num_images), "edit": lambda s: 2}
+    return max([slots.get(d.streams[n].task, lambda s: 1)(d.streams[n])
                 for n in d.stream_order] or [1])
   return int(d.get("max_images", 1))
 

@@ -35,6 +35,10 @@ def noise_batch(rng: jax.Array, latents: jax.Array, modality_positions: jax.Arra
   images use t0 = und_max_t0 (the lower bound of t). With und_max_t0 == 1 they are
   clean and their rows leave the flow loss, as the training scripts do.
 
+  Slots whose block has no flow-mask position (`image_masks` 0 over a present
+  block: the source image of `sequences.edit_row`) are clean context: x_t = x1,
+  t = 1, and they stay out of the loss.
+
   clean_context_prob > 0 (interleaved data, spec 4.6): with that probability per
   row, the first idx ~ U{1..last present slot} images become clean context
   (x_t = x1, t = 1) and their blocks leave the flow mask; the last present image
@@ -52,6 +56,14 @@ def noise_batch(rng: jax.Array, latents: jax.Array, modality_positions: jax.Arra
   masks = image_masks
   if und_max_t0 == 1.0:
     masks = jnp.where(is_und[:, None], 0, masks)
+  l = image_masks.shape[1]
+  inside = omni_mask.block_membership(
+      modality_positions, jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l)))  # (B, M, L)
+  context = (modality_positions[..., 1] > 0) & ~jnp.any(inside & (image_masks[:, None, :] > 0),
+                                                         axis=2)
+  flat_ctx = context.reshape(b * m)
+  x_t = jnp.where(flat_ctx.reshape((b * m,) + (1,) * (x1.ndim - 1)), x1, x_t)
+  t = jnp.where(flat_ctx, 1.0, t)
   if clean_context_prob > 0:
     clean = clean_context_slots(r_ctx, r_idx, modality_positions, clean_context_prob)
     flat = clean.reshape(b * m)

@@ -7,7 +7,8 @@ the same loop, with the same checkpoints and logs as every other phase.
 
 Objective, per image (Wan2.1 is trained with L1 reconstruction + KL, plus
 LPIPS and a GAN loss that a few-minute CPU run leaves out):
-  loss = mean |x - decode(z)| + kl_weight * mean KL(q(z|x) || N(0, I)),
+  loss = mean |x - decode(z)| + mse_weight * mean (x - decode(z))^2
+         + kl_weight * mean KL(q(z|x) || N(0, I)),
   z = mu + exp(logvar / 2) eps,
 all in the VAE's raw (un-normalised) latent space. Images go through the
 encoder's first causal chunk (a single frame), exactly what encoding an image
@@ -42,8 +43,8 @@ class VaeObjective:
   """(params, batch, rng) -> (loss, metrics)."""
   reads_pixels = True   # the step passes pixel_values through (no frozen VAE encode)
 
-  def __init__(self, cfg: wan.WanVAEConfig, kl_weight: float):
-    self.cfg, self.kl_weight = cfg, float(kl_weight)
+  def __init__(self, cfg: wan.WanVAEConfig, kl_weight: float, mse_weight: float = 0.0):
+    self.cfg, self.kl_weight, self.mse_weight = cfg, float(kl_weight), float(mse_weight)
     self.model = wan.WanVAE(cfg)
 
   def __call__(self, params, batch, rng):
@@ -56,10 +57,12 @@ class VaeObjective:
     logvar = jnp.clip(logvar, -30.0, 20.0)
     z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape, jnp.float32)
     y, _ = self.model.apply(v, z, method=wan.WanVAE.decode_chunk)
-    rec = jnp.mean(jnp.abs(y.astype(jnp.float32) - x))
+    err = y.astype(jnp.float32) - x
+    rec = jnp.mean(jnp.abs(err))
+    mse = jnp.mean(jnp.square(err))
     kl = 0.5 * jnp.mean(mu ** 2 + jnp.exp(logvar) - 1.0 - logvar)
-    loss = rec + self.kl_weight * kl
-    return loss, {"loss": loss, "rec_loss": rec, "kl_loss": kl}
+    loss = rec + self.mse_weight * mse + self.kl_weight * kl
+    return loss, {"loss": loss, "rec_loss": rec, "mse_loss": mse, "kl_loss": kl}
 
 
 def init_fn(cfg: wan.WanVAEConfig):
@@ -77,7 +80,8 @@ def vae_task(config, labels_fn):
   if r % cfg.spatial_factor:
     raise ValueError(f"resolution {r} is not a multiple of the VAE's stride {cfg.spatial_factor}")
   return Task(name="wan_vae", model_config=cfg, init_params=init_fn(cfg),
-              objective=VaeObjective(cfg, config.train.get("kl_weight", 1e-6)),
+              objective=VaeObjective(cfg, config.train.get("kl_weight", 1e-6),
+                                       config.train.get("mse_weight", 0.0)),
               labels=labels_fn, make_iterator=lambda mesh: data_lib.make_iterator(config, mesh),
               tokens_per_row=(r // cfg.spatial_factor) ** 2)
 

@@ -73,6 +73,41 @@ def test_llava_task_letterboxes_and_handles_text_only(tmp_path, tok, special):
   assert (text_only["pixel_values"] == -1).all()
 
 
+def test_llava_multi_image_and_edit_tasks(tmp_path, tok, special):
+  """LLaVA-OneVision multi-image records ("image" a list, one <image> per image) and
+  editing triples, through their sources, tasks and the config's task table."""
+  import json  # pylint: disable=g-import-not-at-top
+  from showo2_jax.data import build  # pylint: disable=g-import-not-at-top
+  for i, size in enumerate([(80, 40), (40, 80), (64, 64)]):
+    testing.random_image(rng(i), *size).save(tmp_path / f"im{i}.png")
+  (tmp_path / "ov.json").write_text(json.dumps([{
+      "image": ["im0.png", "im1.png"],
+      "conversations": [{"from": "human", "value": "<image>\n<image>\nWhich is taller?"},
+                        {"from": "gpt", "value": "The second."}]}]))
+  ds = sources.llava_source(str(tmp_path / "ov.json"))
+  assert build.task_spec("llava_multi_image").options == ("stage", "max_num_images")
+  task = tasks.LlavaTask(tok, special, resolution=R, max_seq_len=128, max_num_images=3)
+  row = task(ds[0], rng())
+  assert row["pixel_values"].shape == (3, 3, R, R)
+  assert (row["pixel_values"][0, :, :16] == -1).all() and (row["pixel_values"][1, :, :, :16] == -1).all()
+  assert (row["pixel_values"][2] == 0).all()           # the empty third slot
+  assert row["modality_positions"][:, 1].tolist() == [NV, NV, 0]
+  one = tasks.LlavaTask(tok, special, resolution=R, max_seq_len=128)
+  assert isinstance(one(ds[0], rng()), tasks.Skipped)  # two images do not fit one slot
+
+  (tmp_path / "edit.jsonl").write_text(json.dumps(
+      {"source": "im2.png", "target": "im0.png", "instruction": "make it wide"}) + "\n")
+  edits = sources.edit_source(str(tmp_path / "edit.jsonl"))
+  task = tasks.EditTask(tok, special, resolution=R, max_seq_len=L, cond_dropout_prob=0.0)
+  row = task(edits[0], rng())
+  assert row["pixel_values"].shape == (2, 3, R, R) and not row["is_und"]
+  (s_off, _), (t_off, _) = row["modality_positions"].tolist()
+  assert row["image_masks"][s_off:s_off + NV].sum() == 0 and row["image_masks"][t_off:t_off + NV].all()
+  dropped = tasks.EditTask(tok, special, resolution=R, max_seq_len=L, cond_dropout_prob=1.0)
+  null = dropped(edits[0], rng())
+  assert null["modality_positions"][1, 0] == s_off + NV + 2  # no instruction tokens left
+
+
 def test_vist_task_window_and_empty_slots(tmp_path, tok, special):
   ds = sources.vist_source(testing.write_vist_dataset(tmp_path, 2, images_per_story=(5, 2)))
   task = tasks.VistTask(tok, special, resolution=R, max_seq_len=256)

@@ -43,10 +43,12 @@ def test_bad_jsonl_lines_become_counted_skips_naming_file_and_line(tmp_path, cap
 def test_bad_llava_and_vist_records_name_the_record(tmp_path):
   good = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}
   (tmp_path / "l.json").write_text(json.dumps([good, {"conversations": "hi"},
+                                               {**good, "image": [1, 2]},
                                                {**good, "image": ["a", "b"]}]))
   ds = sources.llava_source(tmp_path / "l.json")
   assert ds[1][sources.BAD].startswith(f"{tmp_path / 'l.json'}: record 1: 'conversations' must be")
   assert ds[2][sources.BAD].startswith(f"{tmp_path / 'l.json'}: record 2: 'image' must be a string")
+  assert ds[3]["image"] == [str(tmp_path / "a"), str(tmp_path / "b")]  # multi-image: fine
   (tmp_path / "v.json").write_text(json.dumps([{"images": ["a"], "captions": ["x"]},
                                                {"images": ["a"], "captions": []}]))
   ds = sources.vist_source(tmp_path / "v.json")

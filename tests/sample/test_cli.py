@@ -63,6 +63,7 @@ def test_generate_writes_pngs_from_original_and_orbax_checkpoints(assets, capsys
                                 np.asarray(Image.open(out_dir / files[0])))
 
 
+@pytest.mark.filterwarnings("ignore:os.fork")  # the test's own iio.imread below (ffmpeg subprocess)
 def test_generate_image_to_video(assets, capsys):
   out_dir = assets["root"] / "i2v"
   rc, out, _ = _run(capsys, "generate", *assets["model"], "a dog runs", "--num-frames", "5",

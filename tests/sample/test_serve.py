@@ -262,3 +262,15 @@ def test_lmms_eval_openai_compatible_requests(server, pipe, media_dir):
   answers = asyncio.run(run_all())
   expected = pipe.understand([v for _, v in docs], [c for c, _ in docs], max_new_tokens=5)
   assert answers == expected
+
+
+def test_serve_command_refuses_bad_flags_in_one_line(tmp_path, capsys):
+  from showo2_jax.cli import main as cli  # pylint: disable=g-import-not-at-top
+  model = ["--checkpoint", str(tmp_path), "--tokenizer", str(tmp_path), "--vae", str(tmp_path),
+           "--compilation-cache-dir", ""]
+  for flags, expect in ((["--max-batch-size", "0"], "--max-batch-size"),
+                        (["--allowed-local-media-path", str(tmp_path / "nope")], "not a directory"),
+                        (["--guidance-scale", "nan"], "guidance")):
+    rc = cli.main(["serve", *model, *flags])
+    err = capsys.readouterr().err
+    assert rc == 1 and expect in err and "Traceback" not in err, err
