@@ -109,7 +109,7 @@ def config_defaults(args) -> dict:
   if spec:
     return _config_defaults(spec)
   checkpoint = getattr(args, "checkpoint", None)
-  if checkpoint and os.path.isdir(checkpoint):
+  if checkpoint and paths.isdir(checkpoint):
     run = training_run_defaults(args)
     return {k: run[k] for k in ("resolution", "max_seq_len", "sample") if run.get(k) is not None}
   return {}
@@ -167,7 +167,7 @@ def fill_from_training_run(args) -> None:
 
 def load_pipeline(args, need_vae: bool = False) -> Pipeline:
   """Builds the pipeline, turning missing files into one-line errors."""
-  if args.checkpoint and not os.path.exists(args.checkpoint):
+  if args.checkpoint and not paths.exists(args.checkpoint):
     raise InferenceSetupError(f"--checkpoint: '{args.checkpoint}' does not exist")
   fill_from_training_run(args)
   for flag, path in (("--checkpoint", args.checkpoint), ("--tokenizer", args.tokenizer),

@@ -69,22 +69,20 @@ def resolve_training_run(path: str) -> Optional[str]:
   (`phases.json`, e.g. tiny_shapes) stands for its final Show-o2 phase.
   """
   path = os.fspath(path)
-  if not os.path.isdir(path):
+  if not paths.isdir(path):
     return None
-  if os.path.exists(os.path.join(path, "phases.json")):
+  if paths.exists(paths.join(path, "phases.json")):
     from showo2_jax.shapes import recipe  # pylint: disable=g-import-not-at-top
     path = recipe.final_run_dir(path)
-  if (os.path.exists(os.path.join(path, "config.json"))
-      and os.path.isdir(os.path.join(path, "checkpoints"))):
+  if (paths.exists(paths.join(path, "config.json"))
+      and paths.isdir(paths.join(path, "checkpoints"))):
     return path
   return None
 
 
 def run_config(run_dir: str) -> dict:
   """The whole config (a dict) a training run wrote to its workdir."""
-  import json  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(paths.read_text(paths.join(run_dir, "config.json")))
 
 
 def load_training_run(run_dir: str) -> tuple[Showo2Config, Any]:
