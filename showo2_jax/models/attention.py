@@ -63,8 +63,9 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[j
     return layers.dot_product_attention(q, k, v, mask, scale)
   n = -(-lq // chunk_size)
   pad = n * chunk_size - lq
-  if mask is None:
-    mask = jnp.ones((b, lq, lk), bool)
+  # Callers may pass a mask that only broadcasts to (B, Lq, Lk) (e.g. one row for
+  # every query of a decoding step), as `dense` accepts: give it its full shape.
+  mask = jnp.ones((b, lq, lk), bool) if mask is None else jnp.broadcast_to(mask, (b, lq, lk))
   if pad:
     q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
     mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)), constant_values=True)

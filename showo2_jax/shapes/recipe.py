@@ -253,14 +253,15 @@ def phase_latents(config, paths: Paths) -> dict:
   from showo2_jax.cli import precompute as precompute_cli  # pylint: disable=import-outside-toplevel
   jobs = (("t2i", "image_text", "t2i.jsonl"), ("captions", "image_text", "captions.jsonl"),
           ("llava", "llava", "llava.json"))
+  parser = argparse.ArgumentParser()
+  precompute_cli.add_arguments(parser)  # every flag with its default, as the command has it
   for name, kind, file in jobs:
-    args = argparse.Namespace(
-        config=config.get("config_name", "tiny_shapes"), kind=kind,
-        data=os.path.join(paths.world, file), source="files", media_root=None,
-        out=os.path.join(paths.latents, name), encoder="wan", vae_weights=paths.vae_export,
-        deterministic=False, resolution=int(config.resolution), min_res=None, num_frames=17,
-        batch_size=64, records_per_shard=100000, num_shards=None, threads=2,
-        process_index=None, process_count=None, seed=0, no_progress=False, random_vae=False)
+    args = parser.parse_args([
+        "--config", config.get("config_name", "tiny_shapes"), "--kind", kind,
+        "--data", os.path.join(paths.world, file), "--out", os.path.join(paths.latents, name),
+        "--encoder", "wan", "--vae-weights", paths.vae_export,
+        "--resolution", str(int(config.resolution)), "--batch-size", "64",
+        "--records-per-shard", "100000", "--threads", "2", "--seed", "0"])
     precompute_cli.run(args)
   return {}
 

@@ -170,8 +170,10 @@ def write_report(config, paths, state) -> dict:
       lines.append(f"heldout {i:02d} ({s.caption(0)}): {q} -> {a!r} [{ok}]")
   with open(os.path.join(paths.root, "answers.txt"), "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
-  Image.fromarray(np.concatenate([np.concatenate(det["images"][i:i + 8], axis=1)
-                                  for i in range(0, min(len(scenes), 24), 8)], axis=0)).save(
+  shown = list(det["images"][:min(len(scenes), 24)])
+  shown += [np.zeros_like(shown[0])] * (-len(shown) % 8)   # a last row of 8, blank-filled
+  Image.fromarray(np.concatenate([np.concatenate(shown[i:i + 8], axis=1)
+                                  for i in range(0, len(shown), 8)], axis=0)).save(
                                       os.path.join(paths.root, "answers_images.png"))
   plot_losses({"vae": paths.vae, "stage1": paths.stage1, "stage2": paths.stage2},
               os.path.join(paths.root, "loss.png"))
