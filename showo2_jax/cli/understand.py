@@ -117,12 +117,7 @@ def run(args) -> int:
                         "answer": pipe.understand_video(frames, q, **kw)})
   except (cli_args.InferenceSetupError, PromptTooLongError, media.ImageLoadError) as e:
     raise CliError(str(e)) from None
-  for r in results:
-    print(f"Q: {r['question']}\nA: {r['answer']}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=1)
-  return 0
+  return _print_results(results, args.json)
 
 
 def _run_batch_file(args) -> int:
@@ -163,9 +158,14 @@ def _run_batch_file(args) -> int:
     raise CliError(str(e)) from None
   results = [{"image": p if len(p) > 1 else p[0], "question": q, "answer": a}
              for (p, q), a in zip(items, answers)]
+  return _print_results(results, args.json)
+
+
+def _print_results(results: list[dict], json_path) -> int:
+  """Prints each question and answer; also writes them to `json_path` when given."""
   for r in results:
     print(f"Q: {r['question']}\nA: {r['answer']}")
-  if args.json:
-    with open(args.json, "w") as f:
+  if json_path:
+    with open(json_path, "w") as f:
       json.dump(results, f, indent=1)
   return 0

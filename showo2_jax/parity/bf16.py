@@ -116,16 +116,8 @@ def _jit_forward(model, params, *args):
 
 def _sampling_outputs(model, params, d):
   # Imported here: the samplers pull in more than the forward check needs.
-  from showo2_jax.parity.sampling import FIXTURE_PAD_ID  # pylint: disable=import-outside-toplevel
-  from showo2_jax.sample import prefix as prefix_lib, transport, visual  # pylint: disable=import-outside-toplevel
-  tokens, mp = d["t2i_text_tokens"], d["t2i_modality_positions"]
-  rows = [list(tokens[i, :mp[i, 0, 0]]) for i in range(tokens.shape[0])]
-  aligned = prefix_lib.align(rows, FIXTURE_PAD_ID, multiple=8)
-  grid = transport.time_grid(int(d["t2i_num_grid_points"]), float(d["t2i_time_shifting_factor"]))
-  out = visual.sample_latents(
-      model, params, aligned.tokens, aligned.shift, aligned.lengths, aligned.placement,
-      aligned.attention, None, None, jnp.asarray(d["t2i_noise"]), grid,
-      float(d["t2i_guidance_scale"]), use_cfg=True)
+  from showo2_jax.parity.sampling import cached_t2i_latents  # pylint: disable=import-outside-toplevel
+  out = cached_t2i_latents(model, params, d)
   return {"final_latents": np.asarray(out, np.float32)}
 
 

@@ -35,16 +35,21 @@ def rel_err(a, b) -> float:
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def _t2i(model, params, d) -> List[Result]:
+def cached_t2i_latents(model, params, d) -> jax.Array:
+  """Final latents of the fixture's T2I case (`t2i_*` arrays of `d`) by the cached sampler."""
   tokens, mp = d["t2i_text_tokens"], d["t2i_modality_positions"]
   # The prefix of each row is everything before its time token: [bos] prompt [boi].
   rows = [list(tokens[i, :mp[i, 0, 0]]) for i in range(tokens.shape[0])]
   aligned = prefix_lib.align(rows, FIXTURE_PAD_ID, multiple=8)
   grid = transport.time_grid(int(d["t2i_num_grid_points"]), float(d["t2i_time_shifting_factor"]))
-  out = visual.sample_latents(
+  return visual.sample_latents(
       model, params, aligned.tokens, aligned.shift, aligned.lengths, aligned.placement,
       aligned.attention, None, None, jnp.asarray(d["t2i_noise"]), grid,
       float(d["t2i_guidance_scale"]), use_cfg=True)
+
+
+def _t2i(model, params, d) -> List[Result]:
+  out = cached_t2i_latents(model, params, d)
   return [("t2i_final_latents (cached)", rel_err(out, d["t2i_final_latents"]), THRESHOLD)]
 
 
