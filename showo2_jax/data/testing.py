@@ -145,11 +145,12 @@ def write_video_dataset(root: str | os.PathLike, num: int, *, num_frames: int = 
                         ext: str = "gif") -> str:
   """Writes `num` tiny noise clips and a JSONL of {"path", "prompt"}; returns its path.
 
-  `ext` "gif" (Pillow, always available) or "mp4" (the project's own writer,
-  `sample.media.save_video`, through imageio-ffmpeg; lossy, so the frames read
-  back differ slightly from those written).
+  `ext` "gif" (Pillow, always available) or "mp4" (H.264 through imageio-ffmpeg,
+  an install requirement, as `sample.media.save_video` writes it; lossy, so the
+  frames read back differ slightly from those written).
   """
-  from showo2_jax.sample import media as sample_media  # pylint: disable=import-outside-toplevel
+  import imageio.v3 as iio  # pylint: disable=import-outside-toplevel
+  from showo2_jax.data import media  # pylint: disable=import-outside-toplevel
   if ext not in ("gif", "mp4"):
     raise ValueError(f"ext must be 'gif' or 'mp4', got {ext!r}")
   root = os.fspath(root)
@@ -159,9 +160,11 @@ def write_video_dataset(root: str | os.PathLike, num: int, *, num_frames: int = 
   for i in range(num):
     frames = rng.integers(0, 256, size=(num_frames, size[1], size[0], 3), dtype=np.uint8)
     rel = os.path.join("videos", f"{i:04d}.{ext}")
-    written = sample_media.save_video(frames, os.path.join(root, rel), fps=8)
-    if os.path.basename(written) != os.path.basename(rel):
-      raise RuntimeError(f"could not write {rel} (wrote {written} instead)")
+    if ext == "gif":
+      iio.imwrite(os.path.join(root, rel), frames, loop=0)
+    else:
+      with media.ffmpeg_subprocess():
+        iio.imwrite(os.path.join(root, rel), frames, plugin="FFMPEG", fps=8)
     lines.append({"path": rel, "prompt": f"a video of a dog number {i}"})
   path = os.path.join(root, name)
   with open(path, "w") as f:

@@ -55,6 +55,7 @@ def _compile(*args):
       env=runs.env(1), cwd=runs.REPO, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_compile_prints_memory_per_device_for_a_data_file(tmp_path):
   """`compile --data FILE` sizes the step for the file's streams (here 2 VIST slots per
   row) without reading their paths, and checks their rows against the global batch."""
