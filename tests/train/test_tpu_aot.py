@@ -64,6 +64,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_tiny_train_step_compiles_for_a_tpu_slice_and_two_slices():
   """The whole step (state layout, batch shardings, step) built for abstract TPU
   devices and compiled by the TPU compiler, one slice and two over DCN."""
