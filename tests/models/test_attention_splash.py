@@ -1,5 +1,6 @@
 """`attention_impl="splash"`: the Pallas TPU kernel (interpret mode on CPU) against
-`dense`, forward and backward, with the omni mask as a block-sparse mask."""
+`dense`, forward and backward, with the omni mask as a block-sparse mask. Every
+kernel test compiles the kernel in interpret mode (> 10 s on 2 cores): slow."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,7 @@ def _qkv(b, lq, lk, hq, hkv, d, seed=0, dtype=jnp.float32):
   return (jnp.asarray(rng.normal(size=(b, l, h, d)), dtype) for l, h in ((lq, hq), (lk, hkv), (lk, hkv)))
 
 
+@pytest.mark.slow
 def test_splash_matches_dense_values_and_gradients_under_the_omni_mask():
   """GQA (4 query heads on 2 kv heads), two rows with different visual blocks (one
   crossing a block boundary, one empty slot), Lq = 200 padded to two 128-blocks."""
@@ -40,6 +42,7 @@ def test_splash_matches_dense_values_and_gradients_under_the_omni_mask():
     assert _rel(gs, gd) < 1e-5
 
 
+@pytest.mark.slow
 def test_blocks_the_mask_empties_are_skipped():
   """Keys and values of the second 128-block are NaN: the first query block (causal
   there, its visual block inside it) never reads them under splash, while the
@@ -58,6 +61,7 @@ def test_blocks_the_mask_empties_are_skipped():
   assert _rel(splash[:, :128], ref[:, :128]) < 1e-5
 
 
+@pytest.mark.slow
 def test_cached_steps_use_dense_and_cached_blocks_use_splash():
   """A KV-cached decoding step (Lq <= DECODE_MAX_QUERIES) is dense attention; a
   block of queries against a longer cache (the cached flow sampler) is the kernel,
@@ -76,6 +80,7 @@ def test_cached_steps_use_dense_and_cached_blocks_use_splash():
     assert _rel(fn(q, k, v, mask), ref) < 1e-5, lq
 
 
+@pytest.mark.slow
 def test_splash_under_a_mesh_runs_in_shard_map():
   """Under `jax.set_mesh` the kernel is wrapped in shard_map (rows over data/fsdp)."""
   from showo2_jax import sharding
@@ -91,6 +96,7 @@ def test_splash_under_a_mesh_runs_in_shard_map():
   assert _rel(out, ref) < 1e-5
 
 
+@pytest.mark.slow
 def test_bfloat16_inputs_keep_float32_scores():
   b, l, h, d = 1, 130, 2, 16
   q, k, v = _qkv(b, l, l, h, h, d, seed=5, dtype=jnp.bfloat16)
@@ -136,6 +142,7 @@ def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_d
   assert worst < 1e-5, (worst, errs)
 
 
+@pytest.mark.slow
 def test_cached_decoding_and_flow_sampler_match_the_original_with_splash(showo2_fixture_dir):
   """Prefill and the flow sampler's image blocks through the kernel, text decoding
   steps dense: the original's golden outputs still hold."""
