@@ -327,3 +327,27 @@ def test_semantic_source_reads_a_distill_semantic_run(hf_dirs, tmp_path):
     if name.split("/")[0] in warm_start.SEMANTIC_PREFIXES:
       np.testing.assert_array_equal(value, want[name], err_msg=name)
   np.testing.assert_array_equal(flat["showo/model/norm/scale"], qwen["model.norm.weight"])
+
+
+def test_transfer_to_7b_from_an_original_showo2_dir(tmp_path, showo2_fixture_dir):
+  """The documented alternative source of the 7B transfer: the released 1.5B model (an
+  original Show-o2 directory, here the shared tiny fixture) with stage1_7b:a's patterns."""
+  qwen_big = _qwen2_dir(tmp_path / "qwen_7b", hidden=96, tie=False, seed=9)
+  big = _config(llm_hidden=96, tie=False)
+  exclude = "|".join("-" + e for e in tc.TRANSFER_1P5B_TO_7B_EXCLUDE)
+  big.init.sources = (f"qwen2:{tmp_path / 'qwen_7b'}", f"original:{showo2_fixture_dir}#{exclude}")
+  big.init.fresh = tuple(config_lib.load_config("stage1_7b:a").init.fresh)
+  random_big, loaded, _, _ = _init(big)
+  fresh = _flat(random_big)
+  with checkpoint_io.StateDict(str(showo2_fixture_dir)) as sd:
+    for name, value in _flat(loaded).items():
+      top = name.split("/")[0]
+      if top == "showo":
+        want = _torch_value(name, qwen_big, lambda k: k[len("showo."):])
+        want = want[:big.model.llm.vocab_size] if "embed_tokens" in name else want
+        want = want[:, :big.model.llm.vocab_size] if "lm_head" in name else want
+      elif top in tc.TRANSFER_1P5B_TO_7B_EXCLUDE:
+        want = fresh[name]
+      else:
+        want = _torch_value(name, sd, lambda k: k)
+      np.testing.assert_array_equal(value, want, err_msg=name)
