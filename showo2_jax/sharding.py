@@ -27,6 +27,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_embed", None),
     ("activation_mlp", "tensor"),
     ("activation_heads", "tensor"),
+    ("activation_kv_heads", None),
+    ("activation_head_dim", None),
     ("activation_vocab", "tensor"),
     # parameters: FSDP shards the model dimension, tensor parallelism the wide one
     ("embed", "fsdp"),
