@@ -36,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from showo2_jax.sample import decode, transport, understanding
+from showo2_jax.flow import transport
+from showo2_jax.sample import decode, understanding
 from showo2_jax.sample import prefix as prefix_lib
 from showo2_jax.sample.pipeline import FlowSampling, Pipeline
 from showo2_jax.sample.tokens import GREEDY

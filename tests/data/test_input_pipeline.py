@@ -138,6 +138,8 @@ def test_bad_records_are_skipped_and_counted_with_file_and_line(tmp_path, tok, s
   assert f"{path}:2: not UTF-8" in caplog.text and f"{path}:3: 'prompt' must be a string" in caplog.text
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_worker_processes_resume_exactly(data_dir, tok, special):
   ds = pipeline.make_loader(pipeline.mixed_batches(streams(data_dir, tok, special), seed=0),
                             num_workers=2)

@@ -189,6 +189,7 @@ def test_models_and_health(server, client):
   assert httpx.get(server[1] + "/health", timeout=30).json()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_bounded_load(server, media_dir):
   """32 concurrent mixed requests (text chat, 1- and 2-image chat, streams, images):
   no error, and the engine batched them. Prints p50/p95 latency and throughput."""
