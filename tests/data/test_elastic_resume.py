@@ -55,6 +55,8 @@ def _state(it):
   return json.loads(json.dumps(it.get_state()))   # as a checkpoint stores it
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_another_worker_count_continues_at_the_same_sample(records, tok, special):
   ref_it = iter(_loader(records, tok, special))
   ref = _read(ref_it, 5)   # 10 t2i rows of 7 records: crosses an epoch

@@ -12,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from showo2_jax.data import testing
 from tests.train import runs
 
@@ -46,6 +48,8 @@ def _streams(rows_per_process):
   return steps
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_two_processes_to_one_with_another_mesh_and_workers(tmp_path):
   t2i = testing.write_image_text_dataset(tmp_path / "t2i", 7)
   data = tmp_path / "data.yaml"
