@@ -123,6 +123,7 @@ def _pipeline_iterator(config, local_rows: int):
   # Imported here: synthetic runs need neither tokenizers nor media decoders.
   from showo2_jax.data import build, tokenizer  # pylint: disable=import-outside-toplevel
   d = scaled_streams(config.data, local_rows, config.train.global_batch_size)
+  video_frames(config)   # clips and images in one data block: a one-line error now, not at concat
   if not config.get("tokenizer_path"):
     raise ValueError("config.tokenizer_path (the Qwen2.5-Instruct tokenizer dir) is required")
   tok, special = tokenizer.load_tokenizer(config.tokenizer_path)
