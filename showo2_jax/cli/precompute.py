@@ -104,8 +104,9 @@ def run(args) -> int:
 
 def with_teacher(encode, siglip_dir: str, layer: int = -1):
   """encode_fn that adds `latents_teacher`: SigLIP pixel-tower features of each image."""
+  from showo2_jax.convert import hf  # pylint: disable=g-import-not-at-top
   from showo2_jax.models import siglip_vision  # pylint: disable=g-import-not-at-top
-  teacher = siglip_vision.teacher_encoder(siglip_dir, layer)
+  teacher = siglip_vision.teacher_encoder(*hf.load_siglip_vision(siglip_dir), layer)
 
   def both(pixels):
     out = encode(pixels)

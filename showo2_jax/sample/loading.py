@@ -90,7 +90,6 @@ def load_training_run(run_dir: str) -> tuple[Showo2Config, Any]:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from showo2_jax.convert import training_run  # pylint: disable=g-import-not-at-top
   from showo2_jax.convert.showo2_torch import abstract_params  # pylint: disable=g-import-not-at-top
-  from showo2_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
   if run_config(run_dir).get("train", {}).get("task", "showo2") != "showo2":
     raise ValueError(f"{run_dir}: a training run of another task "
                      f"({run_config(run_dir)['train']['task']}), not of Show-o2")
@@ -98,7 +97,7 @@ def load_training_run(run_dir: str) -> tuple[Showo2Config, Any]:
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           nn.meta.unbox(abstract_params(config)))
   try:
-    params = checkpointing.restore_params(run_dir, abstract)
+    params = training_run.restore_params(run_dir, abstract)
   except FileNotFoundError as e:
     raise CheckpointNotFoundError(f"{run_dir}: {e}") from None
   return config, jax.device_get(params)

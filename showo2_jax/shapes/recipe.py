@@ -232,10 +232,11 @@ def export_vae(config, paths: Paths):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from showo2_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
-  from showo2_jax.train import checkpointing, vae_task  # pylint: disable=import-outside-toplevel
+  from showo2_jax.convert import training_run  # pylint: disable=import-outside-toplevel
+  from showo2_jax.train import vae_task  # pylint: disable=import-outside-toplevel
   cfg = vae_task.vae_config(config)
   abstract = jax.eval_shape(vae_task.init_fn(cfg), jax.random.PRNGKey(0))
-  params = checkpointing.restore_params(paths.vae, abstract)
+  params = training_run.restore_params(paths.vae, abstract)
   params = vae_task.host_params(params)
   with open(os.path.join(paths.world, "t2i.jsonl"), encoding="utf-8") as f:
     rels = [json.loads(line)["path"] for line in f if line.strip()][:512]
