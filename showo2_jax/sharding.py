@@ -26,7 +26,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_length", None),
     ("activation_embed", None),
     ("activation_mlp", "tensor"),
-    ("activation_heads", "tensor"),
     ("activation_vocab", "tensor"),
     # parameters: FSDP shards the model dimension, tensor parallelism the wide one
     ("embed", "fsdp"),
@@ -144,12 +143,8 @@ def mesh_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
   return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
 
 
-def data_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Batch-dimension sharding over (data, fsdp) for an array of rank `ndim`."""
-  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
+  """The same whole array on every device of `mesh`."""
   return NamedSharding(mesh, P())
 
 

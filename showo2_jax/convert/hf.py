@@ -15,12 +15,12 @@ post-layernorm, pooling head, text tower) is ignored by design, not an error.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Iterable, Optional
 
 import numpy as np
 
+from showo2_jax import paths
 from showo2_jax.convert import checkpoint_io, showo2_keys
 from showo2_jax.models import config as model_config
 from showo2_jax.models import siglip_vision
@@ -30,15 +30,9 @@ SIGLIP_MODEL_TYPES = ("siglip", "siglip_vision_model")
 _POS = "embeddings.position_embedding.weight"
 
 
-def read_json(path: str) -> Optional[dict]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
 
 def model_type(directory: str) -> Optional[str]:
-  cfg = read_json(os.path.join(directory, "config.json")) or {}
+  cfg = paths.read_json(os.path.join(directory, "config.json")) or {}
   return cfg.get("model_type")
 
 
@@ -112,7 +106,7 @@ def load_siglip_vision(path: str, dtype=np.float32) -> tuple[siglip_vision.Sigli
   """(tower, params) of the SigLIP pixel tower (the distillation teacher,
   models/siglip_vision.py) from a Hugging Face SigLIP directory (SiglipVisionModel or
   SiglipModel; either key prefix). Raises CheckpointFormatError on a bad dir."""
-  cfg_json = read_json(os.path.join(path, "config.json"))
+  cfg_json = paths.read_json(os.path.join(path, "config.json"))
   if cfg_json is None:
     raise checkpoint_io.CheckpointFormatError(f"{path}: no config.json (not a SigLIP directory)")
   config = siglip_vision.SiglipVisionConfig.from_hf(cfg_json)

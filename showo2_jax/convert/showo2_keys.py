@@ -156,14 +156,6 @@ def unroll_flat(flat: Mapping[str, object], take: Callable = lambda a, i: a[i]) 
   return out
 
 
-def stacked_path(path: str) -> tuple[str, Optional[int]]:
-  """'x/layers_3/rest' -> ('x/layers/rest', 3); other paths unchanged."""
-  m = re.match(r"^(.*?)/layers_(\d+)/(.*)$", path)
-  if not m:
-    return path, None
-  return f"{m.group(1)}/layers/{m.group(3)}", int(m.group(2))
-
-
 # ----------------------------------------------------------------- conversion
 def params_to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
   """Flax params (plain or scanned) -> the original's state_dict (numpy).

@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any, Optional
 
+from showo2_jax import paths
 from showo2_jax.convert import checkpoint_io, hf
 from showo2_jax.convert import plan as plan_lib
 from showo2_jax.models import config as model_config
@@ -58,7 +59,7 @@ def detect_kind(path: str) -> str:
   """The layout of `path`, from its config.json, else from its key names."""
   if not os.path.exists(path):
     raise checkpoint_io.CheckpointFormatError(f"{path}: no such file or directory")
-  cfg = hf.read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
+  cfg = paths.read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
   if cfg:
     mt = cfg.get("model_type")
     if mt in hf.QWEN2_MODEL_TYPES:
@@ -105,7 +106,7 @@ def _record(path: str, sd: checkpoint_io.StateDict, kind: str) -> dict:
 def _vae_config(path: str):
   from showo2_jax.vae.wan import WanVAEConfig  # pylint: disable=import-outside-toplevel
   cfg_path = os.path.join(_root(path), "config.json")
-  if _is_vae_config(hf.read_json(cfg_path)):
+  if _is_vae_config(paths.read_json(cfg_path)):
     return WanVAEConfig.from_json(cfg_path)
   return WanVAEConfig()
 
@@ -126,13 +127,13 @@ def open_source(path: str, kind: Optional[str] = None, *, scan_layers: bool = Fa
     if kind == "showo2":
       config = model_config.Showo2Config.from_original_dir(root, scan_layers=scan_layers)
     elif kind == "qwen2":
-      hf_json = hf.read_json(os.path.join(root, "config.json"))
+      hf_json = paths.read_json(os.path.join(root, "config.json"))
       if hf_json is None:
         raise model_config.ConfigError(f"{root}: no config.json next to the Qwen2 weights")
       config = hf.qwen2_config(hf_json, resize_vocab)
       record["resize_vocab"] = resize_vocab
     elif kind == "siglip":
-      hf_json = hf.read_json(os.path.join(root, "config.json"))
+      hf_json = paths.read_json(os.path.join(root, "config.json"))
       if hf_json is None:
         raise model_config.ConfigError(f"{root}: no config.json next to the SigLIP weights")
       config = hf.siglip_config(hf_json)

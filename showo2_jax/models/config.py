@@ -17,6 +17,8 @@ import json
 import os
 from typing import Any, Mapping, Optional
 
+from showo2_jax import paths
+
 
 class ConfigError(ValueError):
   """A configuration is missing a field or has an inconsistent value."""
@@ -143,8 +145,8 @@ class Showo2Config:
       raise ConfigError(f"{path}: no config.json (expected an original Show-o2 model directory)")
     with open(cfg_path) as f:
       top = json.load(f)
-    llm_json = _read_json(os.path.join(path, "llm_config.json"))
-    siglip_json = _read_json(os.path.join(path, "siglip_config.json"))
+    llm_json = paths.read_json(os.path.join(path, "llm_config.json"))
+    siglip_json = paths.read_json(os.path.join(path, "siglip_config.json"))
     return cls.from_original_json(top, llm_json, siglip_json, **overrides)
 
   @classmethod
@@ -287,12 +289,6 @@ def siglip_config_from_hf(d: Mapping[str, Any]) -> SiglipConfig:
       num_layers=int(d["num_hidden_layers"]) - 1, num_heads=int(d["num_attention_heads"]),
       layer_norm_eps=float(d.get("layer_norm_eps", 1e-6)), position_grid=image_size // patch)
 
-
-def _read_json(path: str) -> Optional[dict]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
 
 
 def _to_dict(cfg: Any) -> Any:

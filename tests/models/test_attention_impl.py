@@ -10,7 +10,7 @@ from showo2_jax.models import attention, omni_mask
 from showo2_jax.models import showo2 as s2
 from showo2_jax.models.config import ConfigError
 from showo2_jax.parity.sampling import run_sampling_parity
-from showo2_jax.parity.showo2 import relative_error
+from showo2_jax.parity.metrics import relative_error
 
 
 def _rel(a, b):

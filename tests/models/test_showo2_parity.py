@@ -9,7 +9,8 @@ import pytest
 
 from showo2_jax.convert.showo2_torch import load_original
 from showo2_jax.models import showo2 as s2
-from showo2_jax.parity.showo2 import relative_error, run_showo2_parity
+from showo2_jax.parity.metrics import relative_error
+from showo2_jax.parity.showo2 import run_showo2_parity
 
 
 def test_every_fixture_case_matches(showo2_fixture_dir):

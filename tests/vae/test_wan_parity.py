@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo2_jax.parity.wan_vae import relative_error, run_wan_vae_parity
+from showo2_jax.parity.metrics import relative_error
+from showo2_jax.parity.wan_vae import run_wan_vae_parity
 from showo2_jax.vae import wan
 
 
