@@ -127,11 +127,8 @@ def pool_encoder(pixels: np.ndarray, stride: int = 8, channels: int = 16) -> np.
 
 def wan_encoder(cfg, weights: str | None, *, deterministic: bool, seed: int = 0):
   """pixels -> {"latents": normalised posterior mean, "latents_logvar"} with the Wan VAE."""
-  try:
-    import jax  # pylint: disable=g-import-not-at-top
-    from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise CliError(f"the Wan VAE is not available in this build ({e}); use --encoder pool") from e
+  import jax  # pylint: disable=g-import-not-at-top
+  from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
   from showo2_jax.sample import loading as sample_loading  # pylint: disable=g-import-not-at-top
   if weights and sample_loading.is_orbax_dir(weights):
     # An Orbax wan_vae checkpoint carries its own architecture and latent statistics.

@@ -22,6 +22,8 @@ from showo2_jax import paths
 from showo2_jax.convert import checkpoint_io, hf
 from showo2_jax.convert import plan as plan_lib
 from showo2_jax.models import config as model_config
+from showo2_jax.vae import loading as vae_loading
+from showo2_jax.vae.wan import WanVAEConfig
 
 KINDS = ("showo2", "wan_vae", "qwen2", "siglip")
 # Small text files written back verbatim by to-torch, per kind.
@@ -104,7 +106,6 @@ def _record(path: str, sd: checkpoint_io.StateDict, kind: str) -> dict:
 
 
 def _vae_config(path: str):
-  from showo2_jax.vae.wan import WanVAEConfig  # pylint: disable=import-outside-toplevel
   cfg_path = os.path.join(_root(path), "config.json")
   if _is_vae_config(paths.read_json(cfg_path)):
     return WanVAEConfig.from_json(cfg_path)
@@ -152,29 +153,19 @@ def open_source(path: str, kind: Optional[str] = None, *, scan_layers: bool = Fa
 
 
 # ------------------------------------------------------------ Wan VAE hook
-def _vae_loading():
-  try:
-    from showo2_jax.vae import loading  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise checkpoint_io.CheckpointFormatError(
-        f"Wan VAE conversion needs showo2_jax.vae.loading, which is not available ({e})") from e
-  return loading
-
-
 def vae_to_flax(state_dict, config, dtype=None) -> dict:
   """Wan VAE state_dict -> Flax params. The VAE is small (~500 MB in fp32), so it is
   converted in one piece by the VAE module's own (strict) table."""
-  loading = _vae_loading()
-  return loading.torch_state_dict_to_flax(dict(state_dict.items()), config, dtype=dtype)
+  return vae_loading.torch_state_dict_to_flax(dict(state_dict.items()), config, dtype=dtype)
 
 
 def vae_to_torch(params, config, layout: str = "original") -> dict:
   """Flax VAE params -> state_dict with the original (or diffusers) key names."""
-  return _vae_loading().flax_to_torch_state_dict(params, config, layout=layout)
+  return vae_loading.flax_to_torch_state_dict(params, config, layout=layout)
 
 
 def vae_layout(keys) -> str:
-  return _vae_loading().detect_layout(keys)
+  return vae_loading.detect_layout(keys)
 
 
 def vae_config_json(config) -> str:
