@@ -43,13 +43,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.epilog = "Override any config field with --config.<key>=<value>, e.g. --config.train.num_steps=100."
 
 
-def load_config(args):
+def load_config(args, *, check_data_paths: bool = True):
+  """The config of `--config`, its data block replaced by `--data` (whose paths must
+  match files with `check_data_paths`), then the `--config.*` overrides."""
   from showo2_jax import config_lib  # pylint: disable=import-outside-toplevel
   try:
     config = config_lib.load_config(args.config)
     if getattr(args, "data", None):
       from showo2_jax.data import data_file  # pylint: disable=import-outside-toplevel
-      config.data = data_file.load(args.data)
+      config.data = data_file.load(args.data, check_paths=check_data_paths)
     return config_overrides.apply(config, args.config_overrides)
   except (config_lib.UnknownConfigError, config_overrides.OverrideError) as e:
     raise CliError(str(e)) from None

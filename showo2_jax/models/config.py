@@ -96,15 +96,16 @@ class Showo2Config:
   rope_inv_freq_dtype: str = "compute"
   remat_policy: str = "none"        # see layers.remat_policy for the names
   scan_layers: bool = False
-  # LLM and flow-head attention (models/attention.py): "dense" (the reference) or
+  # LLM and flow-head attention (models/attention.py): "dense" (the reference),
   # "chunked" (pure JAX, attention_chunk_size query rows at a time; same numbers,
-  # O(chunk * L) instead of O(L^2) attention memory).
+  # O(chunk * L) instead of O(L^2) attention memory) or "splash" (TPU Pallas kernel,
+  # block-sparse omni mask, attention_chunk_size = its block; interpret mode off TPU).
   attention_impl: str = "dense"
   attention_chunk_size: int = 512
 
   def __post_init__(self):
-    if self.attention_impl not in ("dense", "chunked"):
-      raise ConfigError(f"attention_impl must be 'dense' or 'chunked', got {self.attention_impl!r}")
+    if self.attention_impl not in ("dense", "chunked", "splash"):
+      raise ConfigError(f"attention_impl must be 'dense', 'chunked' or 'splash', got {self.attention_impl!r}")
     if self.rope_inv_freq_dtype not in ("compute", "float32"):
       raise ConfigError(f"rope_inv_freq_dtype must be 'compute' or 'float32', got {self.rope_inv_freq_dtype!r}")
 

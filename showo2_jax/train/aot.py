@@ -48,6 +48,8 @@ class CompileReport:
   tokens_per_device: float       # tokens of one step per device
   compile_seconds: float
   collectives: dict = dataclasses.field(default_factory=dict)  # op -> count in the compiled HLO
+  attention_impl: str = ""
+  pallas_kernels: int = 0        # Mosaic (Pallas TPU) kernel calls in the compiled step
 
   @property
   def sum_bytes(self) -> int:
@@ -70,6 +72,8 @@ class CompileReport:
     peak_src = "XLA peak_memory_in_bytes" if self.xla_peak_bytes else "args + outputs + temps - aliased"
     return [
         f"devices: {self.devices} ({self.device_kind or self.platform}), mesh {self.mesh}",
+        f"attention: {self.attention_impl or '?'} ({self.pallas_kernels} Pallas TPU kernel calls "
+        "in the compiled step)",
         f"params: {_count(self.params)} ({_count(self.trainable)} trainable)",
         f"per device: arguments {_bytes(self.argument_bytes)}, outputs {_bytes(self.output_bytes)}, "
         f"temporaries {_bytes(self.temp_bytes)}, donated/aliased {_bytes(self.alias_bytes)}",
@@ -222,6 +226,7 @@ def compile_train_step(config, devices) -> CompileReport:
     compiled = lowered.compile()
   seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()
+  text = compiled.as_text()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   counts = {}
@@ -245,4 +250,6 @@ def compile_train_step(config, devices) -> CompileReport:
       xla_peak_bytes=int(getattr(mem, "peak_memory_in_bytes", 0) or 0),
       flops=float((cost or {}).get("flops", 0.0)),
       model_flops=model_flops / len(devices), tokens_per_device=gb * seq_len / len(devices),
-      compile_seconds=seconds, collectives=count_collectives(compiled.as_text()))
+      compile_seconds=seconds, collectives=count_collectives(text),
+      attention_impl=str(config.model.get("attention_impl", "dense")),
+      pallas_kernels=text.count('custom_call_target="tpu_custom_call"'))

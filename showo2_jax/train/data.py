@@ -175,23 +175,42 @@ def slots_per_row(config) -> int:
   return int(d.get("max_images", 1))
 
 
+def video_frames(config) -> int:
+  """Frames per clip of the run's video streams (`num_frames`, 1 + 4k), 0 without video.
+
+  Raises ValueError when video streams share the data block with image streams or
+  with other frame counts: their pixels (3, F, R, R) could not share a batch.
+  """
+  d = config.data
+  if "streams" not in d:
+    return 0
+  from showo2_jax.data import data_file  # pylint: disable=import-outside-toplevel
+  return data_file.video_frames(d.streams, d.stream_order)
+
+
 def batch_shapes(config) -> dict:
   """The global batch as ShapeDtypeStructs (what the step is compiled for), images
-  already (B, M, ...): latents, or pixels when `uses_pixels(config)` (images only;
-  video streams are not sized here)."""
+  already (B, M, ...): latents (C, h, w), or pixels (3, R, R) when
+  `uses_pixels(config)`; clips of video streams (3, F, R, R) or (C, 1 + (F-1)/4, h, w)."""
   m = config.model
   b, l, slots = int(config.train.global_batch_size), int(config.max_seq_len), slots_per_row(config)
   p = m.patch_size
+  frames = video_frames(config)
   if uses_pixels(config):
-    visual = ("pixel_values", pixel_shape(config))
+    key, shape = "pixel_values", pixel_shape(config)
+    if frames:
+      shape = shape[:1] + (frames,) + shape[1:]
   else:
-    visual = ("latents", (m.latent_channels, m.image_latent_height * p, m.image_latent_width * p))
+    key, shape = "latents", (m.latent_channels, m.image_latent_height * p, m.image_latent_width * p)
+    if frames:
+      temporal = vae_encoder.vae_config(config).temporal_factor
+      shape = shape[:1] + (1 + (frames - 1) // temporal,) + shape[1:]
   i32 = np.int32
   return {
       "text_tokens": jax.ShapeDtypeStruct((b, l), i32),
       "text_labels": jax.ShapeDtypeStruct((b, l), i32),
       "image_masks": jax.ShapeDtypeStruct((b, l), i32),
       "modality_positions": jax.ShapeDtypeStruct((b, slots, 2), i32),
-      visual[0]: jax.ShapeDtypeStruct((b, slots) + visual[1], np.float32),
+      key: jax.ShapeDtypeStruct((b, slots) + shape, np.float32),
       "is_und": jax.ShapeDtypeStruct((b,), i32),
   }

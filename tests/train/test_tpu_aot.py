@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent("""
     slices = [[d.slice_index for d in row.ravel()] for row in mesh.devices]
     assert slices == [[0] * 4, [1] * 4], slices        # data over DCN, fsdp inside a slice
     for argv in (["--topology", "tpu:v5p-8", "--config.mesh.data=1", "--config.mesh.fsdp=2",
-                  "--config.mesh.tensor=2"],
+                  "--config.mesh.tensor=2", "--config.model.attention_impl=splash"],
                  ["--topology", "tpu:v5p:2x2x1", "--slices", "2", "--config.mesh.data=1",
                   "--config.mesh.fsdp=-1", "--config.mesh.dcn_data=2"]):
       out = io.StringIO()
@@ -75,6 +75,10 @@ def test_tiny_train_step_compiles_for_a_tpu_slice_and_two_slices():
   assert "devices: 4 (TPU v5), mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in out
   assert "devices: 8 (TPU v5), mesh {'data': 2, 'fsdp': 4, 'tensor': 1}" in out
   assert out.count("per device peak (XLA peak_memory_in_bytes)") == 2
+  # splash: the Mosaic kernels are in the step (rows over fsdp, heads over tensor)
+  kernels = [int(l.split("(")[1].split()[0]) for l in out.splitlines() if l.startswith("attention: ")]
+  assert out.count("attention: splash") == 1 and out.count("attention: dense") == 1, out
+  assert kernels[0] > 0 and kernels[1] == 0, kernels
   assert "of 95.00 GiB HBM" in out
   assert "not a standard v5p slice size" in proc.stderr
   # FSDP: params are all-gathered per use in the compiled step (not replicated).
