@@ -129,8 +129,9 @@ def wan_encoder(cfg, weights: str | None, *, deterministic: bool, seed: int = 0)
   """pixels -> {"latents": normalised posterior mean, "latents_logvar"} with the Wan VAE."""
   import jax  # pylint: disable=g-import-not-at-top
   from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
+  from showo2_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
   from showo2_jax.sample import loading as sample_loading  # pylint: disable=g-import-not-at-top
-  if weights and sample_loading.is_orbax_dir(weights):
+  if weights and orbax_io.is_orbax_dir(weights):
     # An Orbax wan_vae checkpoint carries its own architecture and latent statistics.
     vae = sample_loading.load_vae(weights)
     vae_cfg, params = vae.config, vae.params

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Orbax writes this file last in a step dir: a step without it never finished saving.
 STEP_METADATA = "_CHECKPOINT_METADATA"
+# A multi-phase run (shapes/recipe.py, `tiny_shapes`) records its phases here.
+PHASES_FILE = "phases.json"
 
 
 def run_model_config(workdir: str) -> Showo2Config:
@@ -38,6 +40,15 @@ def run_model_config(workdir: str) -> Showo2Config:
   if "model" not in cfg:
     raise ValueError(f"{path}: has no `model` section")
   return Showo2Config.from_config_dict(cfg["model"])
+
+
+def final_run_dir(workdir: str) -> Optional[str]:
+  """The workdir of a multi-phase run's final phase (`final_run` in its phases.json),
+  or None if `workdir` is not a multi-phase run."""
+  state = paths.read_json(paths.join(workdir, PHASES_FILE))
+  if state is None:
+    return None
+  return paths.join(workdir, state["final_run"])
 
 
 def export_run(workdir: str, out: str, step: Optional[int] = None, *, overwrite: bool = False) -> dict:

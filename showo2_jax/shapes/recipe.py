@@ -28,6 +28,8 @@ import resource
 import sys
 import time
 
+from showo2_jax.convert import training_run
+
 log = logging.getLogger(__name__)
 
 PHASES = ("world", "vae", "latents", "stage1", "stage2", "report")
@@ -40,7 +42,7 @@ PHASE_TITLES = {
     "report": "samples.png, answers.txt, loss.png, metrics.json",
 }
 FINAL_PHASE = "stage2"
-STATE_FILE = "phases.json"
+STATE_FILE = training_run.PHASES_FILE
 
 
 class Paths:
@@ -57,16 +59,6 @@ class Paths:
 
   def latents_glob(self, name: str) -> str:
     return os.path.join(self.latents, name, "*.array_record")
-
-
-def final_run_dir(workdir: str):
-  """The workdir of the final Show-o2 phase when `workdir` is a recipe run, else None."""
-  path = os.path.join(workdir, STATE_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    state = json.load(f)
-  return os.path.join(workdir, state.get("final_run", FINAL_PHASE))
 
 
 def _load_state(paths: Paths) -> dict:
@@ -232,7 +224,6 @@ def export_vae(config, paths: Paths):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from showo2_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
-  from showo2_jax.convert import training_run  # pylint: disable=import-outside-toplevel
   from showo2_jax.train import vae_task  # pylint: disable=import-outside-toplevel
   cfg = vae_task.vae_config(config)
   abstract = jax.eval_shape(vae_task.init_fn(cfg), jax.random.PRNGKey(0))
