@@ -57,9 +57,6 @@ RULES = (
 )
 _COMPILED = tuple((re.compile(f"^{f}$"), t, k) for f, t, k in RULES)
 
-# Subsets of the original's state_dict that are checkpoints of their own.
-SEMANTIC_LAYER_PREFIXES = ("image_embedder_und.", "position_embedding.", "und_trans.")
-
 log = logging.getLogger(__name__)
 
 
