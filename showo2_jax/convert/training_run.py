@@ -16,7 +16,6 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import jax
-import orbax.checkpoint as ocp
 
 from showo2_jax import paths
 from showo2_jax.convert import orbax_io
@@ -71,6 +70,7 @@ def restore_params(path: str, abstract: Any) -> Any:
   is how stage 2 starts from stage 1: optimizer state, step and data position are
   left behind.
   """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  (see orbax_io._ocp)
   directory, step = find_step_dir(path)
   if step is None:
     steps = sorted(int(d) for d in paths.listdir(directory)
