@@ -42,15 +42,21 @@ spec section 3).
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BLOCK_SIZE = 512       # q and kv block (MaxText's splash default); capped at the sequence
 LANES = 128                    # kv blocks must be whole multiples of the TPU lane width
 DECODE_MAX_QUERIES = 8         # query lengths up to this go to `dense` (attention.attention)
+
+
+_WARNED: set = set()
 
 
 def _round_up(n: int, m: int) -> int:
@@ -107,7 +113,12 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[ja
   if hq % hkv:
     raise ValueError(f"query heads {hq} are not a multiple of kv heads {hkv}")
   if interpret is None:
-    interpret = _platform() != "tpu"
+    platform = _platform()
+    interpret = platform != "tpu"
+    if interpret and platform not in _WARNED:
+      _WARNED.add(platform)
+      log.warning("attention_impl=splash on %s runs the TPU kernel in Pallas interpret mode: exact "
+                  "but slow (for tests); use 'chunked' or 'dense' off TPU", platform)
   bq, bk = block_sizes(lq, lk, block_size)
   pq, pk = _round_up(lq, bq) - lq, _round_up(lk, bk) - lk
   mask = jnp.ones((b, lq, lk), bool) if mask is None else jnp.broadcast_to(mask, (b, lq, lk))

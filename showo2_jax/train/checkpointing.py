@@ -40,7 +40,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from showo2_jax import paths
-from showo2_jax.convert.training_run import STEP_METADATA
+# restore_params / find_step_dir read a run's params outside training too (convert, sample):
+# they live in convert/training_run and are re-exported here for the training code.
+from showo2_jax.convert.training_run import STEP_METADATA, find_step_dir, restore_params  # pylint: disable=unused-import
 from showo2_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)

@@ -122,6 +122,7 @@ def _pipeline_iterator(config, local_rows: int):
   if per_host != local_rows:
     raise ValueError(f"the data streams give {per_host} rows per host per step, but the global "
                      f"batch {config.train.global_batch_size} needs {local_rows} on this host")
+  video_frames(config)   # clips and images in one data block: a one-line error now, not at concat
   if not config.get("tokenizer_path"):
     raise ValueError("config.tokenizer_path (the Qwen2.5-Instruct tokenizer dir) is required")
   tok, special = tokenizer.load_tokenizer(config.tokenizer_path)

@@ -13,6 +13,7 @@ import signal
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 from showo2_jax import config_lib
@@ -107,6 +108,20 @@ def test_video_streams_size_the_step_and_stay_apart_from_images(tmp_path):
     bad.write_text(text)
     with pytest.raises(data_file.DataFileError, match=match):
       data_file.load(str(bad))
+  # A block built in Python (configs/data.py) skips the file checks: the trainer's
+  # iterator refuses it before reading anything.
+  from configs import data as data_configs  # pylint: disable=import-outside-toplevel
+  c.data = data_configs.base()
+  c.data.streams.v = data_configs.stream("video_t2i", clips, 2, num_frames=5)
+  c.data.streams.i = data_configs.stream("t2i", clips, 1)
+  c.data.stream_order = ("v", "i")
+  with pytest.raises(ValueError, match="cannot share a batch"):
+    data_lib.make_iterator(c, _one_device_mesh())
+
+
+def _one_device_mesh():
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
 
 
 def test_shipped_example_data_files_parse():
