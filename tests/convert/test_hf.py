@@ -16,6 +16,7 @@ def _torch_np(t):
   return t.detach().float().numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [True, False])
 def test_qwen2_round_trip_loads_in_transformers(tiny_qwen2_factory, tmp_path, tie):
   transformers = pytest.importorskip("transformers")

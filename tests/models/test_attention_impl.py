@@ -84,6 +84,7 @@ def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_d
   assert worst < 1e-5, (worst, errs)
 
 
+@pytest.mark.slow
 def test_cached_decoding_and_flow_sampler_match_the_original_with_chunked_attention(showo2_fixture_dir):
   """Prefill in chunks of 5 queries, then KV-cached steps (t2i flow sampler with
   CFG, greedy understanding): the original's golden outputs still hold."""

@@ -22,6 +22,7 @@ def test_every_fixture_case_matches(showo2_fixture_dir):
     assert err < threshold, f"{name}: relative error {err:.3e} >= {threshold}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["none", "full"])
 def test_scanned_layers_and_remat_give_the_same_outputs(showo2_fixture_dir, remat):
   cases = np.load(showo2_fixture_dir / "cases.npz")
@@ -34,6 +35,7 @@ def test_scanned_layers_and_remat_give_the_same_outputs(showo2_fixture_dir, rema
   assert relative_error(loss, cases["loss_flow"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close(showo2_fixture_dir):
   cases = np.load(showo2_fixture_dir / "cases.npz")
   config, params = load_original(str(showo2_fixture_dir))

@@ -11,6 +11,7 @@ VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_att
               image_size=42, patch_size=14)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full", [False, True])
 def test_tower_matches_hf_siglip(tmp_path, full):
   """Last hidden state (post-layernorm) and the hidden state at und_trans' depth

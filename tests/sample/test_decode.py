@@ -72,6 +72,7 @@ def _aligned(rows):
 
 @pytest.mark.parametrize("sampling", [GREEDY, TokenSampling(temperature=1.0, top_k=5, top_p=0.9)],
                          ids=["greedy", "topk_topp"])
+@pytest.mark.slow
 def test_cached_decoding_equals_uncached(tiny, sampling):
   model, params = tiny
   rows, vis = _batch(model, params)
@@ -85,6 +86,7 @@ def test_cached_decoding_equals_uncached(tiny, sampling):
   assert int(cached.num_steps) == 10
 
 
+@pytest.mark.slow
 def test_cached_logits_equal_each_row_computed_alone(tiny):
   """Left-padding in a batch changes nothing: compare with unpadded full forwards."""
   model, params = tiny

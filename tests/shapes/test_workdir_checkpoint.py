@@ -19,6 +19,7 @@ def workdir(tmp_path_factory):
   return wd
 
 
+@pytest.mark.slow
 def test_workdir_loads_its_latest_params(workdir):
   from showo2_jax.convert import training_run
   from showo2_jax.convert import training_run
