@@ -127,10 +127,34 @@ def _pipeline_iterator(config, local_rows: int):
   if not config.get("tokenizer_path"):
     raise ValueError("config.tokenizer_path (the Qwen2.5-Instruct tokenizer dir) is required")
   tok, special = tokenizer.load_tokenizer(config.tokenizer_path)
+  stride, patch = visual_grid(config)
   loader = build.pipeline_from_config(
       d, tok, special, resolution=config.resolution, max_seq_len=config.max_seq_len,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      vae_stride=stride, patch_size=patch)
   return iter(loader)
+
+
+def visual_grid(config) -> tuple[int, int]:
+  """(VAE stride, patch size) the pipeline lays visual blocks out with.
+
+  The stride is the run's VAE's (`config.vae`; Wan2.1's 8 when it is empty), the
+  patch size the model's. Raises ValueError when `config.resolution` does not
+  give the model's patch grid (image_latent_height x image_latent_width) through
+  them: the blocks would hold fewer or more slots than the model fills.
+  """
+  m = config.get("model")
+  patch = int(m.get("patch_size", 2)) if m is not None else 2
+  stride = vae_encoder.vae_config(config).spatial_factor if "z_dim" in config.get("vae", {}) else 8
+  if m is not None and "image_latent_height" in m:
+    r = int(config.resolution)
+    want = (int(m.image_latent_height), int(m.image_latent_width))
+    got = r // stride // patch
+    if (got, got) != want:
+      raise ValueError(f"config.resolution {r} gives a {got}x{got} patch grid (VAE stride "
+                       f"{stride}, patch {patch}) but the model's is {want[0]}x{want[1]} "
+                       "(model.image_latent_height/width)")
+  return stride, patch
 
 
 def scaled_streams(d, local_rows: int, global_batch: int):
