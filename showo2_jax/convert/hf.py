@@ -15,7 +15,6 @@ post-layernorm, pooling head, text tower) is ignored by design, not an error.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Iterable, Optional
 
 import numpy as np
@@ -30,9 +29,8 @@ SIGLIP_MODEL_TYPES = ("siglip", "siglip_vision_model")
 _POS = "embeddings.position_embedding.weight"
 
 
-
 def model_type(directory: str) -> Optional[str]:
-  cfg = paths.read_json(os.path.join(directory, "config.json")) or {}
+  cfg = paths.read_json(paths.join(directory, "config.json")) or {}
   return cfg.get("model_type")
 
 
@@ -106,7 +104,7 @@ def load_siglip_vision(path: str, dtype=np.float32) -> tuple[siglip_vision.Sigli
   """(tower, params) of the SigLIP pixel tower (the distillation teacher,
   models/siglip_vision.py) from a Hugging Face SigLIP directory (SiglipVisionModel or
   SiglipModel; either key prefix). Raises CheckpointFormatError on a bad dir."""
-  cfg_json = paths.read_json(os.path.join(path, "config.json"))
+  cfg_json = paths.read_json(paths.join(path, "config.json"))
   if cfg_json is None:
     raise checkpoint_io.CheckpointFormatError(f"{path}: no config.json (not a SigLIP directory)")
   config = siglip_vision.SiglipVisionConfig.from_hf(cfg_json)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping, Optional
 
 from showo2_jax import paths
@@ -141,13 +140,12 @@ class Showo2Config:
     """Reads an original Show-o2 model directory (config.json, optional
     llm_config.json and siglip_config.json). Missing LLM/SigLIP configs are taken
     from the presets by LLM width (1536 -> 1.5B, 3584 -> 7B)."""
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
+    cfg_path = paths.join(path, "config.json")
+    if not paths.exists(cfg_path):
       raise ConfigError(f"{path}: no config.json (expected an original Show-o2 model directory)")
-    with open(cfg_path) as f:
-      top = json.load(f)
-    llm_json = paths.read_json(os.path.join(path, "llm_config.json"))
-    siglip_json = paths.read_json(os.path.join(path, "siglip_config.json"))
+    top = json.loads(paths.read_text(cfg_path))
+    llm_json = paths.read_json(paths.join(path, "llm_config.json"))
+    siglip_json = paths.read_json(paths.join(path, "siglip_config.json"))
     return cls.from_original_json(top, llm_json, siglip_json, **overrides)
 
   @classmethod
@@ -289,7 +287,6 @@ def siglip_config_from_hf(d: Mapping[str, Any]) -> SiglipConfig:
       hidden_size=int(d["hidden_size"]), intermediate_size=int(d["intermediate_size"]),
       num_layers=int(d["num_hidden_layers"]) - 1, num_heads=int(d["num_attention_heads"]),
       layer_norm_eps=float(d.get("layer_norm_eps", 1e-6)), position_grid=image_size // patch)
-
 
 
 def _to_dict(cfg: Any) -> Any:

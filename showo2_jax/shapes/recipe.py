@@ -28,6 +28,7 @@ import resource
 import sys
 import time
 
+from showo2_jax import paths as paths_lib
 from showo2_jax.convert import training_run
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,11 @@ def phase_report(config, paths: Paths, state) -> dict:
 
 
 def run(config, workdir: str) -> dict:
-  """Runs the phases not yet done; returns the state (phases.json)."""
+  """Runs the phases not yet done; returns the state (phases.json). Raises ValueError
+  for a `gs://` workdir: this toy recipe writes its world and report locally."""
+  if paths_lib.is_uri(workdir):
+    raise ValueError(f"--workdir {workdir}: the tiny_shapes recipe needs a local folder (its "
+                     "world, tokenizer and report are written with local file calls)")
   os.makedirs(workdir, exist_ok=True)
   paths = Paths(workdir)
   state = _load_state(paths)
