@@ -191,6 +191,7 @@ def test_dopri5_accuracy_and_tolerance_control():
   assert int(tight_stats.num_steps) > int(stats.num_steps)
 
 
+@pytest.mark.slow
 def test_samplers_under_jit_match_eager():
   grid = tp.time_grid(6)
   x0 = jax.random.normal(jax.random.PRNGKey(4), (2, 3, 4))

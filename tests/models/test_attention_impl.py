@@ -39,6 +39,7 @@ def test_chunked_matches_dense_values_and_gradients_under_the_omni_mask(chunk):
     assert _rel(gc, gd) < 1e-6
 
 
+@pytest.mark.slow
 def test_chunked_keeps_float32_scores_with_bfloat16_inputs():
   rng = np.random.default_rng(1)
   q, k, v = (jnp.asarray(rng.normal(size=(1, 20, 2, 8)), jnp.bfloat16) for _ in range(3))

@@ -45,6 +45,7 @@ def test_bfloat16_compute_stays_close(showo2_fixture_dir):
   assert relative_error(np.asarray(out["logits"], np.float32), cases["logits"]) < 3e-2
 
 
+@pytest.mark.slow
 def test_empty_slot_quirk_is_what_the_fixture_needs(showo2_fixture_dir):
   """Row 0 has an empty (0, 0) slot: the original writes its time token over BOS."""
   cases = np.load(showo2_fixture_dir / "cases.npz")

@@ -141,6 +141,7 @@ def test_edit_and_eval_commands(assets, capsys):
   assert rc == 1 and "--prompts" in err
 
 
+@pytest.mark.slow
 def test_mixed_writes_a_story(assets, capsys):
   out_dir = assets["root"] / "story"
   rc, out, err = _run(capsys, "mixed", *assets["model"], "--rounds", "1", "--max-text-tokens", "3",

@@ -115,6 +115,7 @@ def _write_clip(path, frames=9, size=64):
   return written
 
 
+@pytest.mark.slow
 def test_mp4_frames_are_counted_and_sampled(tmp_path, recwarn):
   clip = _write_clip(tmp_path / "clip.mp4", frames=9)
   frames = data_media.read_video_frames(str(clip), 3)

@@ -157,6 +157,7 @@ def _multi_image_batch(model, params):
   return a, vis
 
 
+@pytest.mark.slow
 def test_several_images_cached_equals_uncached(tiny):
   model, params = tiny
   a, vis = _multi_image_batch(model, params)
@@ -177,6 +178,7 @@ def test_several_images_cached_equals_uncached(tiny):
   assert not np.allclose(gen1.prompt_logits[0, -1], gen2.prompt_logits[0, -1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_per_row_settings_and_streaming(tiny):
   """row_sampling / row_max_new give each row its own settings in one compiled call, and
   the stream sink sees every step's tokens."""
