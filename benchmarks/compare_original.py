@@ -69,7 +69,8 @@ def t2i_seconds(model, params, cfg, batch: int = 1, points: int = 50, prompt_len
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import inference_benchmark as ib  # pylint: disable=import-outside-toplevel
-  from showo2_jax.sample import prefix, transport, visual  # pylint: disable=import-outside-toplevel
+  from showo2_jax.flow import transport  # pylint: disable=import-outside-toplevel
+  from showo2_jax.sample import prefix, visual  # pylint: disable=import-outside-toplevel
   side = cfg.resolution // 8
   rng = np.random.default_rng(0)
   cond = [[ib.BOS] + list(rng.integers(10, 200, prompt_len)) + [ib.BOI] for _ in range(batch)]

@@ -33,7 +33,8 @@ from showo2_jax.convert import showo2_keys
 from showo2_jax.convert.showo2_torch import abstract_params
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import Showo2
-from showo2_jax.sample import decode, prefix, transport, understanding, visual
+from showo2_jax.flow import transport
+from showo2_jax.sample import decode, prefix, understanding, visual
 from showo2_jax.sample.tokens import GREEDY
 
 PAD, BOS, BOI, EOI, IMG_PAD = 0, 1, 3, 4, 5

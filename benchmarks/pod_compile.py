@@ -4,8 +4,10 @@ For each (config, topology, attention_impl) the exact train step is compiled by
 the TPU compiler for an abstract topology (libtpu, `pip install -e '.[tpu]'`; no
 TPU), one subprocess each, and one table row is printed: per-chip arguments,
 temporaries and XLA's peak (`peak_memory_in_bytes`, what the compiler checks
-against HBM), model FLOPs per chip per step (train/flops.py) beside XLA's count
-(which counts a scanned layer stack's body once), and the step time and tokens/s
+against HBM), model FLOPs per chip per step (train/flops.py) beside the step's
+matmul FLOPs counted on its jaxpr (scanned layers times their count, remat
+recompute included) and XLA's count (which counts a scanned layer stack's body
+once), and the step time and tokens/s
 per chip implied at 50% of the chip's peak bf16 FLOP/s.
 
   python benchmarks/pod_compile.py --configs stage2_1p5b:b --topologies v5p-128 v5e-256 \
@@ -47,6 +49,7 @@ print("RESULT", json.dumps(dict(
     device_kind=r.device_kind, remat=c.model.remat_policy, argument_gib=r.argument_bytes / 2**30,
     temp_gib=r.temp_bytes / 2**30, peak_gib=r.peak_bytes / 2**30,
     hbm_gib=aot.HBM_BYTES.get(r.device_kind, 0) / 2**30, model_tflop=r.model_flops / 1e12,
+    program_tflop=r.program_flops / 1e12,
     xla_tflop=r.flops / 1e12, tokens_per_chip=r.tokens_per_device,
     compile_s=r.compile_seconds, collectives=r.collectives)))
 """
@@ -68,17 +71,17 @@ def run_one(name, topo, impl, rows, overrides, timeout):
 
 def table(rows) -> str:
   head = ("| config | topology | attention | rows/chip | remat | args GiB | temps GiB | peak GiB "
-          "(HBM) | model TFLOP/chip | XLA TFLOP/chip | step s @50% | tokens/s/chip |")
-  lines = [head, "|" + "---|" * 12]
+          "(HBM) | model TFLOP/chip | matmul TFLOP/chip | XLA TFLOP/chip | step s @50% | tokens/s/chip |")
+  lines = [head, "|" + "---|" * 13]
   for r in rows:
     if "error" in r:
       lines.append(f"| {r['config']} | {r['topology']} | {r['impl']} | {r['rows_per_chip']} | "
-                   f"error: {r['error']} |||||||")
+                   f"error: {r['error']} ||||||||")
       continue
     lines.append(
         f"| {r['config']} | {r['topology']} | {r['impl']} | {r['rows_per_chip']} | {r['remat']} | "
         f"{r['argument_gib']:.2f} | {r['temp_gib']:.2f} | {r['peak_gib']:.2f} ({r['hbm_gib']:.0f}) | "
-        f"{r['model_tflop']:.1f} | {r['xla_tflop']:.1f} | {r['step_s_at_50pct']:.2f} | "
+        f"{r['model_tflop']:.1f} | {r.get('program_tflop', float('nan')):.1f} | {r['xla_tflop']:.1f} | {r['step_s_at_50pct']:.2f} | "
         f"{r['tokens_per_s_per_chip']:.0f} |")
   return "\n".join(lines)
 

@@ -174,7 +174,8 @@ def t2i_program(config_name: str, overrides):
   from showo2_jax.config_lib import load_config
   from showo2_jax.models.config import Showo2Config
   from showo2_jax.models.showo2 import Showo2
-  from showo2_jax.sample import prefix, transport, visual
+  from showo2_jax.flow import transport
+  from showo2_jax.sample import prefix, visual
   from showo2_jax.train import config_overrides
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from inference_benchmark import random_params  # pylint: disable=import-outside-toplevel

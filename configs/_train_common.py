@@ -14,7 +14,7 @@ STAGE1_FROZEN = ("image_embedder_und", "und_trans", "showo", "position_embedding
 # stage-1 configs: every other param must come from a source.
 STAGE1_FRESH = ("image_embedder_gen", "fusion_proj", "time_embed", "diff_proj", "diffusion_head")
 
-# The 1.5B -> 7B transfer (spec 7.2): what stage1_7b:a does not take from the 1.5B run
+# The 1.5B -> 7B transfer (spec 7.2): what stage1_7b:a does not take from the final 1.5B run (after 2c)
 # (the 7B LLM comes from Qwen2.5-7B-Instruct; the other four follow the LLM width).
 TRANSFER_1P5B_TO_7B_EXCLUDE = ("showo", "image_embedder_gen", "fusion_proj", "diff_proj",
                                "time_embed_proj")

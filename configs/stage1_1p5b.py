@@ -17,7 +17,7 @@ placeholder paths, e.g.
 
   --config.init.sources='("qwen2:/m/Qwen2.5-1.5B-Instruct", "semantic:/m/pre-distilled_semantic_layers.pt")'
 
-Data (`--data FILE`; example configs/data/stage1.yaml): two streams of
+Data (`--data FILE`; examples configs/data/stage1.yaml (1a), stage1b.yaml): two streams of
 image-text JSONL ({"path", "prompt"} lines), in this order: `t2i` (task t2i,
 min_res 256, cond_dropout 0.1; 1b: the high-quality set) and `mmu` (task
 captioning), 6 + 2 rows per device. Also set `tokenizer_path`.

@@ -11,9 +11,10 @@ head). `time_embed` is in no group and so never updated, as in the original
 | a   | blip_laion_cc_sbu_558k        | fusion_proj only      | 5e-5 / 5e-5 / 5e-5   |
 | b   | LLaVA-OV 1.5 + DenseFusion    | everything (but t.e.) | 2e-6 / 1e-5 / 1e-5   |
 | c   | LLaVA-OV SI 3.2M (tuning)     | everything (but t.e.) | 2e-6 / 1e-5 / 1e-5   |
-num_steps is len(dataset) // (rows_mmu * GPUs): set it for your data.
+num_steps is one epoch, len(dataset) // (rows_mmu * GPUs) (2a: 2906, 2c: 16666; 7B with
+2 mmu rows: 5812, 33333); 2b: 5000. Set it for your data.
 
-Data (`--data FILE`; example configs/data/stage2.yaml): `t2i` (image-text
+Data (`--data FILE`; examples configs/data/stage2a.yaml, stage2b.yaml, stage2c.yaml): `t2i` (image-text
 JSONL, min_res 512) then `mmu` (task llava: LLaVA json + image folder, `stage`
 pre-training | pre-training-1-5 | tuning for 2a | 2b | 2c), 4 + 4 rows per
 device (7B: 2 + 2). Also set `tokenizer_path`.
@@ -25,7 +26,10 @@ GPUS = 48
 ROWS_T2I, ROWS_MMU = 4, 4
 STAGE_2A_FROZEN = ("showo", "image_embedder_und", "und_trans", "position_embedding",
                    "image_embedder_gen", "diffusion", "diff_proj", "time_embed_proj")
-STEPS = dict(a=558_000 // (ROWS_MMU * GPUS), b=5_000, c=3_200_000 // (ROWS_MMU * GPUS))
+# Samples in the understanding data of 2a (blip_laion_cc_sbu_558k) and 2c (LLaVA-OV SI);
+# 2b's mix has no fixed size here: 5000 steps (set yours).
+MMU_SAMPLES = dict(a=558_000, c=3_200_000)
+STEPS_2B = 5_000
 
 
 def get_config(arg=None, model=None, rows=(ROWS_T2I, ROWS_MMU)):
@@ -36,7 +40,8 @@ def get_config(arg=None, model=None, rows=(ROWS_T2I, ROWS_MMU)):
   c.model = model or tc.bf16_training(models.showo2_1p5b(tokens_per_side=27))
   c.vae = models.wan_vae()
   c.resolution, c.max_seq_len = 432, 1024
-  tc.add_training(c, num_steps=STEPS[sub], global_batch_size=sum(rows) * GPUS,
+  steps = MMU_SAMPLES[sub] // (rows[1] * GPUS) if sub in MMU_SAMPLES else STEPS_2B
+  tc.add_training(c, num_steps=steps, global_batch_size=sum(rows) * GPUS,
                   seed=dict(a=10086, b=10086, c=1008)[sub])
   c.mesh.update(dict(data=1, fsdp=-1, tensor=1))
   c.train.ntp_coeff, c.train.flow_coeff = 1.0, 1.0

@@ -27,6 +27,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_embed", None),
     ("activation_mlp", "tensor"),
     ("activation_heads", "tensor"),
+    ("activation_kv_heads", None),
+    ("activation_head_dim", None),
     ("activation_vocab", "tensor"),
     # parameters: FSDP shards the model dimension, tensor parallelism the wide one
     ("embed", "fsdp"),
@@ -139,9 +141,80 @@ def logical_specs(boxed_tree):
 
 
 def mesh_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-  """Tree of NamedShardings for a boxed param tree (or its eval_shape)."""
+  """Tree of NamedShardings for a boxed param tree (or its eval_shape), every
+  dimension divisible by the mesh axes it is split over (`fit_spec`)."""
   specs = logical_specs(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+  shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, boxed_tree,
+                        is_leaf=is_box)
+  return fit_shardings(shardings, shapes, mesh)
+
+
+def _axes(entry) -> tuple:
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def fit_spec(spec: P, shape: Sequence[int], axis_sizes: Mapping[str, int]) -> P:
+  """`spec` with every dimension divisible by the mesh axes that split it.
+
+  A jitted step's arguments must split evenly (SigLIP's 1152-wide `embed` over
+  fsdp=256 cannot be lowered). Per dimension, the longest prefix of its mesh axes
+  whose sizes divide it is kept; each axis dropped moves to the largest other
+  dimension of the array that is not split yet and that it divides (so an
+  (1152, 4304) kernel with fsdp=256 stays sharded 256 ways if some dimension
+  allows it), else that axis replicates the array. Sizes-1 axes are kept as they
+  are. Returns a PartitionSpec of len(shape) entries (trailing Nones trimmed).
+  """
+  entries = [_axes(e) for e in tuple(spec) + (None,) * (len(shape) - len(tuple(spec)))]
+  dropped = []
+  for i, axes in enumerate(entries):
+    keep, prod = [], 1
+    for j, a in enumerate(axes):
+      if shape[i] % (prod * axis_sizes[a]):
+        dropped += [b for b in axes[j:] if axis_sizes[b] > 1]
+        keep += [b for b in axes[j:] if axis_sizes[b] == 1]
+        break
+      keep.append(a)
+      prod *= axis_sizes[a]
+    entries[i] = tuple(keep)
+  for a in dropped:
+    free = [i for i, axes in enumerate(entries)
+            if not any(axis_sizes[b] > 1 for b in axes) and shape[i] % axis_sizes[a] == 0]
+    if free:
+      i = max(free, key=lambda i: shape[i])
+      entries[i] = entries[i] + (a,)
+  out = [None if not e else e[0] if len(e) == 1 else e for e in entries]
+  while out and out[-1] is None:
+    out.pop()
+  return P(*out)
+
+
+def _norm(spec) -> tuple:
+  out = [_axes(e) for e in tuple(spec)]
+  while out and not out[-1]:
+    out.pop()
+  return tuple(out)
+
+
+def fit_shardings(shardings, shapes, mesh: Mesh):
+  """`fit_spec` applied to a tree of NamedShardings and the arrays (or
+  ShapeDtypeStructs) they place; logs how many arrays it changed."""
+  sizes = dict(mesh.shape)
+  changed = []
+
+  def fit(s, x):
+    spec = fit_spec(s.spec, x.shape, sizes)
+    if _norm(spec) != _norm(s.spec):
+      changed.append(f"{tuple(x.shape)}: {s.spec} -> {spec}")
+      return NamedSharding(s.mesh, spec)
+    return s
+
+  out = jax.tree.map(fit, shardings, shapes)
+  if changed:
+    log.info("%d arrays do not divide by their mesh axes and were re-laid out (e.g. %s)",
+             len(changed), "; ".join(sorted(set(changed))[:3]))
+  return out
 
 
 def data_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -9,11 +9,18 @@ a slice name as Google spells it, counting TensorCores on v4/v5p
 (`v5p-128` = 64 chips = `v5p:4x4x4`) and chips on v5e/v6e (`v5e-256` =
 `v5e:16x16`), or a raw chip grid such as `v5p:4x4x4`. `--slices S` joins S such
 slices over DCN (multislice; see `config.mesh.dcn_*`).
+
+`--data FILE` takes the same data file as `train` (configs/data/): the step is
+compiled for the batch its streams make (image slots per row, pixels or latents,
+video clips) and the rows per host are checked against the global batch and the
+topology's hosts. Its paths are not read (the data may live on the cluster).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+
+import numpy as np
 
 from showo2_jax.cli.main import CliError
 from showo2_jax.cli.train import load_config, quiet_libraries
@@ -27,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "TensorCores on v4/v5p, chips on v5e/v6e) or tpu:<grid> (tpu:v5p:4x4x4)")
   parser.add_argument("--slices", type=int, default=1,
                       help="TPU slices joined over DCN (multislice); tpu topologies only")
+  parser.add_argument("--data", default=None, metavar="FILE",
+                      help="data streams as for train (.py / .yaml / .json, see configs/data/): "
+                           "compile for their batch; paths are not read")
   config_overrides.accept_overrides(parser)
 
 
@@ -59,13 +69,37 @@ def _devices(topology: str, slices: int = 1):
   raise CliError(f"unknown topology '{topology}'; use cpu:N or tpu:<name>")
 
 
+def _check_data_rows(config, devices, where: str) -> str:
+  """One line on the data streams; CliError when their rows per host do not make the
+  global batch on this topology's hosts (what `train` would stop on at its first batch)."""
+  d = config.data
+  hosts = len({getattr(x, "process_index", 0) for x in devices})
+  rows = {n: int(d.streams[n].batch_size) for n in d.stream_order}
+  per_host, global_batch = sum(rows.values()), int(config.train.global_batch_size)
+  mix = " + ".join(f"{n} {r}" for n, r in rows.items())
+  if per_host * hosts != global_batch:
+    raise CliError(f"{where}: the data streams give {per_host} rows per host ({mix}) x {hosts} "
+                   f"host(s) = {per_host * hosts}, but config.train.global_batch_size is "
+                   f"{global_batch}; set batch_size per stream or --config.train.global_batch_size")
+  return (f"data: {mix} rows per host x {hosts} host(s) = global batch {global_batch}, "
+          f"{len(d.stream_order)} stream(s)")
+
+
 def run(args) -> int:
   quiet_libraries()
-  config = load_config(args)
+  config = load_config(args, check_data_paths=False)
   if "train" not in config:
     raise CliError(f"config '{args.config}' has no train block")
   devices = _devices(args.topology, args.slices)
-  from showo2_jax.train import aot  # pylint: disable=import-outside-toplevel
+  from showo2_jax.train import aot, data as data_lib  # pylint: disable=import-outside-toplevel
+  if "streams" in config.data:
+    print(_check_data_rows(config, devices, args.data or args.config))
+  try:
+    shapes = data_lib.batch_shapes(config)
+  except ValueError as e:
+    raise CliError(str(e)) from None
+  print("global batch: " + ", ".join(f"{k} {tuple(v.shape)} {np.dtype(v.dtype).name}"
+                                     for k, v in shapes.items()))
   logging.getLogger(__name__).info("compiling the train step of %s for %s", args.config, args.topology)
   try:
     report = aot.compile_train_step(config, devices)

@@ -121,4 +121,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  # `python -m showo2_jax.cli.main`: run the importable module, whose `CliError` is the
+  # one the commands raise (this file's own copy, `__main__.CliError`, is another class).
+  from showo2_jax.cli import main as _cli  # pylint: disable=import-self
+  sys.exit(_cli.main())

@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 
+from showo2_jax import paths
 from showo2_jax.cli.main import CliError
 from showo2_jax.train import config_overrides
 
@@ -43,13 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.epilog = "Override any config field with --config.<key>=<value>, e.g. --config.train.num_steps=100."
 
 
-def load_config(args):
+def load_config(args, *, check_data_paths: bool = True):
+  """The config of `--config`, its data block replaced by `--data` (whose paths must
+  match files with `check_data_paths`), then the `--config.*` overrides."""
   from showo2_jax import config_lib  # pylint: disable=import-outside-toplevel
   try:
     config = config_lib.load_config(args.config)
     if getattr(args, "data", None):
       from showo2_jax.data import data_file  # pylint: disable=import-outside-toplevel
-      config.data = data_file.load(args.data)
+      config.data = data_file.load(args.data, check_paths=check_data_paths)
     return config_overrides.apply(config, args.config_overrides)
   except (config_lib.UnknownConfigError, config_overrides.OverrideError) as e:
     raise CliError(str(e)) from None
@@ -83,7 +86,7 @@ def run(args) -> int:
   if "train" not in config:
     raise CliError(f"config '{args.config}' has no train block; use a training config "
                    f"(tiny_shapes, tiny_train, stage1_1p5b, stage2_1p5b, ...)")
-  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+  if paths.isfile(args.workdir):
     raise CliError(f"--workdir: '{args.workdir}' is a file, not a directory")
   fast_compile(config)
   from showo2_jax.train import distributed  # pylint: disable=import-outside-toplevel

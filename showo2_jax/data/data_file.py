@@ -41,7 +41,9 @@ TOP_FIELDS = dict(seed=0, num_workers=0, read_threads=2, prefetch_buffer=16, wor
 STREAM_FIELDS = dict(task=None, source="files", path=None, media_root="", batch_size=None,
                      min_res=(), cond_dropout_prob=0.1, stage="tuning", num_frames=17,
                      max_num_images=4)
-TASKS = ("t2i", "captioning", "llava", "vist", "video_t2i", "video_captioning")
+TASKS = ("t2i", "captioning", "llava", "llava_multi_image", "vist", "edit", "video_t2i",
+         "video_captioning")
+VIDEO_TASKS = ("video_t2i", "video_captioning")
 SOURCES = ("files", "array_record", "tfds")
 
 
@@ -132,4 +134,28 @@ def normalise(raw: dict, where: str = "data", *, check_paths: bool = True) -> ml
                             f"weights must split rows_per_batch into whole rows (>= 1)")
       c.streams[name].batch_size = int(round(n))
   c.stream_order = order
+  try:
+    video_frames(c.streams, order)
+  except ValueError as e:
+    raise DataFileError(f"{where}: {e}") from None
   return c
+
+
+def video_frames(streams, order) -> int:
+  """`num_frames` of the video streams (0: none). Video clips (3, F, R, R) and images
+  (3, R, R) cannot share a batch, nor can clips of different lengths: mixed data
+  blocks raise ValueError (train video in a run of its own)."""
+  video = {n: int(streams[n].num_frames) for n in order if streams[n].task in VIDEO_TASKS}
+  if not video:
+    return 0
+  images = [n for n in order if n not in video]
+  if images:
+    raise ValueError(f"video streams {sorted(video)} cannot share a batch with image streams "
+                     f"{images} (clips are (3, F, R, R), images (3, R, R)); train them in "
+                     f"separate runs")
+  if len(set(video.values())) > 1:
+    raise ValueError(f"video streams must agree on num_frames, got {video}")
+  frames = next(iter(video.values()))
+  if frames < 1 or (frames - 1) % 4:
+    raise ValueError(f"num_frames must be 1 + 4k for the Wan VAE, got {frames}")
+  return frames

@@ -23,16 +23,26 @@ class MediaError(Exception):
   """A missing, unreadable or unusable media file."""
 
 
+_FORK_WARNING = r"os\.fork\(\) was called"
+# Grain reads videos in threads, and `warnings.catch_warnings` is not thread-safe (a
+# thread leaving the block restores the filters another thread's block had added),
+# so the one fork that is always safe, `subprocess`'s fork + exec, is also filtered
+# for the whole process, here at import, before any reader thread starts.
+warnings.filterwarnings("ignore", message=_FORK_WARNING, category=RuntimeWarning,
+                        module="subprocess")
+
+
 @contextlib.contextmanager
 def ffmpeg_subprocess():
   """Silences JAX's "os.fork() ... deadlock" warning around imageio-ffmpeg calls.
 
   imageio-ffmpeg starts ffmpeg with `subprocess.Popen`: the child execs at once and
   runs no Python, so the deadlock JAX warns about (a forked child using JAX's
-  threads) cannot happen. Only that warning is filtered, only inside this block.
+  threads) cannot happen. Only that warning is filtered, only inside this block
+  (and, from any thread, when `subprocess` raises it: see above).
   """
   with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    warnings.filterwarnings("ignore", message=_FORK_WARNING, category=RuntimeWarning)
     yield
 
 

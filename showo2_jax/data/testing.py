@@ -141,17 +141,30 @@ def write_vist_dataset(root: str | os.PathLike, num: int, *, images_per_story=(5
 
 
 def write_video_dataset(root: str | os.PathLike, num: int, *, num_frames: int = 6,
-                        size=(48, 40), seed: int = 0, name: str = "videos.jsonl") -> str:
-  """Writes tiny animated GIFs (mp4 needs an ffmpeg/pyav backend) and a JSONL."""
-  import imageio.v3 as iio
+                        size=(48, 40), seed: int = 0, name: str = "videos.jsonl",
+                        ext: str = "gif") -> str:
+  """Writes `num` tiny noise clips and a JSONL of {"path", "prompt"}; returns its path.
+
+  `ext` "gif" (Pillow, always available) or "mp4" (H.264 through imageio-ffmpeg,
+  an install requirement, as `sample.media.save_video` writes it; lossy, so the
+  frames read back differ slightly from those written).
+  """
+  import imageio.v3 as iio  # pylint: disable=import-outside-toplevel
+  from showo2_jax.data import media  # pylint: disable=import-outside-toplevel
+  if ext not in ("gif", "mp4"):
+    raise ValueError(f"ext must be 'gif' or 'mp4', got {ext!r}")
   root = os.fspath(root)
   os.makedirs(os.path.join(root, "videos"), exist_ok=True)
   rng = np.random.default_rng(seed)
   lines = []
   for i in range(num):
     frames = rng.integers(0, 256, size=(num_frames, size[1], size[0], 3), dtype=np.uint8)
-    rel = os.path.join("videos", f"{i:04d}.gif")
-    iio.imwrite(os.path.join(root, rel), frames, loop=0)
+    rel = os.path.join("videos", f"{i:04d}.{ext}")
+    if ext == "gif":
+      iio.imwrite(os.path.join(root, rel), frames, loop=0)
+    else:
+      with media.ffmpeg_subprocess():
+        iio.imwrite(os.path.join(root, rel), frames, plugin="FFMPEG", fps=8)
     lines.append({"path": rel, "prompt": f"a video of a dog number {i}"})
   path = os.path.join(root, name)
   with open(path, "w") as f:

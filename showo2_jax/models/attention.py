@@ -25,6 +25,11 @@ in float32 in every implementation.
   (B, Lq, Lk) boolean mask is (1 byte per entry, against 4 * H of scores).
   Measured (benchmarks/attention_benchmark.py, small-config LLM layer, fp32, 2
   CPU cores): forward + backward ~3x less CPU time than `dense` at chunk 128.
+- `splash`: TPU Pallas splash attention with the mask as a block-sparse mask
+  (`attention_splash.py`; empty blocks skipped; `attention_chunk_size` is its
+  block size, rounded to 128). Off TPU it runs in Pallas interpret mode (exact,
+  slow: for tests). KV-cached decoding steps (Lq <= DECODE_MAX_QUERIES = 8) use
+  `dense`: one query row has no blocks to skip.
 
 Sources: the omni-attention of Show-o2 (paper section 3.2, spec section 3); the
 query chunking is the memory-efficient attention of Rabe & Staats (2021) without
@@ -39,9 +44,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from showo2_jax.models import layers
+from showo2_jax.models import attention_splash, layers
 
-ATTENTION_IMPLS = ("dense", "chunked")
+ATTENTION_IMPLS = ("dense", "chunked", "splash")
 DEFAULT_CHUNK_SIZE = 512
 
 
@@ -54,7 +59,10 @@ def check_impl(impl: str) -> str:
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array], scale: float, *,
               impl: str = "dense", chunk_size: int = DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Masked grouped-query attention with the implementation `impl` (see module doc)."""
-  if check_impl(impl) == "dense":
+  impl = check_impl(impl)
+  if impl == "splash" and q.shape[1] > attention_splash.DECODE_MAX_QUERIES:
+    return attention_splash.splash_attention(q, k, v, mask, scale, block_size=chunk_size)
+  if impl in ("dense", "splash"):
     return layers.dot_product_attention(q, k, v, mask, scale)
   return chunked_attention(q, k, v, mask, scale, chunk_size)
 

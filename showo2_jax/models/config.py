@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping, Optional
+
+from showo2_jax import paths
 
 
 class ConfigError(ValueError):
@@ -94,15 +95,16 @@ class Showo2Config:
   rope_inv_freq_dtype: str = "compute"
   remat_policy: str = "none"        # see layers.remat_policy for the names
   scan_layers: bool = False
-  # LLM and flow-head attention (models/attention.py): "dense" (the reference) or
+  # LLM and flow-head attention (models/attention.py): "dense" (the reference),
   # "chunked" (pure JAX, attention_chunk_size query rows at a time; same numbers,
-  # O(chunk * L) instead of O(L^2) attention memory).
+  # O(chunk * L) instead of O(L^2) attention memory) or "splash" (TPU Pallas kernel,
+  # block-sparse omni mask, attention_chunk_size = its block; interpret mode off TPU).
   attention_impl: str = "dense"
   attention_chunk_size: int = 512
 
   def __post_init__(self):
-    if self.attention_impl not in ("dense", "chunked"):
-      raise ConfigError(f"attention_impl must be 'dense' or 'chunked', got {self.attention_impl!r}")
+    if self.attention_impl not in ("dense", "chunked", "splash"):
+      raise ConfigError(f"attention_impl must be 'dense', 'chunked' or 'splash', got {self.attention_impl!r}")
     if self.rope_inv_freq_dtype not in ("compute", "float32"):
       raise ConfigError(f"rope_inv_freq_dtype must be 'compute' or 'float32', got {self.rope_inv_freq_dtype!r}")
 
@@ -138,13 +140,12 @@ class Showo2Config:
     """Reads an original Show-o2 model directory (config.json, optional
     llm_config.json and siglip_config.json). Missing LLM/SigLIP configs are taken
     from the presets by LLM width (1536 -> 1.5B, 3584 -> 7B)."""
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
+    cfg_path = paths.join(path, "config.json")
+    if not paths.exists(cfg_path):
       raise ConfigError(f"{path}: no config.json (expected an original Show-o2 model directory)")
-    with open(cfg_path) as f:
-      top = json.load(f)
-    llm_json = _read_json(os.path.join(path, "llm_config.json"))
-    siglip_json = _read_json(os.path.join(path, "siglip_config.json"))
+    top = json.loads(paths.read_text(cfg_path))
+    llm_json = _read_json(paths.join(path, "llm_config.json"))
+    siglip_json = _read_json(paths.join(path, "siglip_config.json"))
     return cls.from_original_json(top, llm_json, siglip_json, **overrides)
 
   @classmethod
@@ -289,10 +290,8 @@ def siglip_config_from_hf(d: Mapping[str, Any]) -> SiglipConfig:
 
 
 def _read_json(path: str) -> Optional[dict]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  """The JSON at `path` (local or gs://), or None if there is no such file."""
+  return json.loads(paths.read_text(path)) if paths.exists(path) else None
 
 
 def _to_dict(cfg: Any) -> Any:

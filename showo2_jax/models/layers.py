@@ -216,6 +216,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Option
   return out.astype(v.dtype).reshape(b, lq, hq, d)
 
 
+# Logical names of attention activations (B, L, heads, head_dim).
+ATTN_Q = ("activation_batch", "activation_length", "activation_heads", "activation_head_dim")
+ATTN_KV = ("activation_batch", "activation_length", "activation_kv_heads", "activation_head_dim")
+
+
 class GQAttention(nn.Module):
   """Self-attention with grouped KV heads, RoPE and an optional KV cache.
 
@@ -252,9 +257,13 @@ class GQAttention(nn.Module):
     cos, sin = rope
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k, v, new_cache = update_kv_cache(cache, k, v, cache_index)
+    # Heads over `tensor` (query heads and the output; kv heads are few, replicated).
+    q = nn.with_logical_constraint(q, ATTN_Q)
+    k, v = (nn.with_logical_constraint(x, ATTN_KV) for x in (k, v))
     from showo2_jax.models import attention  # pylint: disable=import-outside-toplevel
     out = attention.attention(q, k, v, mask, self.head_dim ** -0.5, impl=self.attention_impl,
                               chunk_size=self.attention_chunk_size)
+    out = nn.with_logical_constraint(out, ATTN_Q)
     out = checkpoint_name(out.reshape(b, l, self.num_heads * self.head_dim), "attn_out")
     out = dense(self.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj",
                 kernel_init=self.kernel_init, **kw)(out)

@@ -21,7 +21,8 @@ import numpy as np
 from showo2_jax.convert.showo2_torch import load_original
 from showo2_jax.models.showo2 import Showo2
 from showo2_jax.sample import prefix as prefix_lib
-from showo2_jax.sample import transport, understanding, visual
+from showo2_jax.flow import transport
+from showo2_jax.sample import understanding, visual
 from showo2_jax.sample.tokens import GREEDY
 
 THRESHOLD = 1e-4

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from showo2_jax import paths
-from showo2_jax.sample import transport
+from showo2_jax.flow import transport
 from showo2_jax.sample.pipeline import FlowSampling, Pipeline
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,8 @@ import numpy as np
 
 from showo2_jax.data import sequences
 from showo2_jax.data import tokenizer as tokenizer_lib
-from showo2_jax.sample import decode, progress, transport, understanding, visual
+from showo2_jax.flow import transport
+from showo2_jax.sample import decode, progress, understanding, visual
 from showo2_jax.sample import prefix as prefix_lib
 from showo2_jax.sample.pipeline import FlowSampling, Pipeline, PromptTooLongError
 from showo2_jax.sample.tokens import TokenSampling

@@ -25,7 +25,8 @@ from showo2_jax.data import sequences, transforms
 from showo2_jax.data import tokenizer as tokenizer_lib
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import Showo2
-from showo2_jax.sample import decode, loading, media, progress, transport, understanding, visual
+from showo2_jax.flow import transport
+from showo2_jax.sample import decode, loading, media, progress, understanding, visual
 from showo2_jax.sample import prefix as prefix_lib
 from showo2_jax.sample.tokens import GREEDY, TokenSampling
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from showo2_jax.models.showo2 import Showo2, to_dtype, unpatchify, velocity_per_slot
 from showo2_jax.sample import prefix as prefix_lib
 from showo2_jax.sample import progress
-from showo2_jax.sample import transport
+from showo2_jax.flow import transport
 
 
 def _geometry(model: Showo2, x: jax.Array):

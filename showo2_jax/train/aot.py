@@ -45,9 +45,12 @@ class CompileReport:
   xla_peak_bytes: int            # XLA's own peak (TPU: what it checks against HBM; 0 on CPU)
   flops: float                   # XLA cost analysis, per device (a scanned body counted once)
   model_flops: float             # flops.train_flops_per_step / devices (remat not counted)
+  program_flops: float           # flops.jaxpr_matmul_flops / devices (scans x length, remat counted)
   tokens_per_device: float       # tokens of one step per device
   compile_seconds: float
   collectives: dict = dataclasses.field(default_factory=dict)  # op -> count in the compiled HLO
+  attention_impl: str = ""
+  pallas_kernels: int = 0        # Mosaic (Pallas TPU) kernel calls in the compiled step
 
   @property
   def sum_bytes(self) -> int:
@@ -70,14 +73,18 @@ class CompileReport:
     peak_src = "XLA peak_memory_in_bytes" if self.xla_peak_bytes else "args + outputs + temps - aliased"
     return [
         f"devices: {self.devices} ({self.device_kind or self.platform}), mesh {self.mesh}",
+        f"attention: {self.attention_impl or '?'} ({self.pallas_kernels} Pallas TPU kernel calls "
+        "in the compiled step)",
         f"params: {_count(self.params)} ({_count(self.trainable)} trainable)",
         f"per device: arguments {_bytes(self.argument_bytes)}, outputs {_bytes(self.output_bytes)}, "
         f"temporaries {_bytes(self.temp_bytes)}, donated/aliased {_bytes(self.alias_bytes)}",
         f"per device peak ({peak_src}): {_bytes(self.peak_bytes)}{fit}",
-        f"FLOPs per step per device: model {_flops(self.model_flops)} "
-        f"({self.tokens_per_device:g} tokens; train/flops.py, no remat), XLA cost analysis "
-        f"{_flops(self.flops)} (counts a scanned layer stack once); compiled in "
-        f"{self.compile_seconds:.0f} s",
+        f"FLOPs per step per device: model formula {_flops(self.model_flops)} "
+        f"({self.tokens_per_device:g} tokens; train/flops.py, no remat); the step's matmuls "
+        f"{_flops(self.program_flops)} ({self.program_flops / max(self.model_flops, 1):.2f}x; "
+        "jaxpr, scanned layers x their count, remat recompute included, Pallas kernels not); "
+        f"XLA cost analysis {_flops(self.flops)} (counts a scanned layer stack once); "
+        f"compiled in {self.compile_seconds:.0f} s",
         "collectives in the compiled step: " + (", ".join(
             f"{n} {op}" for op, n in sorted(self.collectives.items())) or "none"),
     ]
@@ -189,6 +196,14 @@ def count_collectives(hlo_text: str) -> dict:
 def lower_train_step(config, devices):
   """(lowered step, StateLayout): the run's exact step traced against abstract
   inputs on a mesh of `devices`; nothing is compiled or allocated."""
+  traced, lay = trace_train_step(config, devices)
+  with jax.set_mesh(lay.mesh), sharding_lib.axis_rules():
+    return traced.lower(), lay
+
+
+def trace_train_step(config, devices):
+  """(traced step, StateLayout), as `lower_train_step` but before lowering (its
+  jaxpr gives the matmul FLOPs, `flops.jaxpr_matmul_flops`)."""
   task = tasks.build(config)
   num_steps = int(config.train.num_steps)
   mesh = sharding_lib.create_mesh(config.mesh, devices)
@@ -211,17 +226,21 @@ def lower_train_step(config, devices):
                                  schedules=optimizer_lib.schedules(config.optim, num_steps),
                                  encoder=encoder),
         lay, shapes, with_vae=encoder is not None)
-    return fn.lower(lay.abstract, batch, rng, *args), lay
+    return fn.trace(lay.abstract, batch, rng, *args), lay
 
 
 def compile_train_step(config, devices) -> CompileReport:
-  lowered, lay = lower_train_step(config, devices)
+  traced, lay = trace_train_step(config, devices)
   mesh = lay.mesh
+  program_flops = flops_lib.jaxpr_matmul_flops(traced.jaxpr)
+  with jax.set_mesh(mesh), sharding_lib.axis_rules():
+    lowered = traced.lower()
   t0 = time.perf_counter()
   with jax.set_mesh(mesh), sharding_lib.axis_rules():
     compiled = lowered.compile()
   seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()
+  text = compiled.as_text()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   counts = {}
@@ -244,5 +263,8 @@ def compile_train_step(config, devices) -> CompileReport:
       code_bytes=int(getattr(mem, "generated_code_size_in_bytes", 0)),
       xla_peak_bytes=int(getattr(mem, "peak_memory_in_bytes", 0) or 0),
       flops=float((cost or {}).get("flops", 0.0)),
-      model_flops=model_flops / len(devices), tokens_per_device=gb * seq_len / len(devices),
-      compile_seconds=seconds, collectives=count_collectives(compiled.as_text()))
+      model_flops=model_flops / len(devices), program_flops=program_flops / len(devices),
+      tokens_per_device=gb * seq_len / len(devices),
+      compile_seconds=seconds, collectives=count_collectives(text),
+      attention_impl=str(config.model.get("attention_impl", "dense")),
+      pallas_kernels=text.count('custom_call_target="tpu_custom_call"'))

@@ -32,7 +32,7 @@ import numpy as np
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import PatchEmbed, to_dtype
 from showo2_jax.models.siglip import SiglipEncoder, resize_position_table
-from showo2_jax.sample import transport
+from showo2_jax.flow import transport
 from showo2_jax.train import data as data_lib
 from showo2_jax.train import objective as objective_lib
 from showo2_jax.train import synthetic

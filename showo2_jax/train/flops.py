@@ -38,3 +38,51 @@ def forward_flops_per_row(model, seq_len: int, images_per_row: int) -> float:
 
 def train_flops_per_step(model, seq_len: int, images_per_row: int, global_batch: int) -> float:
   return 3.0 * global_batch * forward_flops_per_row(model, seq_len, images_per_row)
+
+
+def _dot_flops(eqn) -> float:
+  (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
+  lhs, rhs = (v.aval.shape for v in eqn.invars[:2])
+  out = 1.0
+  for d in eqn.outvars[0].aval.shape:
+    out *= d
+  k = 1.0
+  for d in lc:
+    k *= lhs[d]
+  return 2.0 * out * k
+
+
+def _sub_jaxprs(eqn):
+  for v in eqn.params.values():
+    for x in (v if isinstance(v, (tuple, list)) else (v,)):
+      j = getattr(x, "jaxpr", x)
+      if hasattr(j, "eqns"):
+        yield j
+
+
+def jaxpr_matmul_flops(jaxpr) -> float:
+  """Matmul FLOPs (2 per multiply-add of every dot_general) a jaxpr executes:
+  scan bodies times their length, the costliest branch of a cond, shard_map
+  bodies times the number of shards, remat'd forward passes as often as they run
+  (so rematerialisation is counted, unlike the model formula). Pallas kernels
+  (splash) are opaque and not counted; while loops count their body once."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      total += _dot_flops(eqn)
+    elif name == "scan":
+      total += eqn.params["length"] * jaxpr_matmul_flops(eqn.params["jaxpr"])
+    elif name == "cond":
+      total += max(jaxpr_matmul_flops(b) for b in eqn.params["branches"])
+    elif name == "shard_map":
+      shards = 1
+      for s in dict(eqn.params["mesh"].shape).values():
+        shards *= s
+      total += shards * jaxpr_matmul_flops(eqn.params["jaxpr"])
+    elif name == "pallas_call":
+      continue
+    else:
+      total += sum(jaxpr_matmul_flops(j) for j in _sub_jaxprs(eqn))
+  return total

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from showo2_jax.models import omni_mask
-from showo2_jax.sample import transport
+from showo2_jax.flow import transport
 
 
 class FlowInputs(NamedTuple):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from showo2_jax.models import showo2
-from showo2_jax.sample import transport
+from showo2_jax.flow import transport
 from showo2_jax.train import noising
 
 

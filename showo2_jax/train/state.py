@@ -72,6 +72,7 @@ def layout(init_params_fn: Callable, make_tx: Callable, labels_fn: Callable, mes
   boxed_state = jax.eval_shape(lambda p, r: make_state(p, r, labels, tx), boxed, rng)
   specs = nn.get_partition_spec(boxed_state)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
+  shardings = sharding_lib.fit_shardings(shardings, values(boxed_state), mesh)
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           values(boxed_state), shardings)
   return StateLayout(labels=labels, tx=tx, abstract=abstract, shardings=shardings, mesh=mesh)

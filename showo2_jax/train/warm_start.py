@@ -35,8 +35,9 @@ source).
 
 Paper recipes (spec 7.2): stage 1 = `qwen2:<Qwen2.5-1.5B-Instruct>` +
 `semantic:<pre-distilled_semantic_layers.pt>`, the generation side fresh. The
-1.5B -> 7B transfer (stage1_7b:a) = `qwen2:<Qwen2.5-7B-Instruct>` + the 1.5B
-stage-1 run's flow head, time embedder and semantic layers
+1.5B -> 7B transfer (stage1_7b:a) = `qwen2:<Qwen2.5-7B-Instruct>` + the final
+1.5B model's (after stage 2c, as train_showo2_7b_stage1.sh) flow head, time
+embedder and semantic layers
 (`checkpoint:<run>#-showo|-image_embedder_gen|-fusion_proj|-diff_proj|-time_embed_proj`);
 the LLM-width layers (image_embedder_gen, fusion_proj, diff_proj,
 time_embed_proj) start fresh.

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--config", "tiny", "--new-tokens", "4"]
 
@@ -20,6 +22,7 @@ def _run(cmd, tmp_path):
   return p.stdout
 
 
+@pytest.mark.slow
 def test_accelerator_suite_writes_every_figure(tmp_path):
   out = tmp_path / "suite.json"
   _run(["bash", str(REPO / "benchmarks" / "accelerator_suite.sh"), "--out", str(out), *TINY,
@@ -51,6 +54,7 @@ print(json.dumps({"params": 1, "threads": 2, "t2i_s_per_cfg_call": 0.5,
 """
 
 
+@pytest.mark.slow
 def test_compare_original_alternates_and_reports_ratios(tmp_path):
   """A stand-in for the original's ref_bench.py (fixed figures) checks the plumbing:
   rounds alternate, medians and ratios come from the measured figures."""

@@ -30,6 +30,7 @@ def _outputs(cell) -> str:
   return "".join(text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes(name, tmp_path, monkeypatch):
   nb = nbformat.read(COLABS / name, as_version=4)

@@ -6,6 +6,7 @@ from showo2_jax.cli.main import main
 from showo2_jax.convert import checkpoint_io, orbax_io
 
 
+@pytest.mark.slow
 def test_export_run_then_to_torch(tmp_path):
   run = tmp_path / "run"
   assert main(["train", "--config", "tiny_train", "--workdir", str(run), "--config.train.num_steps=3",

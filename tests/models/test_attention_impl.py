@@ -17,6 +17,7 @@ def _rel(a, b):
   return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [5, 8, 64])
 def test_chunked_matches_dense_values_and_gradients_under_the_omni_mask(chunk):
   b, l, hq, hkv, d = 2, 37, 4, 2, 8
@@ -88,6 +89,7 @@ def test_unknown_impl_is_a_config_error():
     s2.Showo2Config(attention_impl="flashy")
 
 
+@pytest.mark.slow
 def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_dir):
   """The training path (omni mask, both losses) with queries in chunks of 7."""
   cases = np.load(showo2_fixture_dir / "cases.npz")

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 NO_EXCESS = "--xla_allow_excess_precision=false"
@@ -111,6 +113,7 @@ def test_bf16_rounds_once_and_scores_accumulate_in_fp32():
 BF16_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "bf16_offset"
 
 
+@pytest.mark.slow
 def test_check_parity_bf16_on_the_committed_fixture():
   """Made with shared/bench/bf16_reference.py (tests/reference/make_bf16_fixture.py)."""
   out = run_strict(f"""
@@ -141,6 +144,7 @@ def test_check_parity_bf16_rejects_other_directories(tmp_path, capsys):
   assert "no ref_outputs.npz" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_check_parity_bf16_turns_excess_precision_off():
   """The CLI sets the flag itself (after `import jax`, before any backend starts)."""
   code = f"""

@@ -45,6 +45,7 @@ def _run(config, params, tokens, latents, mp):
   return model.apply({"params": params}, tokens, latents, jnp.full((1,), 0.5), mp)
 
 
+@pytest.mark.slow
 def test_rope_switch_changes_bf16_only(showo2_fixture_dir):
   base, params = load_original(str(showo2_fixture_dir))
   params = jax.tree.map(jnp.asarray, params)

@@ -64,6 +64,7 @@ def test_unpatchify_is_the_raster_quad_layout():
   np.testing.assert_array_equal(np.asarray(s2.unpatchify(tokens, c, h, w)), latent)
 
 
+@pytest.mark.slow
 def test_check_parity_cli_passes_on_the_fixture(showo2_fixture_dir):
   from showo2_jax.parity.showo2 import run_showo2_parity as _  # noqa: F401  (import check)
   proc = subprocess.run([sys.executable, "-m", "showo2_jax.cli.main", "check-parity", str(showo2_fixture_dir)],

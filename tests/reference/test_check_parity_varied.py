@@ -165,6 +165,7 @@ def test_varied_configs_exercise_what_they_claim(fixture_dirs):
       assert (mp[0, 1] == 0).all() and (mp[:, 0, 1] > 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VARIED))
 def test_check_parity_on_generated_dir(name, fixture_dirs, monkeypatch, capsys):
   path = fixture_dirs(name)

@@ -7,7 +7,10 @@ import base64
 import concurrent.futures
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -189,6 +192,7 @@ def test_models_and_health(server, client):
   assert httpx.get(server[1] + "/health", timeout=30).json()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_bounded_load(server, media_dir):
   """32 concurrent mixed requests (text chat, 1- and 2-image chat, streams, images):
   no error, and the engine batched them. Prints p50/p95 latency and throughput."""
@@ -223,6 +227,75 @@ def test_bounded_load(server, media_dir):
   print(f"\nload: 32 mixed requests in {wall:.1f} s: p50 {p50:.2f} s, p95 {p95:.2f} s, "
         f"{32 / wall:.2f} req/s, {batches} batches")
   assert batches < 32 and srv.engine.stats["max_batch_seen"] > 1
+
+
+def test_requests_in_one_window_share_one_batched_call_compiled_once(server, pipe):
+  """Jobs that arrive within the window run as one `decode.generate` call, padded
+  to the batch / prompt-width / token-cap buckets; a second batch of other
+  prompts, lengths, token caps and temperatures in the same buckets reuses the
+  compiled program; greedy answers equal the one-at-a-time answers."""
+  from showo2_jax.sample import decode  # pylint: disable=g-import-not-at-top
+  srv, base = server
+  eng = engine_lib.Engine(pipe, max_batch=4, window_s=60.0, max_new_tokens=64).start()
+
+  def body(q, k, temperature=0.0):
+    return {"messages": [{"role": "user", "content": q}], "max_tokens": k,
+            "temperature": temperature}
+
+  def run_batch(bodies):
+    jobs = [srv.chat_job(api.ChatCompletionRequest(**b)) for b in bodies]
+    futures = [eng.submit(j) for j in jobs]   # the 4th fills the batch: no 60 s wait
+    return [f.result(timeout=600) for f in futures], jobs
+
+  try:
+    first = [body("Hello there", 8), body("Tell me a story.", 12), body("Hi", 5),
+             body("What is the capital of France?", 8)]
+    results, jobs = run_batch(first)
+    assert eng.stats == {"batches": 1, "jobs": 4, "max_batch_seen": 4}
+    assert eng.chat_buckets(jobs) == (4, 64, 0, 16)
+    for b, r in zip(first, results):
+      alone = httpx.post(base + "/v1/chat/completions", json=b, timeout=600).json()
+      assert r.text == alone["choices"][0]["message"]["content"], b
+    compiled = decode.generate._cache_size()  # pylint: disable=protected-access
+    second = [body("Is it warm?", 16), body("Why?", 3),
+              body("Count to three.", 9, 0.8), body("Name a colour.", 7, 1.2)]
+    _, jobs = run_batch(second)
+    assert eng.chat_buckets(jobs) == (4, 64, 0, 16) and eng.stats["batches"] == 2
+    assert decode.generate._cache_size() == compiled  # pylint: disable=protected-access
+  finally:
+    eng.stop()
+
+
+def test_a_failing_batch_is_a_one_line_500_and_the_server_keeps_serving(server, monkeypatch):
+  srv, base = server
+
+  def boom(jobs):
+    raise RuntimeError("device lost")
+
+  monkeypatch.setattr(srv.engine, "run_chat", boom)
+  body = {"messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 4}
+  r = httpx.post(base + "/v1/chat/completions", json=body, timeout=600)
+  assert r.status_code == 500 and "Traceback" not in r.text
+  assert r.json()["error"]["message"] == "internal error: RuntimeError: device lost"
+  assert r.json()["error"]["type"] == "server_error"
+  monkeypatch.undo()
+  assert httpx.post(base + "/v1/chat/completions", json=body, timeout=600).status_code == 200
+
+
+def test_compilation_cache_persists_across_processes(tmp_path):
+  """`serve --compilation-cache-dir`: a second process loads the program the first compiled."""
+  code = ("import sys, jax, jax.numpy as jnp\n"
+          "from showo2_jax.serve import engine\n"
+          "hits = []\n"
+          "jax.monitoring.register_event_listener(lambda name, **kw: hits.append(name))\n"
+          "engine.enable_compilation_cache(sys.argv[1])\n"
+          "jax.jit(lambda x: jnp.tanh(x) * 3 + 1)(jnp.ones((5,))).block_until_ready()\n"
+          "print('HIT' if '/jax/compilation_cache/cache_hits' in hits else 'MISS')\n")
+  cache = tmp_path / "xla"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  runs = [subprocess.run([sys.executable, "-c", code, str(cache)], capture_output=True, text=True,
+                         timeout=300, env=env, check=True).stdout.split()[-1] for _ in range(2)]
+  assert runs == ["MISS", "HIT"] and any(cache.iterdir())
 
 
 def test_lmms_eval_openai_compatible_requests(server, pipe, media_dir):

@@ -18,7 +18,8 @@ from showo2_jax.convert.showo2_torch import abstract_params
 from showo2_jax.data import sequences
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import Showo2
-from showo2_jax.sample import prefix, transport, visual
+from showo2_jax.flow import transport
+from showo2_jax.sample import prefix, visual
 
 PAD, BOS, EOS, BOI, EOI, IMG_PAD = 0, 1, 2, 3, 4, 5
 

@@ -10,7 +10,7 @@ import pytest
 from showo2_jax import config_lib
 from showo2_jax.cli import precompute as precompute_cli
 from showo2_jax.data import build, precompute, tasks, testing
-from showo2_jax.train import trainer
+from showo2_jax.train import distill, trainer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -49,3 +49,18 @@ def test_tiny_student_gets_closer_to_siglip_teacher(tmp_path):
   assert len(loss) == 40
   first, last = np.mean(loss[:5]), np.mean(loss[-5:])
   assert last < 0.8 * first, loss
+
+
+def test_loss_is_the_originals_clamped_cosine():
+  """`ShowoSemanticLayers.forward` (modeling_semantic_layers.py): F.normalize both,
+  cos per token, clamp to [1e-4, 0.9999], mean of -log; rows here include an exact
+  copy (clamped at 0.9999) and an opposite (clamped at 1e-4)."""
+  rng = np.random.default_rng(0)
+  teacher = rng.standard_normal((2, 5, 48)).astype(np.float32)
+  student = rng.standard_normal((2, 5, 48)).astype(np.float32)
+  student[0, 0], student[0, 1] = teacher[0, 0] * 3.0, -teacher[0, 1]
+  t, s = (torch.nn.functional.normalize(torch.from_numpy(x).reshape(-1, 48), dim=-1)
+          for x in (teacher, student))
+  want = -torch.log(torch.clamp(torch.sum(t * s, dim=-1), 0.0001, 0.9999)).mean()
+  got = distill.cosine_distill_loss(student, teacher)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-6)

@@ -13,6 +13,7 @@ wait for the one that may still be producing it.
 import socket
 
 import numpy as np
+import pytest
 
 from tests.train import runs
 
@@ -25,6 +26,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_8_fake_devices_in_2_processes_match_1_device(tmp_path, request):
   port = _free_port()
   procs = [runs.start(tmp_path, *runs.SHORT_RUN, f"--coordinator_address=localhost:{port}",

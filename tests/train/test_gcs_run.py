@@ -6,6 +6,8 @@ bucket with bit-identical next losses; SIGTERM then saves and exits 143.
 """
 import signal
 
+import pytest
+
 from showo2_jax import paths
 from tests.train import gcs_runs
 
@@ -13,6 +15,7 @@ KEYS = ("loss", "ntp_loss", "flow_loss", "grad_norm", "param_norm")
 NEVER = "--config.train.num_steps=100000"
 
 
+@pytest.mark.slow
 def test_gs_workdir_kill9_resume_and_sigterm(gcs_emulator, gcs_bucket, tmp_path):
   _, host = gcs_emulator
   workdir = gcs_bucket + "/run"

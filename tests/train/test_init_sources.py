@@ -287,3 +287,67 @@ def test_shipped_stage_configs_chain(hf_dirs, tmp_path):
   _, stage2, _, _ = _init(s2)
   for name, value in _flat(stage2).items():
     np.testing.assert_array_equal(value, flat1[name], err_msg=name)
+
+
+def test_orbax_source_gives_converted_params(tmp_path):
+  """`orbax:` reads params converted by `showo2-jax convert` (here saved with orbax_io,
+  unrolled layers) into a scanned model: every param equals the stored one."""
+  from showo2_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
+  plain = _config()
+  random, _, _, task = _init(plain)
+  rng = np.random.default_rng(11)
+  stored = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(np.float32), random)
+  orbax_io.save_params(str(tmp_path / "orbax"), stored, task.model_config, scan_layers=False)
+  c = _config(scan=True)
+  c.init.sources = (f"orbax:{tmp_path / 'orbax'}",)
+  _, loaded, lay, task = _init(c)
+  flat, want = showo2_keys.unroll_flat(_flat(loaded)), _flat(stored)
+  assert set(flat) == set(want)
+  for name, value in flat.items():
+    np.testing.assert_array_equal(value, want[name], err_msg=name)
+  assert "orbax:" in warm_start.source_table(c.init, lay.abstract.params, task.model_config)
+
+
+def test_semantic_source_reads_a_distill_semantic_run(hf_dirs, tmp_path):
+  """`semantic:<workdir>` of a distill_semantic run: its three groups, the rest of the
+  stage-1 start from Qwen2 and fresh."""
+  root, qwen, _ = hf_dirs
+  d = config_lib.load_config("distill_semantic:tiny")
+  random_d, _, lay_d, _ = _init(d)
+  rng = np.random.default_rng(4)
+  trained = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype), random_d)
+  _save_run(tmp_path / "distill", d, trained, lay_d)
+  c = _config()
+  c.init.sources = (f"qwen2:{root / 'qwen2'}", f"semantic:{tmp_path / 'distill'}")
+  c.init.fresh = STAGE1_FRESH
+  _, loaded, _, _ = _init(c)
+  flat, want = _flat(loaded), _flat(trained)
+  assert {n.split("/")[0] for n in want} == set(warm_start.SEMANTIC_PREFIXES)
+  for name, value in flat.items():
+    if name.split("/")[0] in warm_start.SEMANTIC_PREFIXES:
+      np.testing.assert_array_equal(value, want[name], err_msg=name)
+  np.testing.assert_array_equal(flat["showo/model/norm/scale"], qwen["model.norm.weight"])
+
+
+def test_transfer_to_7b_from_an_original_showo2_dir(tmp_path, showo2_fixture_dir):
+  """The documented alternative source of the 7B transfer: the released 1.5B model (an
+  original Show-o2 directory, here the shared tiny fixture) with stage1_7b:a's patterns."""
+  qwen_big = _qwen2_dir(tmp_path / "qwen_7b", hidden=96, tie=False, seed=9)
+  big = _config(llm_hidden=96, tie=False)
+  exclude = "|".join("-" + e for e in tc.TRANSFER_1P5B_TO_7B_EXCLUDE)
+  big.init.sources = (f"qwen2:{tmp_path / 'qwen_7b'}", f"original:{showo2_fixture_dir}#{exclude}")
+  big.init.fresh = tuple(config_lib.load_config("stage1_7b:a").init.fresh)
+  random_big, loaded, _, _ = _init(big)
+  fresh = _flat(random_big)
+  with checkpoint_io.StateDict(str(showo2_fixture_dir)) as sd:
+    for name, value in _flat(loaded).items():
+      top = name.split("/")[0]
+      if top == "showo":
+        want = _torch_value(name, qwen_big, lambda k: k[len("showo."):])
+        want = want[:big.model.llm.vocab_size] if "embed_tokens" in name else want
+        want = want[:, :big.model.llm.vocab_size] if "lm_head" in name else want
+      elif top in tc.TRANSFER_1P5B_TO_7B_EXCLUDE:
+        want = fresh[name]
+      else:
+        want = _torch_value(name, sd, lambda k: k)
+      np.testing.assert_array_equal(value, want, err_msg=name)

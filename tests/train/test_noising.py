@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from showo2_jax.sample import transport
+from showo2_jax.flow import transport
 from showo2_jax.train import noising
 
 # One compiled program per setting instead of op-by-op dispatch (seconds on CPU).

@@ -61,6 +61,7 @@ def _stop(procs, logs, signals):
   return codes, time.time() - t0
 
 
+@pytest.mark.multiprocess
 @pytest.mark.slow
 def test_two_hosts_save_the_same_step_on_sigterm_to_one_or_both(gcs_emulator, gcs_bucket,
                                                                  tmp_path):

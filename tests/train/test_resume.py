@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.train import runs
 
@@ -52,6 +53,7 @@ def _logged(rows) -> dict[int, dict]:
   return {r["step"]: r for r in rows if "loss" in r}
 
 
+@pytest.mark.slow
 def test_kill9_resumes_exactly_and_sigterm_saves(tmp_path):
   workdir = tmp_path / "run"
   a = runs.start(workdir, *runs.LOGGED, NEVER, "--config.checkpoint.every_steps=4",

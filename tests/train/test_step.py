@@ -36,6 +36,7 @@ def _fast(jitted, *args):
   return jitted.lower(*args).compile(runs.FAST_COMPILER_OPTIONS)
 
 
+@pytest.mark.slow
 def test_stage1_pixel_step_consumes_the_vae_sample_and_keeps_frozen_params():
   """Stage-1 freezing on pixel batches with the tiny random Wan VAE (bf16, as autocast).
 

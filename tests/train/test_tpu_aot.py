@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent("""
     slices = [[d.slice_index for d in row.ravel()] for row in mesh.devices]
     assert slices == [[0] * 4, [1] * 4], slices        # data over DCN, fsdp inside a slice
     for argv in (["--topology", "tpu:v5p-8", "--config.mesh.data=1", "--config.mesh.fsdp=2",
-                  "--config.mesh.tensor=2"],
+                  "--config.mesh.tensor=2", "--config.model.attention_impl=splash"],
                  ["--topology", "tpu:v5p:2x2x1", "--slices", "2", "--config.mesh.data=1",
                   "--config.mesh.fsdp=-1", "--config.mesh.dcn_data=2"]):
       out = io.StringIO()
@@ -64,6 +64,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_tiny_train_step_compiles_for_a_tpu_slice_and_two_slices():
   """The whole step (state layout, batch shardings, step) built for abstract TPU
   devices and compiled by the TPU compiler, one slice and two over DCN."""
@@ -74,6 +75,10 @@ def test_tiny_train_step_compiles_for_a_tpu_slice_and_two_slices():
   assert "devices: 4 (TPU v5), mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in out
   assert "devices: 8 (TPU v5), mesh {'data': 2, 'fsdp': 4, 'tensor': 1}" in out
   assert out.count("per device peak (XLA peak_memory_in_bytes)") == 2
+  # splash: the Mosaic kernels are in the step (rows over fsdp, heads over tensor)
+  kernels = [int(l.split("(")[1].split()[0]) for l in out.splitlines() if l.startswith("attention: ")]
+  assert out.count("attention: splash") == 1 and out.count("attention: dense") == 1, out
+  assert kernels[0] > 0 and kernels[1] == 0, kernels
   assert "of 95.00 GiB HBM" in out
   assert "not a standard v5p slice size" in proc.stderr
   # FSDP: params are all-gathered per use in the compiled step (not replicated).
@@ -85,3 +90,34 @@ def test_collectives_are_counted_from_hlo_text():
   text = ("%a = f32[8] all-gather(%x)\n%b = f32[4] all-gather-start(%y)\n"
           "%c = f32[4] all-gather-done(%b)\n%d = f32[2] reduce-scatter(%z)\n")
   assert aot.count_collectives(text) == {"all-gather": 2, "reduce-scatter": 1}
+
+
+def test_matmul_flops_count_scan_bodies_per_iteration_and_the_costliest_branch():
+  from showo2_jax.train import flops
+  w = jax.numpy.ones((8, 16))
+  def f(x):                                   # x (4, 8): 5 scanned matmuls + a cond
+    y, _ = jax.lax.scan(lambda c, _: (c @ w @ w.T, None), x, None, length=5)
+    return jax.lax.cond(y.sum() > 0, lambda y: y @ w, lambda y: y[:, :1] * 2.0 @ jax.numpy.ones((1, 16)), y)
+  one = 2 * 4 * 8 * 16
+  assert flops.jaxpr_matmul_flops(jax.make_jaxpr(f)(jax.numpy.ones((4, 8)))) == 5 * 2 * one + one
+  grad = jax.make_jaxpr(jax.grad(lambda x: f(x).sum()))(jax.numpy.ones((4, 8)))
+  assert flops.jaxpr_matmul_flops(grad) == 2 * (5 * 2 * one + one)    # forward + d/dx (w is a constant)
+
+
+@pytest.mark.slow
+def test_matmul_flops_of_the_1p5b_step_agree_with_the_model_formula():
+  """stage2_1p5b:b traced (abstract, nothing compiled) without remat: the jaxpr's
+  matmuls and train/flops.py agree within 10%; full remat adds the recompute."""
+  from showo2_jax import config_lib
+  from showo2_jax.train import data as data_lib, flops, tasks
+  ratios = {}
+  for remat in ("none", "full"):
+    c = config_lib.load_config("stage2_1p5b:b")
+    c.train.global_batch_size, c.model.remat_policy = 2, remat
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
+    traced, _ = aot.trace_train_step(c, jax.devices()[:1])
+    model = flops.train_flops_per_step(tasks.build(c).model_config, int(c.max_seq_len),
+                                       data_lib.slots_per_row(c), 2)
+    ratios[remat] = flops.jaxpr_matmul_flops(traced.jaxpr) / model
+  assert 0.9 < ratios["none"] < 1.1, ratios
+  assert ratios["full"] > ratios["none"] + 0.15, ratios

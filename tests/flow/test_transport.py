@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from showo2_jax.sample import transport as tp
+from showo2_jax.flow import transport as tp
 
 
 def _bf16(x):
