@@ -62,7 +62,7 @@ def get_config(arg=None):
   c.vae = vae()
   c.vae_dtype = "float32"
   c.resolution = RESOLUTION
-  c.max_seq_len = 48
+  c.max_seq_len = 56
   tc.add_training(c, num_steps=600, global_batch_size=16, seed=10086)
   c.mesh.update(dict(data=-1, fsdp=1, tensor=1))
   c.train.log_every = 50
@@ -76,7 +76,7 @@ def get_config(arg=None):
   c.xla_cpu_fast_compile = True
   c.recipe = ml_collections.ConfigDict(dict(
       world=dict(num_images=3000, num_clips=32, num_heldout=64, seed=0),
-      vae=dict(num_steps=300, batch_size=32, learning_rate=3e-3, kl_weight=1e-6, mse_weight=4.0),
+      vae=dict(num_steps=600, batch_size=32, learning_rate=3e-3, kl_weight=1e-6, mse_weight=4.0),
       stage1=dict(num_steps=600, t2i_rows=12, mmu_rows=4, learning_rate=1e-3, warmup_steps=50),
       stage2=dict(num_steps=600, t2i_rows=8, mmu_rows=8, learning_rate=1e-3, ve_learning_rate=5e-4),
       report=dict(num_eval=48, samples_per_prompt=1),

@@ -248,6 +248,30 @@ def _copy_to_local(src: epath.Path, dst: str) -> None:
       shutil.copyfileobj(fin, fout, 16 << 20)
 
 
+@contextlib.contextmanager
+def local_output(p: PathLike) -> Iterator[str]:
+  """A local path through which to write `p` (a file or a folder) with libraries
+  that only write local files (PIL, imageio video, torch.save, safetensors,
+  ArrayRecord).
+
+  Local `p`: `p` itself (its parent folder created). URIs: a path in a temporary
+  folder, uploaded to `p` when the block exits without an error, then deleted; on
+  an error nothing is uploaded.
+  """
+  if not is_uri(p):
+    makedirs(parent(p))
+    yield as_str(p)
+    return
+  tmp = tempfile.mkdtemp(prefix="showo2_jax_out_")
+  try:
+    local = os.path.join(tmp, name(p))
+    yield local
+    if os.path.exists(local):
+      copy_from_local(local, p)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def copy_from_local(local: PathLike, dst: PathLike) -> None:
   """Uploads a local file or folder to `dst` (a URI or another local path)."""
   local = os.fspath(local)

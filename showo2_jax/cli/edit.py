@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-
+from showo2_jax import paths
 from showo2_jax.cli.main import CliError
 from showo2_jax.sample import cli_args, media
 from showo2_jax.sample.pipeline import FlowSampling, PromptTooLongError
@@ -66,10 +65,10 @@ def run(args) -> int:
     raise CliError(str(e)) from None
   written = []
   for i, image in enumerate(pipe.decode(latents)):
-    written.append(str(media.save_png(image, os.path.join(args.out, f"{i:05d}.png"))[0]))
-  with open(os.path.join(args.out, "edits.json"), "w") as f:
-    json.dump([{"file": os.path.basename(w), "source": s, "instruction": q}
-               for w, s, q in zip(written, paths_, instructions)], f, indent=1)
+    written.append(str(media.save_png(image, paths.join(args.out, f"{i:05d}.png"))[0]))
+  paths.write_text(paths.join(args.out, "edits.json"), json.dumps(
+      [{"file": paths.name(w), "source": s, "instruction": q}
+       for w, s, q in zip(written, paths_, instructions)], indent=1))
   for w in written:
     print(w)
   return 0

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 
+from showo2_jax import paths
 from showo2_jax.cli.main import CliError
 
 
@@ -32,8 +32,8 @@ def run(args) -> int:
   for name in ("absl", "orbax"):   # checkpoint loading chatter
     logging.getLogger(name).setLevel(logging.WARNING)
   from showo2_jax.sample import loading  # pylint: disable=import-outside-toplevel
-  heldout = os.path.join(args.workdir, "world", "heldout.json")
-  if not os.path.exists(heldout):
+  heldout = paths.join(args.workdir, "world", "heldout.json")
+  if not paths.exists(heldout):
     raise CliError(f"--workdir: '{args.workdir}' has no world/heldout.json (not a shapes run; "
                    "make one with `showo2-jax train --config tiny_shapes --workdir DIR`)")
   if loading.resolve_training_run(args.workdir) is None:
@@ -52,6 +52,5 @@ def run(args) -> int:
         f"  (chance {report.CHANCE[k]:.2f})"
     print(f"{k:<11} {v:.3f}{note}")
   if args.json:
-    with open(args.json, "w", encoding="utf-8") as f:
-      json.dump({"num_scenes": len(scenes), **fractions}, f, indent=2)
+    paths.write_text(args.json, json.dumps({"num_scenes": len(scenes), **fractions}, indent=2))
   return 0

@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-
 import numpy as np
 
+from showo2_jax import paths
 from showo2_jax.cli.main import CliError
 from showo2_jax.sample import cli_args, media
 from showo2_jax.sample.pipeline import FlowSampling, PromptTooLongError
@@ -45,10 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _prompts(args) -> list[str]:
   prompts = list(args.prompts)
   if args.prompts_file:
-    if not os.path.exists(args.prompts_file):
+    if not paths.exists(args.prompts_file):
       raise CliError(f"--prompts-file: '{args.prompts_file}' does not exist")
-    with open(args.prompts_file) as f:
-      prompts += [line.strip() for line in f if line.strip()]
+    prompts += [line.strip() for line in paths.read_text(args.prompts_file).splitlines() if line.strip()]
   if not prompts:
     raise CliError("no prompts: give them as arguments or with --prompts-file")
   return prompts
@@ -95,19 +93,20 @@ def run(args) -> int:
   if pipe.vae is None:
     log.warning("no --vae: saving latents (.npy) instead of pixels")
     for i, lat in enumerate(latents):
-      path = os.path.join(args.out, f"{i:05d}.npy")
-      np.save(path, lat)
+      path = paths.join(args.out, f"{i:05d}.npy")
+      with paths.open(path, "wb") as f:
+        np.save(f, lat)
       written.append(path)
   else:
     pixels = pipe.decode(latents)
     for i, item in enumerate(pixels):
       if item.ndim == 4:
-        path = media.save_video(item, os.path.join(args.out, f"{i:05d}.{args.video_format}"), args.fps)
+        path = media.save_video(item, paths.join(args.out, f"{i:05d}.{args.video_format}"), args.fps)
       else:
-        path = media.save_png(item, os.path.join(args.out, f"{i:05d}.png"))[0]
+        path = media.save_png(item, paths.join(args.out, f"{i:05d}.png"))[0]
       written.append(str(path))
-  with open(os.path.join(args.out, "prompts.json"), "w") as f:
-    json.dump([{"file": os.path.basename(p), "prompt": q} for p, q in zip(written, prompts)], f, indent=1)
+  paths.write_text(paths.join(args.out, "prompts.json"), json.dumps(
+      [{"file": paths.name(p), "prompt": q} for p, q in zip(written, prompts)], indent=1))
   for path in written:
     print(path)
   return 0

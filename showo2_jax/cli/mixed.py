@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-
 import numpy as np
 
+from showo2_jax import paths
 from showo2_jax.cli.main import CliError
 from showo2_jax.data import sequences
 from showo2_jax.sample import cli_args, media, mixed
@@ -68,22 +67,23 @@ def run(args) -> int:
         context_t=args.context_t, seed=args.seed, show_progress=cli_args.show_progress(args))
   except (cli_args.InferenceSetupError, PromptTooLongError) as e:
     raise CliError(str(e)) from None
-  os.makedirs(args.out, exist_ok=True)
+  paths.makedirs(args.out)
   files = []
   if story.latents:
     stacked = np.stack(story.latents)
     if pipe.vae is None:
       files = [f"{i:02d}.npy" for i in range(len(stacked))]
       for name, lat in zip(files, stacked):
-        np.save(os.path.join(args.out, name), lat)
+        with paths.open(paths.join(args.out, name), "wb") as f:
+          np.save(f, lat)
     else:
       files = [f"{i:02d}.png" for i in range(len(stacked))]
-      media.save_png(pipe.decode(stacked), [os.path.join(args.out, n) for n in files])
-  with open(os.path.join(args.out, "story.json"), "w") as f:
-    json.dump({"prompt": args.prompt, "texts": story.texts, "images": files}, f, indent=1)
+      media.save_png(pipe.decode(stacked), [paths.join(args.out, n) for n in files])
+  paths.write_text(paths.join(args.out, "story.json"), json.dumps(
+      {"prompt": args.prompt, "texts": story.texts, "images": files}, indent=1))
   print(args.prompt)
   for i, text in enumerate(story.texts):
     print(f"[round {i}] {text}")
   for name in files:
-    print(os.path.join(args.out, name))
+    print(paths.join(args.out, name))
   return 0

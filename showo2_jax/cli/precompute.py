@@ -12,10 +12,10 @@ Rerunning skips finished shards; on several hosts each writes its own shards.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 
+from showo2_jax import paths
 from showo2_jax.cli.main import CliError
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def check_arguments(args) -> None:
                    "for a dry run with meaningless latents, or --encoder pool)")
   if args.vae_weights and args.random_vae:
     raise CliError("--vae-weights and --random-vae exclude each other")
-  if args.vae_weights and not os.path.exists(args.vae_weights):
+  if args.vae_weights and not paths.exists(args.vae_weights):
     raise CliError(f"--vae-weights: '{args.vae_weights}' does not exist")
   for flag in ("resolution", "batch_size", "records_per_shard", "num_shards", "num_frames",
                "threads"):

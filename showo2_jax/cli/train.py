@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 
+from showo2_jax import paths
 from showo2_jax.cli.main import CliError
 from showo2_jax.train import config_overrides
 
@@ -85,7 +86,7 @@ def run(args) -> int:
   if "train" not in config:
     raise CliError(f"config '{args.config}' has no train block; use a training config "
                    f"(tiny_shapes, tiny_train, stage1_1p5b, stage2_1p5b, ...)")
-  if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+  if paths.isfile(args.workdir):
     raise CliError(f"--workdir: '{args.workdir}' is a file, not a directory")
   fast_compile(config)
   from showo2_jax.train import distributed  # pylint: disable=import-outside-toplevel

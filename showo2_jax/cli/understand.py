@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from showo2_jax import paths
 from showo2_jax.cli.main import CliError
 from showo2_jax.data import media as data_media
 from showo2_jax.sample import cli_args, media
@@ -126,7 +127,7 @@ def _run_batch_file(args) -> int:
     raise CliError("--batch-file carries its questions: drop --question")
   items = []
   try:
-    with open(args.batch_file) as f:
+    with paths.open(args.batch_file) as f:
       for n, line in enumerate(f, 1):
         if not line.strip():
           continue
@@ -166,6 +167,5 @@ def _print_results(results: list[dict], json_path) -> int:
   for r in results:
     print(f"Q: {r['question']}\nA: {r['answer']}")
   if json_path:
-    with open(json_path, "w") as f:
-      json.dump(results, f, indent=1)
+    paths.write_text(json_path, json.dumps(results, indent=1))
   return 0

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Iterable, Optional
 
+from showo2_jax import paths
 from showo2_jax.convert import checkpoint_io, showo2_keys
 from showo2_jax.models import config as model_config
 
@@ -28,14 +28,12 @@ _POS = "embeddings.position_embedding.weight"
 
 
 def read_json(path: str) -> Optional[dict]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  """The JSON at `path` (local or gs://), or None if there is no such file."""
+  return json.loads(paths.read_text(path)) if paths.exists(path) else None
 
 
 def model_type(directory: str) -> Optional[str]:
-  cfg = read_json(os.path.join(directory, "config.json")) or {}
+  cfg = read_json(paths.join(directory, "config.json")) or {}
   return cfg.get("model_type")
 
 

@@ -89,9 +89,19 @@ def to_orbax(src: str, out: str, *, kind: Optional[str] = None, dtype: Optional[
   cast = np_dtype(dtype)
   if paths.as_str(src) == paths.as_str(out):
     raise ConversionError("--out must differ from the source")
-  source = sources.open_source(src, kind, scan_layers=scan_layers, resize_vocab=resize_vocab)
+  with paths.local_copy(src) as local_src:  # the weights are memory-mapped: gs:// is copied here
+    return _to_orbax(src, local_src, out, kind=kind, dtype=dtype, cast=cast, scan_layers=scan_layers,
+                     resize_vocab=resize_vocab, chunk_bytes=chunk_bytes, overwrite=overwrite,
+                     start=start)
+
+
+def _to_orbax(src, local_src, out, *, kind, dtype, cast, scan_layers, resize_vocab, chunk_bytes,
+              overwrite, start) -> dict:
+  source = sources.open_source(local_src, kind, scan_layers=scan_layers, resize_vocab=resize_vocab)
   with source.state_dict as sd:
     record = dict(source.record, cast=dtype)
+    if paths.is_uri(src):
+      record["path"] = paths.as_str(src)
     meta = orbax_io.make_meta(source.kind, source.config, scan_layers=scan_layers, source=record)
     if source.kind == "wan_vae":
       params = showo2_keys.flatten(sources.vae_to_flax(sd, source.config, cast))
@@ -107,7 +117,7 @@ def to_orbax(src: str, out: str, *, kind: Optional[str] = None, dtype: Optional[
         for leaf, entries in source.plan.by_leaf().items():
           w.add(leaf, _build_leaf(sd, match, entries, source.plan.leaves[leaf], cast))
       tensors = len(source.plan.entries)
-  summary = {"kind": source.kind, "source": source.path, "out": paths.as_str(out),
+  summary = {"kind": source.kind, "source": paths.as_str(src), "out": paths.as_str(out),
              "tensors": tensors, "leaves": w.leaves, "bytes": w.bytes,
              "seconds": round(time.time() - start, 2)}
   log.info("to-orbax: %s", summary)
@@ -245,29 +255,33 @@ def to_torch(orbax_dir: str, out: str, *, dtype: Optional[str] = None,
     raise ConversionError(f"unknown format '{format}' (choose from {', '.join(FORMATS)})")
   _prepare_out(out, overwrite)
   config, plan = plan_from_meta(meta)
-  if kind == "wan_vae":
-    files, written = _vae_to_torch(orbax_dir, out, config, record, dtype)
-  else:
-    stored = orbax_io.stored_leaves(orbax_dir)
-    check_stored(plan, stored, orbax_dir)
-    keys = _output_keys(plan, record)
-    dtypes = _output_dtypes(plan, keys, stored, record, dtype)
-    files = _write_shards(orbax_dir, out, kind, plan, keys, dtypes, stored, max_shard_size,
-                          chunk_bytes, fmt)
-    written = len(keys)
-  files += _write_configs(out, kind, config, record, llm_model_path, clip_model_path)
-  summary = {"kind": kind, "out": os.path.abspath(out), "tensors": written, "files": files,
+  with paths.local_output(out) as local_out:  # gs:// outputs are written here, then uploaded
+    paths.makedirs(local_out)
+    if kind == "wan_vae":
+      files, written = _vae_to_torch(orbax_dir, local_out, config, record, dtype)
+    else:
+      stored = orbax_io.stored_leaves(orbax_dir)
+      check_stored(plan, stored, orbax_dir)
+      keys = _output_keys(plan, record)
+      dtypes = _output_dtypes(plan, keys, stored, record, dtype)
+      files = _write_shards(orbax_dir, local_out, kind, plan, keys, dtypes, stored, max_shard_size,
+                            chunk_bytes, fmt)
+      written = len(keys)
+    files += _write_configs(local_out, kind, config, record, llm_model_path, clip_model_path,
+                            final_out=out)
+  summary = {"kind": kind, "out": paths.as_str(out), "tensors": written, "files": files,
              "seconds": round(time.time() - start, 2)}
   log.info("to-torch: %s", summary)
   return summary
 
 
 def _prepare_out(out: str, overwrite: bool) -> None:
-  if os.path.isfile(out):
+  """`out` (a folder or gs:// prefix) must not be a file, nor hold files unless `overwrite`."""
+  if paths.isfile(out):
     raise ConversionError(f"--out {out} is a file; give a directory")
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+  if paths.isdir(out) and paths.listdir(out) and not overwrite:
     raise FileExistsError(f"{out} is not empty (pass --overwrite to write into it)")
-  os.makedirs(out, exist_ok=True)
+  paths.makedirs(out)
 
 
 def _output_keys(plan: plan_lib.Plan, record: dict) -> list[str]:
@@ -417,7 +431,8 @@ def _torch_save(sd: dict, path: str) -> None:
   os.replace(path + ".tmp", path)
 
 
-def _write_configs(out, kind, config, record, llm_model_path, clip_model_path) -> list[str]:
+def _write_configs(out, kind, config, record, llm_model_path, clip_model_path,
+                   final_out=None) -> list[str]:
   files = dict(record.get("files") or {})
   if not files:
     files = _generated_configs(kind, config)
@@ -426,7 +441,7 @@ def _write_configs(out, kind, config, record, llm_model_path, clip_model_path) -
     d["vocab_size"] = config.vocab_size
     files["config.json"] = json.dumps(d, indent=2)
   if kind == "showo2":
-    files.update(_original_model_paths(out, config, json.loads(files["config.json"]),
+    files.update(_original_model_paths(final_out or out, config, json.loads(files["config.json"]),
                                        llm_model_path, clip_model_path))
   for name, text in files.items():
     os.makedirs(os.path.dirname(os.path.join(out, name)), exist_ok=True)
@@ -443,7 +458,7 @@ def _original_model_paths(out, config, top: dict, llm_model_path, clip_model_pat
   if not llm:
     # No released Qwen2.5 of this width: its config goes in `llm/`, and the original
     # builds the LLM from that config alone (load_from_showo) and loads the weights here.
-    llm = os.path.abspath(os.path.join(out, "llm"))
+    llm = paths.as_str(paths.join(out, "llm"))
     files["llm/config.json"] = json.dumps(config.to_original_json()[1], indent=2)
     top["load_from_showo"] = True
   clip = (clip_model_path or top.get("clip_pretrained_model_path")

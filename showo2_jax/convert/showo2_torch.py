@@ -8,13 +8,13 @@ present, else from the 1.5B/7B presets (selected by the LLM width).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from showo2_jax import paths
 from showo2_jax.convert import checkpoint_io, showo2_keys
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import Showo2, init_params
@@ -69,7 +69,7 @@ def load_original(path: str, config: Optional[Showo2Config] = None, *, dtype=Non
   if "param_dtype" in config_overrides or "dtype" in config_overrides:
     raise TypeError("pass dtype= / param_dtype= as keywords of load_original")
   if config is None:
-    root = path if os.path.isdir(path) else os.path.dirname(path)
+    root = paths.as_str(path) if paths.isdir(path) else paths.parent(path)
     config = Showo2Config.from_original_dir(root, **config_overrides)
   elif config_overrides:
     config = config.replace(**config_overrides)

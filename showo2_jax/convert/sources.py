@@ -18,6 +18,7 @@ import json
 import os
 from typing import Any, Optional
 
+from showo2_jax import paths
 from showo2_jax.convert import checkpoint_io, hf
 from showo2_jax.convert import plan as plan_lib
 from showo2_jax.models import config as model_config
@@ -47,7 +48,7 @@ class Source:
 
 
 def _root(path: str) -> str:
-  return path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+  return paths.as_str(path) if paths.isdir(path) else paths.parent(path)
 
 
 def _is_vae_config(cfg: Optional[dict]) -> bool:
@@ -56,9 +57,9 @@ def _is_vae_config(cfg: Optional[dict]) -> bool:
 
 def detect_kind(path: str) -> str:
   """The layout of `path`, from its config.json, else from its key names."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise checkpoint_io.CheckpointFormatError(f"{path}: no such file or directory")
-  cfg = hf.read_json(os.path.join(path, "config.json")) if os.path.isdir(path) else None
+  cfg = hf.read_json(paths.join(path, "config.json")) if paths.isdir(path) else None
   if cfg:
     mt = cfg.get("model_type")
     if mt in hf.QWEN2_MODEL_TYPES:
@@ -90,10 +91,9 @@ def _record(path: str, sd: checkpoint_io.StateDict, kind: str) -> dict:
   root = _root(path)
   files = {}
   for name in CONFIG_FILES[kind]:
-    p = os.path.join(root, name)
-    if os.path.exists(p):
-      with open(p) as f:
-        files[name] = f.read()
+    p = paths.join(root, name)
+    if paths.exists(p):
+      files[name] = paths.read_text(p)
   return {
       "path": os.path.abspath(path),
       "weights": [os.path.basename(f) for f in sd.files()],

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Optional
 
 import flax.linen as nn
 import jax
 
+from showo2_jax import paths
 from showo2_jax.convert import orbax_io
 from showo2_jax.convert.showo2_torch import abstract_params
 from showo2_jax.models.config import Showo2Config
@@ -23,11 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def run_model_config(workdir: str) -> Showo2Config:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = paths.join(workdir, "config.json")
+  if not paths.exists(path):
     raise FileNotFoundError(f"{workdir}: no config.json (not a showo2-jax training workdir)")
-  with open(path) as f:
-    cfg = json.load(f)
+  cfg = json.loads(paths.read_text(path))
   if "model" not in cfg:
     raise ValueError(f"{path}: has no `model` section")
   return Showo2Config.from_config_dict(cfg["model"])
@@ -39,7 +38,7 @@ def export_run(workdir: str, out: str, step: Optional[int] = None, *, overwrite:
   config = run_model_config(workdir)
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                           nn.meta.unbox(abstract_params(config)))
-  source = os.path.join(workdir, "checkpoints", str(step)) if step is not None else workdir
+  source = paths.join(workdir, "checkpoints", str(step)) if step is not None else workdir
   params = checkpointing.restore_params(source, abstract)
   orbax_io.save_params(out, params, config, kind="showo2", overwrite=overwrite)
   count = sum(int(x.size) for x in jax.tree.leaves(params))

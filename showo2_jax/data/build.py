@@ -81,20 +81,27 @@ def records_from_config(s):
   return load_records(task_spec(s.task).record_kind, s.source, s.path, s.media_root or None)
 
 
-def task_from_config(s, tokenizer, special, *, resolution, max_seq_len):
-  """The task object of one stream config."""
+def task_from_config(s, tokenizer, special, *, resolution, max_seq_len, vae_stride=8,
+                     patch_size=2):
+  """The task object of one stream config (`vae_stride` x `patch_size` pixels per visual token)."""
   spec = task_spec(s.task)
   return spec.cls(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len,
+                  vae_stride=vae_stride, patch_size=patch_size,
                   **spec.fixed, **{k: s[k] for k in spec.options})
 
 
 def pipeline_from_config(cfg, tokenizer, special, *, resolution: int, max_seq_len: int,
-                         process_index: int | None = None, process_count: int | None = None):
-  """The mixed, sharded, resumable loader (a grain.IterDataset) of `cfg`."""
+                         process_index: int | None = None, process_count: int | None = None,
+                         vae_stride: int = 8, patch_size: int = 2):
+  """The mixed, sharded, resumable loader (a grain.IterDataset) of `cfg`.
+
+  Every visual block has (resolution / vae_stride / patch_size)^2 + 1 slots: pass
+  the run's VAE stride (Wan2.1: 8) and the model's patch size."""
   shard_index, shard_count = pipeline.shard_options(process_index, process_count)
   streams = [pipeline.Stream(name, records_from_config(cfg.streams[name]),
                              task_from_config(cfg.streams[name], tokenizer, special,
-                                              resolution=resolution, max_seq_len=max_seq_len),
+                                              resolution=resolution, max_seq_len=max_seq_len,
+                                              vae_stride=vae_stride, patch_size=patch_size),
                              cfg.streams[name].batch_size)
              for name in cfg.stream_order]
   mixed = pipeline.mixed_batches(streams, seed=cfg.seed, shard_index=shard_index,

@@ -1,19 +1,25 @@
 """Training input pipelines: per-stream Grain graphs, mixed into one batch per step.
 
-    records -> shard by process -> shuffle (per epoch) -> repeat -> task (random_map)
-      -> to_iter_dataset (threads) -> drop skipped rows (count them) -> batch
-    [stream batches] -> zip -> concatenate rows (concat_max_size_cycle) -> flatten slots
-      -> mp_prefetch (worker processes) -> skip totals
+    records -> shuffle (per epoch, global) -> repeat -> task (random_map)
+      -> retry skipped rows -> this host's rows of step n -> batch     (per stream)
+    [stream batches of step n] -> concatenate rows -> flatten slots    (element n)
+      -> to_iter_dataset (threads) -> mp_prefetch (worker processes) -> positions, skip totals
 
 Each step takes `batch_size` rows from every stream, in order, and concatenates
 them: with streams (t2i: 6, mmu: 2) every batch is 6 generation rows then 2
 understanding rows, like the original's `concat_max_size_cycle`. Streams repeat
 forever (reshuffled every epoch), so the mix never ends.
 
-The whole graph is a `grain.IterDataset`; its iterator's get_state/set_state
-checkpoints the position (and the skip totals) exactly: after a restore the
-next batch is the one that would have come. Everything random is a function
-of the seed and the element index, not of worker timing.
+Positions are global, so resume is elastic. Every stream is one endless,
+globally shuffled sequence of samples; step n of host h of P reads rows
+[p + h*b, p + (h+1)*b) of it, p = start + n*b*P (b: the stream's rows per host).
+The state is just each stream's global position p (and the skip totals): a
+restart with another number of processes, data workers or mesh continues at
+the same sample, with none repeated or skipped. A skipped sample (bad file,
+filtered image) is replaced by a sample of the same epoch drawn from
+(seed, position, attempt), so the replacement too is a function of the
+position only. Everything random is a function of the seed and the position,
+not of worker timing or host count.
 
 Batch dict (the contract with training; see docs/data.md), B rows, M slots:
   text_tokens (B, L) int32, text_labels (B, L) int32, image_masks (B, L) int32,
@@ -26,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+import math
+import sys
+from typing import Mapping, Sequence
 
 import grain
 import numpy as np
@@ -41,7 +49,7 @@ SKIP_KEYS = ("num_bad", "num_filtered")
 
 @dataclasses.dataclass
 class Stream:
-  """One kind of rows in every batch: `batch_size` rows of `task` over `records`."""
+  """One kind of rows in every batch: `batch_size` rows (per host) of `task` over `records`."""
   name: str
   records: grain.MapDataset
   task: tasks_lib.Task
@@ -56,46 +64,123 @@ def shard_options(process_index: int | None = None, process_count: int | None = 
   return process_index, process_count
 
 
-def stream_batches(stream: Stream, *, seed: int, shard_index: int = 0, shard_count: int = 1,
-                   read_threads: int = 2, prefetch_buffer: int = 16,
-                   max_consecutive_skips: int = 1000) -> grain.IterDataset:
-  """Endless batches (a dict of stacked rows) of one stream on one host.
+class StreamRows:
+  """Row j of one stream's endless global sequence (random access, picklable).
 
-  Each host reads every `shard_count`-th record from `shard_index`, so hosts
-  never read the same sample; shuffling happens within the shard.
+  `rows[j]` is sample j of the shuffled, repeated records through the task; a
+  `tasks.Skipped` row is replaced by a random sample of the same epoch (seeded by
+  (seed, j, attempt)), and the row carries how many samples it skipped as
+  `num_bad`/`num_filtered`. After `max_consecutive` skips for one row it raises,
+  quoting the last reason, instead of spinning on a stream with no usable sample.
   """
-  records = stream.records[shard_index::shard_count] if shard_count > 1 else stream.records
-  if len(records) == 0:  # pylint: disable=g-explicit-length-test
-    raise sources.EmptyDatasetError(
-        f"stream {stream.name!r}: no records for host {shard_index} of {shard_count}")
-  if len(records) < stream.batch_size:
-    _log.warning("stream %r has %d records on this host for a batch of %d",
-                 stream.name, len(records), stream.batch_size)
-  rows = records.seed(seed).shuffle().repeat().random_map(stream.task)
-  rows = rows.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                                prefetch_buffer_size=prefetch_buffer))
-  rows = DropSkipped(rows, stream.name, max_consecutive_skips)
-  return rows.batch(stream.batch_size, drop_remainder=True, batch_fn=sequences.stack_rows)
+
+  def __init__(self, stream: Stream, seed: int, max_consecutive: int = 1000):
+    self.name, self.seed, self.max_consecutive = stream.name, int(seed), int(max_consecutive)
+    self.epoch_len = len(stream.records)
+    if self.epoch_len == 0:
+      raise sources.EmptyDatasetError(f"stream {stream.name!r} has no records")
+    self._rows = stream.records.seed(self.seed).shuffle().repeat().random_map(stream.task)
+
+  def __getitem__(self, j: int) -> dict:
+    counts = dict.fromkeys(SKIP_KEYS, 0)
+    k, attempt = j, 0
+    while True:
+      row = self._rows[k]
+      if not isinstance(row, tasks_lib.Skipped):
+        return {**row, **{key: np.int32(v) for key, v in counts.items()}}
+      counts[f"num_{row.kind}"] += 1
+      attempt += 1
+      if attempt >= self.max_consecutive:
+        raise sources.EmptyDatasetError(
+            f"stream {self.name!r}: {self.max_consecutive} samples in a row were skipped "
+            f"(last: {row.kind}: {row.reason}); check the data and the filters (min_res)")
+      u = int(np.random.default_rng([self.seed, j, attempt]).integers(self.epoch_len))
+      k = (j // self.epoch_len) * self.epoch_len + u
+
+  def host_batch(self, position: int, host: int, rows: int) -> dict:
+    """Rows [position + host*rows, position + (host+1)*rows), stacked."""
+    first = position + host * rows
+    return sequences.stack_rows([self[j] for j in range(first, first + rows)])
+
+
+class StepBatches(grain.MapDataset):
+  """Element n: this host's mixed batch of the n-th step after `start` (a MapDataset,
+  so threads and worker processes split whole steps, whatever their number)."""
+
+  def __init__(self, rows: Sequence[StreamRows], batch_sizes: Sequence[int], start: Sequence[int],
+               shard_index: int, shard_count: int):
+    super().__init__()
+    self._rows, self._sizes, self._start = list(rows), list(batch_sizes), list(start)
+    self._host, self._hosts = int(shard_index), int(shard_count)
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return concat_batches([
+        r.host_batch(p + index * b * self._hosts, self._host, b)
+        for r, b, p in zip(self._rows, self._sizes, self._start)])
+
+  def __str__(self) -> str:
+    return f"StepBatches(streams={[r.name for r in self._rows]}, host={self._host}/{self._hosts})"
+
+
+class MixedBatches(grain.IterDataset):
+  """One batch per step with every stream's rows concatenated, slots flattened.
+
+  Iterating it starts at position 0; `make_loader` gives the resumable iterator.
+  """
+
+  def __init__(self, streams: Sequence[Stream], *, seed: int, shard_index: int = 0,
+               shard_count: int = 1, read_threads: int = 2, prefetch_buffer: int = 16,
+               max_consecutive_skips: int = 1000):
+    super().__init__()
+    if not streams:
+      raise ValueError("no data streams configured")
+    if not 0 <= shard_index < shard_count:
+      raise ValueError(f"host {shard_index} of {shard_count} does not exist")
+    self.names = [s.name for s in streams]
+    self.batch_sizes = [int(s.batch_size) for s in streams]
+    self.shard_index, self.shard_count = int(shard_index), int(shard_count)
+    self._rows = [StreamRows(s, seed + 1000 * i, max_consecutive_skips) for i, s in enumerate(streams)]
+    for r, b in zip(self._rows, self.batch_sizes):
+      if r.epoch_len < b * shard_count:
+        _log.warning("stream %r has %d records for a global batch of %d rows",
+                     r.name, r.epoch_len, b * shard_count)
+    rows_per_step = max(sum(self.batch_sizes), 1)
+    # `prefetch_buffer` counts rows; threads read whole steps.
+    threads = max(int(read_threads), 1) * len(streams)
+    self._read = grain.ReadOptions(
+        num_threads=threads,
+        prefetch_buffer_size=max(math.ceil(prefetch_buffer / rows_per_step), threads))
+
+  def global_batch_sizes(self) -> dict[str, int]:
+    """Rows each stream gives per step over all hosts (what a position advances by)."""
+    return {n: b * self.shard_count for n, b in zip(self.names, self.batch_sizes)}
+
+  def from_positions(self, positions: Mapping[str, int]) -> grain.IterDataset:
+    """The batches of the steps from `positions` (global row index per stream) on."""
+    start = [int(positions.get(n, 0)) for n in self.names]
+    steps = StepBatches(self._rows, self.batch_sizes, start, self.shard_index, self.shard_count)
+    return steps.to_iter_dataset(self._read)
+
+  def __iter__(self):
+    return self.from_positions({}).__iter__()
+
+  def __str__(self) -> str:
+    return f"MixedBatches({self.names}, host {self.shard_index} of {self.shard_count})"
 
 
 def mixed_batches(streams: Sequence[Stream], *, seed: int, shard_index: int = 0, shard_count: int = 1,
                   read_threads: int = 2, prefetch_buffer: int = 16,
-                  max_consecutive_skips: int = 1000) -> grain.IterDataset:
-  """One batch per step with every stream's rows concatenated, slots flattened."""
-  if not streams:
-    raise ValueError("no data streams configured")
-  per_stream = [stream_batches(s, seed=seed + 1000 * i, shard_index=shard_index,
-                               shard_count=shard_count, read_threads=read_threads,
-                               prefetch_buffer=prefetch_buffer,
-                               max_consecutive_skips=max_consecutive_skips)
-                for i, s in enumerate(streams)]
-  if len(per_stream) == 1:
-    return per_stream[0].map(_as_tuple).map(concat_batches)
-  return grain.experimental.ZipIterDataset(per_stream).map(concat_batches)
-
-
-def _as_tuple(batch):
-  return (batch,)
+                  max_consecutive_skips: int = 1000) -> MixedBatches:
+  """One batch per step with every stream's rows concatenated, slots flattened
+  (host `shard_index` of `shard_count` reads its rows of every stream)."""
+  return MixedBatches(streams, seed=seed, shard_index=shard_index, shard_count=shard_count,
+                      read_threads=read_threads, prefetch_buffer=prefetch_buffer,
+                      max_consecutive_skips=max_consecutive_skips)
 
 
 def concat_batches(batches: Sequence[dict]) -> dict:
@@ -131,18 +216,83 @@ def _pad_slots(v: np.ndarray, m: int) -> np.ndarray:
   return np.pad(v, pad)
 
 
-def make_loader(dataset: grain.IterDataset, *, num_workers: int = 0,
-                worker_buffer_size: int = 2) -> grain.IterDataset:
-  """Worker processes (0 = in this process), then per-batch skip totals.
+def make_loader(dataset: MixedBatches, *, num_workers: int = 0,
+                worker_buffer_size: int = 2) -> "Loader":
+  """The resumable loader: worker processes (0 = in this process), positions, skip totals.
 
-  The result's iterator has `get_state`/`set_state` and a `skip_counts` dict
-  (num_bad, num_filtered rows so far on this host) for the training metrics.
+  Its iterator has `get_state`/`set_state` (`{"positions": {stream: global row},
+  "skip_counts": {...}}`, JSON) and a `skip_counts` dict (num_bad, num_filtered
+  samples replaced so far on this host) for the training metrics. A state restores
+  under any number of workers or hosts.
   """
-  if num_workers > 0:
-    _ensure_absl_flags_parsed()
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=worker_buffer_size))
-  return SkipTotals(dataset)
+  return Loader(dataset, num_workers=num_workers, worker_buffer_size=worker_buffer_size)
+
+
+class DataStateError(ValueError):
+  """A data state this loader cannot continue from (an older, per-host format)."""
+
+
+class Loader(grain.IterDataset):
+  """See `make_loader`."""
+
+  def __init__(self, mixed: MixedBatches, *, num_workers: int = 0, worker_buffer_size: int = 2):
+    super().__init__()
+    self.mixed, self.num_workers, self.worker_buffer_size = mixed, int(num_workers), int(worker_buffer_size)
+
+  def __iter__(self) -> "LoaderIterator":
+    return LoaderIterator(self)
+
+  def __str__(self) -> str:
+    return f"Loader({self.mixed}, num_workers={self.num_workers})"
+
+
+class LoaderIterator(grain.DatasetIterator):
+  """Batches from global positions; rebuilds its Grain graph on `set_state`."""
+
+  def __init__(self, loader: Loader):
+    super().__init__()
+    self._loader = loader
+    self._step_rows = loader.mixed.global_batch_sizes()
+    self.positions = dict.fromkeys(self._step_rows, 0)
+    self.skip_counts = dict.fromkeys(SKIP_KEYS, 0)
+    self._it = None
+
+  def _iterator(self):
+    if self._it is None:
+      ds = self._loader.mixed.from_positions(self.positions)
+      if self._loader.num_workers > 0:
+        _ensure_absl_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=self._loader.num_workers,
+            per_worker_buffer_size=self._loader.worker_buffer_size))
+      self._it = ds.__iter__()
+    return self._it
+
+  def __next__(self) -> dict:
+    batch = next(self._iterator())
+    for name, rows in self._step_rows.items():
+      self.positions[name] += rows
+    for k in SKIP_KEYS:
+      self.skip_counts[k] += int(np.sum(batch.pop(k)))
+    return batch
+
+  def get_state(self) -> dict:
+    return {"positions": dict(self.positions), "skip_counts": dict(self.skip_counts)}
+
+  def set_state(self, state) -> None:
+    if not isinstance(state, Mapping) or "positions" not in state:
+      raise DataStateError(
+          "the saved data state is a per-host iterator state of an older version, not global "
+          "positions; resume with the version that wrote it, or start a new --workdir with "
+          "--config.init.from_checkpoint=<that step> (the data starts over)")
+    self.close()
+    self.positions = {n: int(state["positions"].get(n, 0)) for n in self._step_rows}
+    self.skip_counts = {k: int(state.get("skip_counts", {}).get(k, 0)) for k in SKIP_KEYS}
+
+  def close(self) -> None:
+    if self._it is not None and hasattr(self._it, "close"):
+      self._it.close()
+    self._it = None
 
 
 def _ensure_absl_flags_parsed():
@@ -150,76 +300,6 @@ def _ensure_absl_flags_parsed():
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-
-
-# ----------------------------------------------------------------------------- skip accounting
-
-class DropSkipped(grain.IterDataset):
-  """Drops `tasks.Skipped` rows; the next kept row carries how many were dropped.
-
-  A stream whose every sample is skipped would otherwise loop forever: after
-  `max_consecutive` skips in a row it raises, quoting the last reason.
-  """
-
-  def __init__(self, parent, name: str = "", max_consecutive: int = 1000):
-    super().__init__(parent)
-    self._name, self._max_consecutive = name, max_consecutive
-
-  def __iter__(self):
-    return _DropSkippedIterator(self._parent.__iter__(), self._name, self._max_consecutive)
-
-
-class _DropSkippedIterator(grain.DatasetIterator):
-
-  def __init__(self, parent, name, max_consecutive):
-    super().__init__(parent)
-    self._name, self._max_consecutive = name, max_consecutive
-
-  def __next__(self):
-    counts = dict.fromkeys(SKIP_KEYS, 0)
-    while True:
-      row = next(self._parent)
-      if not isinstance(row, tasks_lib.Skipped):
-        break
-      counts[f"num_{row.kind}"] += 1
-      if sum(counts.values()) >= self._max_consecutive:
-        raise sources.EmptyDatasetError(
-            f"stream {self._name!r}: {self._max_consecutive} samples in a row were skipped "
-            f"(last: {row.kind}: {row.reason}); check the data and the filters (min_res)")
-    return {**row, **{k: np.int32(v) for k, v in counts.items()}}
-
-  def get_state(self):
-    return self._parent.get_state()
-
-  def set_state(self, state):
-    self._parent.set_state(state)
-
-
-class SkipTotals(grain.IterDataset):
-  """Moves the per-row skip counts out of the batch into running totals."""
-
-  def __iter__(self):
-    return _SkipTotalsIterator(self._parent.__iter__())
-
-
-class _SkipTotalsIterator(grain.DatasetIterator):
-
-  def __init__(self, parent):
-    super().__init__(parent)
-    self.skip_counts = dict.fromkeys(SKIP_KEYS, 0)
-
-  def __next__(self):
-    batch = next(self._parent)
-    for k in SKIP_KEYS:
-      self.skip_counts[k] += int(np.sum(batch.pop(k)))
-    return batch
-
-  def get_state(self):
-    return {"parent": self._parent.get_state(), "skip_counts": dict(self.skip_counts)}
-
-  def set_state(self, state):
-    self._parent.set_state(state["parent"])
-    self.skip_counts = dict(state["skip_counts"])
 
 
 # ----------------------------------------------------------------------------- device arrays

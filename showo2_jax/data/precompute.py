@@ -21,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from typing import Callable
 
 import grain
 import numpy as np
 
+from showo2_jax import paths
 from showo2_jax.data import record_io
 from showo2_jax.data import tasks as tasks_lib
 
@@ -43,7 +43,7 @@ class PrecomputeResult:
 
 
 def shard_path(out_dir: str, index: int, count: int) -> str:
-  return os.path.join(out_dir, f"latents-{index:05d}-of-{count:05d}.array_record")
+  return paths.join(out_dir, f"latents-{index:05d}-of-{count:05d}.array_record")
 
 
 def with_pixels(records: grain.MapDataset, load_pixels: Callable[[dict], np.ndarray]) -> grain.MapDataset:
@@ -77,9 +77,9 @@ def precompute_latents(dataset: grain.MapDataset, encode_fn: Callable, out_dir: 
   process_index, process_count = pipeline.shard_options(process_index, process_count)
   total = len(dataset)
   num_shards = num_shards or max(1, -(-total // records_per_shard))
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   mine = range(process_index, num_shards, process_count)
-  todo = [s for s in mine if not os.path.exists(shard_path(out_dir, s, num_shards))]
+  todo = [s for s in mine if not paths.exists(shard_path(out_dir, s, num_shards))]
   result = PrecomputeResult([], [shard_path(out_dir, s, num_shards) for s in mine if s not in todo],
                             0, 0)
   bounds = np.linspace(0, total, num_shards + 1).astype(int)

@@ -15,6 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
+from showo2_jax import paths
+
 _JSON_KEY = "__json__"
 _BYTES_TAG = "__b64__"
 
@@ -40,15 +42,15 @@ def decode_record(data: bytes) -> dict:
 def write_array_record(path: str | os.PathLike, records: Iterable[dict]) -> int:
   """Writes records to one ArrayRecord file atomically (tmp file, then rename)."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-  path = os.fspath(path)
-  tmp = path + ".tmp"
-  writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
   count = 0
-  try:
-    for record in records:
-      writer.write(encode_record(record))
-      count += 1
-  finally:
-    writer.close()
-  os.replace(tmp, path)
+  with paths.local_output(path) as local:  # gs://: written locally, uploaded when complete
+    tmp = local + ".tmp"
+    writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
+    try:
+      for record in records:
+        writer.write(encode_record(record))
+        count += 1
+    finally:
+      writer.close()
+    os.replace(tmp, local)
   return count

@@ -158,12 +158,17 @@ class Task:
   is_und = False
   num_slots = 1
 
-  def __init__(self, tokenizer, special, *, resolution: int, max_seq_len: int):
+  def __init__(self, tokenizer, special, *, resolution: int, max_seq_len: int,
+               vae_stride: int = 8, patch_size: int = 2):
     self.tokenizer = tokenizer_lib.fast_encoder(tokenizer)
     self.special = special
     self.resolution = resolution
     self.max_seq_len = max_seq_len
-    self.num_visual_tokens = num_visual_tokens(resolution)
+    # The visual block must have as many slots as the model makes patches of the
+    # VAE's latents: (resolution / vae_stride / patch_size)^2 + the time slot.
+    self.vae_stride, self.patch_size = int(vae_stride), int(patch_size)
+    self.num_visual_tokens = num_visual_tokens(resolution, vae_stride=self.vae_stride,
+                                               patch_size=self.patch_size)
 
   def select(self, record: dict, rng: np.random.Generator) -> dict:
     """The part of the record this row uses (e.g. a VIST window)."""
@@ -209,8 +214,8 @@ class ImageTextTask(Task):
   """
 
   def __init__(self, tokenizer, special, *, resolution, max_seq_len, captioning=False,
-               cond_dropout_prob=0.1, min_res=None):
-    super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len)
+               cond_dropout_prob=0.1, min_res=None, **grid):
+    super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len, **grid)
     self.is_und = captioning
     self.cond_dropout_prob = 0.0 if captioning else cond_dropout_prob
     self.load_pixels = pixel_loader("image_text", resolution, min_res=min_res)
@@ -235,13 +240,15 @@ class VideoTextTask(ImageTextTask):
   """
 
   def __init__(self, tokenizer, special, *, resolution, max_seq_len, num_frames=17,
-               captioning=False, cond_dropout_prob=0.1):
+               captioning=False, cond_dropout_prob=0.1, **grid):
     if (num_frames - 1) % 4:
       raise ValueError(f"num_frames must be 1 + 4k for the Wan VAE, got {num_frames}")
     super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len,
-                     captioning=captioning, cond_dropout_prob=cond_dropout_prob)
+                     captioning=captioning, cond_dropout_prob=cond_dropout_prob, **grid)
     self.load_pixels = pixel_loader("video_text", resolution, num_frames=num_frames)
-    self.num_visual_tokens = num_visual_tokens(resolution, latent_frames=1 + (num_frames - 1) // 4)
+    self.num_visual_tokens = num_visual_tokens(resolution, latent_frames=1 + (num_frames - 1) // 4,
+                                               vae_stride=self.vae_stride,
+                                               patch_size=self.patch_size)
     self.max_text_len = sequences.t2i_max_text_len(max_seq_len, self.num_visual_tokens)
 
 
@@ -255,8 +262,8 @@ class LlavaTask(Task):
   is_und = True
 
   def __init__(self, tokenizer, special, *, resolution, max_seq_len, stage="tuning",
-               system_prompt=sequences.DEFAULT_SYSTEM_PROMPT, max_num_images=1):
-    super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len)
+               system_prompt=sequences.DEFAULT_SYSTEM_PROMPT, max_num_images=1, **grid):
+    super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len, **grid)
     self.stage = stage
     self.num_slots = max_num_images
     self.chat = sequences.ChatIds.build(tokenizer, system_prompt)
@@ -277,8 +284,9 @@ class EditTask(Task):
   `cond_dropout_prob`, which trains the null row of editing CFG (source kept).
   """
 
-  def __init__(self, tokenizer, special, *, resolution, max_seq_len, cond_dropout_prob=0.1):
-    super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len)
+  def __init__(self, tokenizer, special, *, resolution, max_seq_len, cond_dropout_prob=0.1,
+               **grid):
+    super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len, **grid)
     self.num_slots = 2
     self.cond_dropout_prob = cond_dropout_prob
     self.load_pixels = pixel_loader("edit", resolution)
@@ -300,8 +308,8 @@ class VistTask(Task):
   """
 
   def __init__(self, tokenizer, special, *, resolution, max_seq_len, max_num_images=4,
-               flag=sequences.VIST_FLAG, label_image_pads=True):
-    super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len)
+               flag=sequences.VIST_FLAG, label_image_pads=True, **grid):
+    super().__init__(tokenizer, special, resolution=resolution, max_seq_len=max_seq_len, **grid)
     self.num_slots = max_num_images
     self.label_image_pads = label_image_pads
     self.load_pixels = pixel_loader("vist", resolution)

@@ -22,6 +22,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from showo2_jax import paths
 from showo2_jax.data import sources
 
 NAME = "showo2_records"
@@ -65,7 +66,7 @@ class Showo2Records(tfds.core.GeneratorBasedBuilder):
       records = sources.read_jsonl(path, ("path", "prompt"))
     else:
       records = sources.read_json_list(path, ("conversations",))
-    root = self._media_root or os.path.dirname(os.path.abspath(path))
+    root = self._media_root or paths.parent(path)
     for i, record in enumerate(records):
       if sources.is_bad(record):  # logged and counted by read_*; not written
         continue
@@ -73,8 +74,7 @@ class Showo2Records(tfds.core.GeneratorBasedBuilder):
       media = b""
       for key in _MEDIA_KEYS:
         if key in record:
-          with open(os.path.join(root, record.pop(key)), "rb") as f:
-            media = f.read()
+          media = paths.read_bytes(paths.join(root, record.pop(key)))
       yield i, {"media": media, "record_json": json.dumps(record)}
 
 
@@ -90,7 +90,7 @@ def build_array_record_dataset(annotation_path: str, data_dir: str, *, media_roo
 
 def tfds_source(data_dir: str, split: str = "train") -> grain.MapDataset:
   """Reads a built dataset back with `tfds.data_source`, as records for the tasks."""
-  if not os.path.isdir(os.path.join(data_dir, NAME)):
+  if not paths.isdir(paths.join(data_dir, NAME)):
     raise FileNotFoundError(f"no {NAME} dataset under {data_dir!r} "
                             "(build it with build_array_record_dataset)")
   source = tfds.data_source(NAME, split=split, data_dir=os.fspath(data_dir), download=False)

@@ -15,6 +15,8 @@ import os
 
 import tokenizers
 
+from showo2_jax import paths
+
 # Added by Show-o2, in this order: the order fixes their ids.
 PAD_TOKEN = "[PAD]"
 SHOWO_ADDED_TOKENS = ("<image>", "<|vid_start|>", "<|vid_end|>")
@@ -87,7 +89,14 @@ def load_tokenizer(path: str | os.PathLike):
   """
   import transformers  # pylint: disable=g-import-not-at-top  (slow; workers never need it)
   path = os.fspath(path)
-  if not os.path.isdir(path):
+  if paths.is_uri(path):   # transformers reads local folders only: a temporary copy
+    if not paths.isdir(path):
+      raise FileNotFoundError(f"tokenizer directory not found: {path!r}")
+    with paths.local_copy(path) as local:
+      tokenizer, special = load_tokenizer(local)
+    tokenizer.name_or_path = path
+    return tokenizer, special
+  if not paths.isdir(path):
     raise FileNotFoundError(
         f"tokenizer directory not found: {path!r} (expected a local copy of the "
         "Qwen2.5-Instruct tokenizer, e.g. from `huggingface-cli download`)")

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping, Optional
+
+from showo2_jax import paths
 
 
 class ConfigError(ValueError):
@@ -139,13 +140,12 @@ class Showo2Config:
     """Reads an original Show-o2 model directory (config.json, optional
     llm_config.json and siglip_config.json). Missing LLM/SigLIP configs are taken
     from the presets by LLM width (1536 -> 1.5B, 3584 -> 7B)."""
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
+    cfg_path = paths.join(path, "config.json")
+    if not paths.exists(cfg_path):
       raise ConfigError(f"{path}: no config.json (expected an original Show-o2 model directory)")
-    with open(cfg_path) as f:
-      top = json.load(f)
-    llm_json = _read_json(os.path.join(path, "llm_config.json"))
-    siglip_json = _read_json(os.path.join(path, "siglip_config.json"))
+    top = json.loads(paths.read_text(cfg_path))
+    llm_json = _read_json(paths.join(path, "llm_config.json"))
+    siglip_json = _read_json(paths.join(path, "siglip_config.json"))
     return cls.from_original_json(top, llm_json, siglip_json, **overrides)
 
   @classmethod
@@ -290,10 +290,8 @@ def siglip_config_from_hf(d: Mapping[str, Any]) -> SiglipConfig:
 
 
 def _read_json(path: str) -> Optional[dict]:
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  """The JSON at `path` (local or gs://), or None if there is no such file."""
+  return json.loads(paths.read_text(path)) if paths.exists(path) else None
 
 
 def _to_dict(cfg: Any) -> Any:

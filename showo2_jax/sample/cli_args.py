@@ -9,7 +9,6 @@ import argparse
 import functools
 import logging
 import math
-import os
 
 import jax
 
@@ -85,19 +84,19 @@ def check_output_file(flag: str, path) -> None:
   be a folder, so the work is not lost at the last step."""
   if path is None:
     return
-  if os.path.isdir(path):
+  if paths.isdir(path):
     raise InferenceSetupError(f"{flag}: '{path}' is a directory (give a file name)")
-  parent = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(parent):
+  parent = paths.parent(path)
+  if not paths.is_uri(parent) and not paths.isdir(parent):  # object-store folders are implicit
     raise InferenceSetupError(f"{flag}: the folder '{parent}' does not exist")
 
 
 def make_output_dir(flag: str, path) -> None:
   """Creates the output folder now (before any work); a file in its place is an error."""
-  if os.path.exists(path) and not os.path.isdir(path):
+  if paths.isfile(path):
     raise InferenceSetupError(f"{flag}: '{path}' is a file, not a folder")
   try:
-    os.makedirs(path, exist_ok=True)
+    paths.makedirs(path)
   except OSError as e:
     raise InferenceSetupError(f"{flag}: cannot create folder '{path}' ({e.strerror})") from None
 

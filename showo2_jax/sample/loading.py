@@ -117,13 +117,14 @@ def load_showo2(path: str, dtype: str = "float32") -> tuple[Showo2Config, Any]:
   elif is_orbax_dir(path):
     config, params = _restore_orbax(path, "showo2")
   else:
-    root = path if os.path.isdir(path) else os.path.dirname(path)
-    if not os.path.exists(os.path.join(root, "config.json")):
+    root = paths.as_str(path) if paths.isdir(path) else paths.parent(path)
+    if not paths.exists(paths.join(root, "config.json")):
       raise CheckpointNotFoundError(
           f"'{path}' is neither an Orbax checkpoint of showo2-jax nor an original Show-o2 "
           "directory (config.json + pytorch_model.bin / model.safetensors)")
     from showo2_jax.convert.showo2_torch import load_original  # pylint: disable=g-import-not-at-top
-    config, params = load_original(path)
+    with paths.local_copy(path) as local:  # the weights are memory-mapped: gs:// is copied
+      config, params = load_original(local)
   config = config.replace(dtype=dtype, param_dtype=dtype)
   return config, to_device(params, to_dtype(dtype))
 
@@ -164,10 +165,11 @@ def load_vae(path: str, dtype: str = "float32") -> Vae:
   if is_orbax_dir(path):
     config, params = _restore_orbax(path, "wan_vae")
   else:
-    cfg_file = os.path.join(path, "config.json") if os.path.isdir(path) else None
-    config = wan.WanVAEConfig.from_json(cfg_file) if cfg_file and os.path.exists(cfg_file) \
-        else wan.WanVAEConfig()
-    params = loading.load_wan_vae_params(path, config)
+    with paths.local_copy(path) as local:  # torch.load / mmap read local files: gs:// is copied
+      cfg_file = os.path.join(local, "config.json") if os.path.isdir(local) else None
+      config = wan.WanVAEConfig.from_json(cfg_file) if cfg_file and os.path.exists(cfg_file) \
+          else wan.WanVAEConfig()
+      params = loading.load_wan_vae_params(local, config)
   config = dataclasses.replace(config, dtype=dtype)
   return Vae(jax.tree.map(jnp.asarray, params), config)
 

@@ -16,6 +16,8 @@ import ml_dtypes
 import numpy as np
 from PIL import Image
 
+from showo2_jax import paths as paths_lib
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
@@ -65,10 +67,16 @@ def _frame_to_pil(frame: np.ndarray) -> Image.Image:
   return Image.fromarray(frame)
 
 
-def save_png(images, paths: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
-  """Writes uint8 (N, H, W, C) images to N PNG files (a single (H, W, C) to one path).
+def _written(path):
+  """A local path as a `pathlib.Path` (what callers stat and open), a URI as an `epath.Path`."""
+  return paths_lib.path(path) if paths_lib.is_uri(path) else Path(paths_lib.as_str(path))
 
-  Parent folders are created. Returns the paths written.
+
+def save_png(images, paths: Union[PathLike, Sequence[PathLike]]) -> list:
+  """Writes uint8 (N, H, W, C) images to N PNG files (a single (H, W, C) to one path),
+  local or `gs://...` (showo2_jax.paths).
+
+  Parent folders are created. Returns the paths written (`pathlib.Path`; `epath.Path` for URIs).
   """
   images = _check_uint8(images, "images")
   if isinstance(paths, (str, os.PathLike)):
@@ -81,10 +89,10 @@ def save_png(images, paths: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
     raise ValueError(f"{len(images)} images but {len(paths)} paths")
   written = []
   for image, path in zip(images, paths):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _frame_to_pil(image).save(path, format="PNG")
-    written.append(path)
+    paths_lib.makedirs(paths_lib.parent(path))
+    with paths_lib.open(path, "wb") as f:
+      _frame_to_pil(image).save(f, format="PNG")
+    written.append(_written(path))
   return written
 
 
@@ -114,8 +122,9 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: float, backend: str) -> None
       iio.imwrite(path, frames, plugin="FFMPEG", fps=fps)
 
 
-def save_video(frames, path: PathLike, fps: float = 8.0) -> Path:
-  """Writes uint8 (T, H, W, C) frames; returns the path actually written.
+def save_video(frames, path: PathLike, fps: float = 8.0):
+  """Writes uint8 (T, H, W, C) frames, local or `gs://...`; returns the path actually
+  written (`pathlib.Path`; `epath.Path` for URIs).
 
   A `.gif` path is written as GIF. Any other suffix (normally `.mp4`) needs an
   imageio video backend (imageio-ffmpeg or PyAV); without one, or if it fails, the
@@ -126,13 +135,14 @@ def save_video(frames, path: PathLike, fps: float = 8.0) -> Path:
     raise ValueError(f"expected (T, H, W, C) frames, got shape {frames.shape}")
   if fps <= 0:
     raise ValueError(f"fps must be positive, got {fps}")
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
+  path = _written(path)
+  paths_lib.makedirs(paths_lib.parent(path))
   if path.suffix.lower() != ".gif":
     backend = mp4_backend()
     if backend is not None:
       try:
-        _write_mp4(frames, path, fps, backend)
+        with paths_lib.local_output(path) as local:
+          _write_mp4(frames, Path(local), fps, backend)
         return path
       except Exception as e:  # pylint: disable=broad-except
         reason = f"the {backend} backend failed ({e})"
@@ -141,7 +151,8 @@ def save_video(frames, path: PathLike, fps: float = 8.0) -> Path:
     gif = path.with_suffix(".gif")
     logger.warning("cannot write %s: %s; writing GIF %s instead", path, reason, gif)
     path = gif
-  _write_gif(frames, path, fps)
+  with paths_lib.local_output(path) as local:
+    _write_gif(frames, Path(local), fps)
   return path
 
 
@@ -152,7 +163,7 @@ def load_image(path: PathLike) -> np.ndarray:
   corrupt file; decoding is forced here so truncated files fail now, not later.
   """
   try:
-    with Image.open(path) as image:
+    with paths_lib.open(path, "rb") as f, Image.open(f) as image:
       image.load()
       return np.asarray(image.convert("RGB"), dtype=np.uint8)
   except FileNotFoundError:

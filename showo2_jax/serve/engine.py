@@ -27,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
-import os
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -36,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from showo2_jax import paths
 from showo2_jax.flow import transport
 from showo2_jax.sample import decode, understanding
 from showo2_jax.sample import prefix as prefix_lib
@@ -312,7 +312,7 @@ def enable_compilation_cache(path: Optional[str]) -> Optional[str]:
   """Persistent XLA compilation cache (every bucket compiles once per machine)."""
   if not path:
     return None
-  os.makedirs(path, exist_ok=True)
+  paths.makedirs(path)   # jax reads and writes the cache through etils.epath: gs:// works
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

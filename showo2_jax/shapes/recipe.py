@@ -28,6 +28,8 @@ import resource
 import sys
 import time
 
+from showo2_jax import paths as paths_lib
+
 log = logging.getLogger(__name__)
 
 PHASES = ("world", "vae", "latents", "stage1", "stage2", "report")
@@ -61,12 +63,11 @@ class Paths:
 
 def final_run_dir(workdir: str):
   """The workdir of the final Show-o2 phase when `workdir` is a recipe run, else None."""
-  path = os.path.join(workdir, STATE_FILE)
-  if not os.path.exists(path):
+  path = paths_lib.join(workdir, STATE_FILE)
+  if not paths_lib.exists(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    state = json.load(f)
-  return os.path.join(workdir, state.get("final_run", FINAL_PHASE))
+  state = json.loads(paths_lib.read_text(path))
+  return paths_lib.join(workdir, state.get("final_run", FINAL_PHASE))
 
 
 def _load_state(paths: Paths) -> dict:
@@ -283,7 +284,11 @@ def phase_report(config, paths: Paths, state) -> dict:
 
 
 def run(config, workdir: str) -> dict:
-  """Runs the phases not yet done; returns the state (phases.json)."""
+  """Runs the phases not yet done; returns the state (phases.json). Raises ValueError
+  for a `gs://` workdir: this toy recipe writes its world and report locally."""
+  if paths_lib.is_uri(workdir):
+    raise ValueError(f"--workdir {workdir}: the tiny_shapes recipe needs a local folder (its "
+                     "world, tokenizer and report are written with local file calls)")
   os.makedirs(workdir, exist_ok=True)
   paths = Paths(workdir)
   state = _load_state(paths)

@@ -21,11 +21,16 @@ writes in the background. What a restart does with what it finds:
   or damaged file) is moved aside into `<checkpoints>.damaged/<step>` (kept, not
   deleted) with a one-line warning naming it and the reason;
 - params with a NaN/Inf are never saved (`NonFiniteParamsError`);
-- `layout` (a small JSON item) records what the data position depends on: the
-  number of processes (each reads its own shard) and of data workers. The params
-  reshard onto any mesh, the data position cannot follow such a change, so a
-  restart that changes them stops with a one-line `DataLayoutError` saying which
-  setting changed and how to go on, before anything is read.
+- `layout` (a small JSON item) records the number of processes and data workers
+  the step was saved under, and that its data position is elastic: a global
+  position (the synthetic batch index, or each stream's global sample index of
+  the Grain pipeline), the same in every process's file. The params reshard onto
+  any mesh and the data position is read from any process's file, so a restart
+  with another number of processes, data workers or mesh continues at the same
+  sample. Only a step saved by an older version (per-process Grain state, no
+  `elastic` in its layout) still needs the settings it was saved with; changing
+  them stops with a one-line `DataLayoutError` saying which setting changed and
+  how to go on.
 """
 from __future__ import annotations
 
@@ -146,12 +151,21 @@ class Checkpointer:
       log.info("checkpoint: saving step %d to %s", step, self.directory)
     return saved
 
+  def saved_layout(self, step: int) -> Optional[dict]:
+    """The `layout` item of step `step`, or None if it has none."""
+    if not paths.exists(paths.join(self.directory, str(step), "layout")):
+      return None
+    return self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore()))["layout"]
+
   def check_layout(self, step: int) -> None:
-    """Raises DataLayoutError if step `step`'s data position was saved under another
-    process or worker count than this run's (steps saved without a layout pass)."""
-    if self.layout is None or not paths.exists(paths.join(self.directory, str(step), "layout")):
+    """Raises DataLayoutError if step `step`'s data position is not elastic (an older
+    version's per-process state) and was saved under another process or worker
+    count than this run's (steps saved without a layout pass)."""
+    if self.layout is None:
       return
-    saved = self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore()))["layout"]
+    saved = self.saved_layout(step)
+    if saved is None or saved.get("elastic"):
+      return
     step_dir = paths.join(self.directory, str(step))
     for key, setting in LAYOUT_FIELDS:
       if key in saved and key in self.layout and saved[key] != self.layout[key]:
@@ -159,9 +173,9 @@ class Checkpointer:
                else f"pass --config.data.num_workers={saved[key]}")
         raise DataLayoutError(
             f"checkpoint {step_dir} was saved with {setting} = {saved[key]}, this run has "
-            f"{self.layout[key]}: the params would reshard but the data position cannot "
-            f"(no sample may repeat or be skipped); to resume, {fix}; or start a new --workdir "
-            f"with --config.init.from_checkpoint={step_dir} (the data starts over)")
+            f"{self.layout[key]}: the params would reshard but this older per-process data "
+            f"position cannot (no sample may repeat or be skipped); to resume, {fix}; or start a "
+            f"new --workdir with --config.init.from_checkpoint={step_dir} (the data starts over)")
 
   def restore(self, step: int, abstract_state: TrainState, iterator=None) -> TrainState:
     args = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -200,17 +214,44 @@ class Checkpointer:
           problem = _one_line(e)
       if _all_hosts_true(problem is None):
         if iterator is not None:  # errors here are not damage (e.g. another data config): raise
-          self.manager.restore(step, args=ocp.args.Composite(
-              data=grain.checkpoint.CheckpointRestore(iterator)))
+          self.restore_data(step, iterator)
         log.info("checkpoint: restored step %d from %s", step, self.directory)
         return state, step
       self.set_aside(step, problem or "failed to restore on another process")
     return None, None
 
+  def _data_file(self, step: int) -> Optional[str]:
+    """This process's data state file of step `step`; for an elastic position saved
+    under another process count, process 0's (every process saved the same position)."""
+    data_dir = paths.join(self.directory, str(step), "data")
+    own = paths.join(data_dir, f"process_{jax.process_index()}-of-{jax.process_count()}.json")
+    if paths.exists(own):
+      return own
+    saved = self.saved_layout(step) or {}
+    if not saved.get("elastic") or not paths.exists(data_dir):
+      return None
+    first = [f for f in paths.listdir(data_dir) if f.startswith("process_0-of-") and f.endswith(".json")]
+    return paths.join(data_dir, first[0]) if first else None
+
+  def restore_data(self, step: int, iterator) -> None:
+    """Sets `iterator` to the data position of step `step` (see the module doc)."""
+    path = self._data_file(step)
+    if path is None:
+      raise DataLayoutError(f"checkpoint {paths.join(self.directory, str(step))} has no data "
+                            f"position for process {jax.process_index()} of {jax.process_count()}")
+    if not path.endswith(f"process_{jax.process_index()}-of-{jax.process_count()}.json"):
+      log.warning("checkpoint: data position saved by another number of processes (%s); it is "
+               "global, so this run continues at the same sample", paths.name(path))
+    text = paths.read_text(path)
+    iterator.set_state(json.loads(text) if isinstance(iterator, grain.DatasetIterator)
+                       else text.encode())
+    if hasattr(iterator, "start_prefetch"):
+      iterator.start_prefetch()
+
   def _data_problem(self, step: int) -> Optional[str]:
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    path = paths.join(self.directory, str(step), "data", name)
-    if not paths.exists(path):
+    path = self._data_file(step)
+    if path is None:
       data_dir = paths.join(self.directory, str(step), "data")
       counts = {f.rsplit("-of-", 1)[-1][:-len(".json")] for f in
                 (paths.listdir(data_dir) if paths.exists(data_dir) else []) if "-of-" in f}
@@ -224,7 +265,7 @@ class Checkpointer:
     try:
       json.loads(paths.read_text(path))
     except (ValueError, UnicodeDecodeError) as e:
-      return f"data/{name} is not JSON ({_one_line(e)})"
+      return f"data/{paths.name(path)} is not JSON ({_one_line(e)})"
     return None
 
   def set_aside(self, step: int, reason: str) -> str:

@@ -10,6 +10,7 @@ or as `pixel_values` that the step encodes with the frozen VAE (vae_encoder.py).
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterator, Mapping
 
 import jax
@@ -17,6 +18,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from showo2_jax.train import synthetic, vae_encoder
+
+log = logging.getLogger(__name__)
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -91,10 +94,12 @@ def check_global_batch(global_batch: int, mesh: Mesh, grad_accum_steps: int) -> 
 
 
 def layout(config) -> dict:
-  """What this process's data position depends on (saved with every checkpoint)."""
+  """What the data position was saved under (with every checkpoint). Both iterators
+  keep a global position (`elastic`), which any process and worker count continues."""
   d = config.data
   return {"process_count": jax.process_count(),
-          "num_workers": int(d.get("num_workers", 0)) if "streams" in d else 0}
+          "num_workers": int(d.get("num_workers", 0)) if "streams" in d else 0,
+          "elastic": True}
 
 
 def make_iterator(config, mesh: Mesh) -> Iterator:
@@ -117,19 +122,67 @@ def make_iterator(config, mesh: Mesh) -> Iterator:
 def _pipeline_iterator(config, local_rows: int):
   # Imported here: synthetic runs need neither tokenizers nor media decoders.
   from showo2_jax.data import build, tokenizer  # pylint: disable=import-outside-toplevel
-  d = config.data
-  per_host = sum(int(d.streams[name].batch_size) for name in d.stream_order)
-  if per_host != local_rows:
-    raise ValueError(f"the data streams give {per_host} rows per host per step, but the global "
-                     f"batch {config.train.global_batch_size} needs {local_rows} on this host")
+  d = scaled_streams(config.data, local_rows, config.train.global_batch_size)
   video_frames(config)   # clips and images in one data block: a one-line error now, not at concat
   if not config.get("tokenizer_path"):
     raise ValueError("config.tokenizer_path (the Qwen2.5-Instruct tokenizer dir) is required")
   tok, special = tokenizer.load_tokenizer(config.tokenizer_path)
+  stride, patch = visual_grid(config)
   loader = build.pipeline_from_config(
       d, tok, special, resolution=config.resolution, max_seq_len=config.max_seq_len,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      vae_stride=stride, patch_size=patch)
   return iter(loader)
+
+
+def visual_grid(config) -> tuple[int, int]:
+  """(VAE stride, patch size) the pipeline lays visual blocks out with.
+
+  The stride is the run's VAE's (`config.vae`; Wan2.1's 8 when it is empty), the
+  patch size the model's. Raises ValueError when `config.resolution` does not
+  give the model's patch grid (image_latent_height x image_latent_width) through
+  them: the blocks would hold fewer or more slots than the model fills.
+  """
+  m = config.get("model")
+  patch = int(m.get("patch_size", 2)) if m is not None else 2
+  stride = vae_encoder.vae_config(config).spatial_factor if "z_dim" in config.get("vae", {}) else 8
+  if m is not None and "image_latent_height" in m:
+    r = int(config.resolution)
+    want = (int(m.image_latent_height), int(m.image_latent_width))
+    got = r // stride // patch
+    if (got, got) != want:
+      raise ValueError(f"config.resolution {r} gives a {got}x{got} patch grid (VAE stride "
+                       f"{stride}, patch {patch}) but the model's is {want[0]}x{want[1]} "
+                       "(model.image_latent_height/width)")
+  return stride, patch
+
+
+def scaled_streams(d, local_rows: int, global_batch: int):
+  """`d` with every stream's (per-host) batch_size scaled so they sum to `local_rows`.
+
+  The streams' batch sizes are per host; a run restarted on another number of hosts
+  with the same global batch needs them scaled by old/new hosts, which keeps every
+  stream's global rows per step (the mix) and so its global sample position. Raises
+  ValueError if they do not scale to whole rows.
+  """
+  sizes = {n: int(d.streams[n].batch_size) for n in d.stream_order}
+  per_host = sum(sizes.values())
+  if per_host == local_rows:
+    return d
+  scaled = {n: b * local_rows / per_host for n, b in sizes.items()}
+  if per_host == 0 or any(v != int(v) for v in scaled.values()):
+    flags = " ".join(f"--config.data.streams.{n}.batch_size=N" for n in sizes)
+    raise ValueError(f"the data streams give {per_host} rows per host per step ({sizes}), but the "
+                     f"global batch {global_batch} needs {local_rows} on this host; set {flags} "
+                     f"to sum to {local_rows}")
+  log.warning("data: stream batch sizes %s per host scaled to %s for %d rows on this host (the "
+              "global batch %d over %d processes); every stream keeps its global rows per step",
+              sizes, {n: int(v) for n, v in scaled.items()}, local_rows, global_batch,
+              jax.process_count())
+  d = d.copy_and_resolve_references()
+  for n, v in scaled.items():
+    d.streams[n].batch_size = int(v)
+  return d
 
 
 def synthetic_spec(config) -> synthetic.SyntheticSpec:

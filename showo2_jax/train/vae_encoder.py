@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -44,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from showo2_jax import paths
 from showo2_jax.vae import wan
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def load_params(config, mesh: Mesh):
   if path == RANDOM:
     host = wan.init_params(jax.random.PRNGKey(int(config.seed)), cfg)
     source = f"random init (seed {int(config.seed)})"
-  elif not os.path.exists(path):
+  elif not paths.exists(path):
     raise FileNotFoundError(f"config.vae_checkpoint not found: '{path}'")
   elif _is_orbax(path):
     host = _restore_orbax(path, cfg)

@@ -69,32 +69,51 @@ def test_epochs_are_reshuffled_and_seeds_matter(data_dir, tok, special):
   assert prompts(0, 3) == a[:12] and prompts(1, 3) != a[:12]
 
 
-def test_hosts_read_disjoint_shards(data_dir, tok, special):
-  def rows(index):
+def test_hosts_read_disjoint_slices_of_one_global_sequence(data_dir, tok, special):
+  def rows(index, count, bs, n):
     it = iter(pipeline.make_loader(pipeline.mixed_batches(
-        streams(data_dir, tok, special, bs_mmu=2)[1:], seed=0, shard_index=index, shard_count=3)))
-    return {tuple(r) for b in (next(it) for _ in range(2)) for r in b["text_tokens"]}
-  shards = [rows(i) for i in range(3)]
-  assert all(len(s) == 4 for s in shards)
-  assert not (shards[0] & shards[1]) and not (shards[1] & shards[2]) and not (shards[0] & shards[2])
-  with pytest.raises(sources.EmptyDatasetError, match="no records for host 12"):
-    pipeline.mixed_batches(streams(data_dir, tok, special), seed=0, shard_index=12, shard_count=13)
+        streams(data_dir, tok, special, bs_mmu=bs)[1:], seed=0, shard_index=index, shard_count=count)))
+    return [[tuple(r) for r in next(it)["text_tokens"]] for _ in range(n)]
+  hosts = [rows(i, 3, 2, 2) for i in range(3)]
+  sets = [{r for b in h for r in b} for h in hosts]
+  assert all(len(s) == 4 for s in sets)  # 12 rows = one epoch of 12 records: all distinct
+  assert not (sets[0] & sets[1]) and not (sets[1] & sets[2]) and not (sets[0] & sets[2])
+  # Step n of 3 hosts (in host order) is step n of one host reading the whole global batch.
+  one = rows(0, 1, 6, 2)
+  assert [hosts[0][n] + hosts[1][n] + hosts[2][n] for n in range(2)] == one
+  with pytest.raises(ValueError, match="host 12 of 3 does not exist"):
+    pipeline.mixed_batches(streams(data_dir, tok, special), seed=0, shard_index=12, shard_count=3)
 
 
-def test_bad_images_are_skipped_and_counted(tmp_path, tok, special):
+def test_bad_images_are_replaced_and_counted(tmp_path, tok, special):
   path = testing.write_image_text_dataset(tmp_path, 6)
   (tmp_path / "images" / "00002.png").write_bytes(b"corrupt")
   (tmp_path / "images" / "00004.png").unlink()
   rs = np.random.default_rng(0)
   testing.random_image(rs, 10, 10).save(tmp_path / "images" / "00005.png")  # below min_res
   task = tasks.ImageTextTask(tok, special, resolution=R, max_seq_len=L, min_res=(32, 32))
-  ds = pipeline.mixed_batches([pipeline.Stream("t2i", sources.image_text_source(path), task, 3)],
-                              seed=0)
+  good_task = tasks.ImageTextTask(tok, special, resolution=R, max_seq_len=L)
+  records = sources.image_text_source(path)
+  good = {tuple(good_task(records[i], np.random.default_rng(0))["text_tokens"]) for i in (0, 1, 3)}
+  ds = pipeline.mixed_batches([pipeline.Stream("t2i", records, task, 3)], seed=0)
   it = iter(pipeline.make_loader(ds))
-  batches = [next(it) for _ in range(3)]  # 9 rows from 3 good images per epoch: 3 epochs
+  batches = [next(it) for _ in range(4)]  # 12 positions = 2 epochs of 6 records, 3 of them bad
   assert all(b["text_tokens"].shape == (3, L) for b in batches)
-  assert it.skip_counts == {"num_bad": 6, "num_filtered": 3}
+  # Every row is one of the 3 good records (with its caption, or dropped by cond_dropout_prob).
+  rows = {tuple(r) for b in batches for r in b["text_tokens"]}
+  assert rows <= good | {tuple(r) for r in _dropped_caption_rows(good_task, records)}
+  # 4 bad and 2 filtered positions in 2 epochs, each replaced at least once.
+  assert it.skip_counts["num_bad"] >= 4 and it.skip_counts["num_filtered"] >= 2, it.skip_counts
   assert "num_bad" not in batches[0]
+
+
+def _dropped_caption_rows(task, records):
+  """Rows of the good records with the caption dropped (cond_dropout_prob 0.1)."""
+  saved, task.cond_dropout_prob = task.cond_dropout_prob, 1.0
+  try:
+    return [task(records[i], np.random.default_rng(0))["text_tokens"] for i in (0, 1, 3)]
+  finally:
+    task.cond_dropout_prob = saved
 
 
 def test_bad_records_are_skipped_and_counted_with_file_and_line(tmp_path, tok, special, caplog):

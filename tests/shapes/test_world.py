@@ -96,3 +96,27 @@ def test_pipeline_reads_the_world(tmp_path):
   answer = tok.decode([int(t) for t in labels if t >= 0], skip_special_tokens=True)
   assert answer.strip() in {"red", "green", "blue", "yellow", "circle", "square", "triangle",
                             "on the left", "in the center", "on the right"}
+
+
+def test_pipeline_lays_out_the_vae_stride_grid(tmp_path):
+  """A VAE with stride 4 at 32 px gives 8x8 latents = 4x4 patches: every visual
+  block holds 16 patches + the time slot, as many as the model fills (a block laid
+  out for Wan's stride 8 would hold 5, and the model would see a quarter of it)."""
+  from configs import data as data_configs, tiny_shapes
+  from showo2_jax.data import build, tokenizer
+  from showo2_jax.shapes import tokenizer as shapes_tokenizer
+  from showo2_jax.train import data as train_data
+  config = tiny_shapes.get_config()
+  stride, patch = train_data.visual_grid(config)
+  assert (stride, patch) == (4, 2)
+  files = world.write_world(str(tmp_path / "w"), num_images=8, num_clips=0, image_size=32, seed=0)
+  tok, special = tokenizer.load_tokenizer(shapes_tokenizer.build_tokenizer(str(tmp_path / "tok")))
+  d = data_configs.stage2(files.t2i, files.llava, batch_size_t2i=2, batch_size_mmu=2, min_res=())
+  batch = next(iter(build.pipeline_from_config(d, tok, special, resolution=32,
+                                               max_seq_len=config.max_seq_len,
+                                               vae_stride=stride, patch_size=patch)))
+  assert batch["image_masks"].sum(1).tolist() == [17] * 4
+  assert batch["modality_positions"][:, 0, 1].tolist() == [17] * 4
+  config.resolution = 64
+  with pytest.raises(ValueError, match="config.resolution 64 gives a 8x8 patch grid"):
+    train_data.visual_grid(config)

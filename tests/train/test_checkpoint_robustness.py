@@ -137,7 +137,10 @@ class _Position:
     ({"process_count": 2}, "number of processes (hosts) = 1, this run has 2: "),
     ({"num_workers": 0}, "--config.data.num_workers = 4, this run has 0: "),
 ])
-def test_restart_with_another_data_layout_is_one_line(tmp_path, changed, expected):
+def test_restart_of_an_older_per_process_data_state_with_another_layout_is_one_line(
+    tmp_path, changed, expected):
+  """Steps saved without `elastic` in their layout (an older version's per-process
+  Grain state) need the settings they were saved with."""
   root = str(tmp_path / "run")
   layout = {"process_count": 1, "num_workers": 4}
   ckpt = checkpointing.Checkpointer(paths.join(root, "checkpoints"), every_steps=1, keep=5,
@@ -161,3 +164,28 @@ def test_restart_with_another_data_layout_is_one_line(tmp_path, changed, expecte
   assert expected in message and "\n" not in message, message
   assert "--config.init.from_checkpoint=" in message and "to resume, " in message
   assert paths.listdir(paths.join(root, "checkpoints")) == ["6"]   # not set aside
+
+
+def test_elastic_data_position_restores_under_another_process_and_worker_count(root, caplog):
+  """A global data position (`elastic` layout) saved by 2 processes (simulated: the
+  files of processes 0 and 1 of 2) is read from process 0's file by this 1-process
+  run with another worker count, on a local disk and on gs:// alike."""
+  layout = {"process_count": 2, "num_workers": 4, "elastic": True}
+  ckpt = checkpointing.Checkpointer(paths.join(root, "checkpoints"), every_steps=1, keep=5,
+                                    async_save=False, layout=layout)
+  ckpt.save(6, _state(6.0, 6), _Position(48), force=True)
+  ckpt.close()
+  data = paths.join(root, "checkpoints", "6", "data")
+  paths.rename(paths.join(data, "process_0-of-1.json"), paths.join(data, "process_0-of-2.json"))
+  paths.write_text(paths.join(data, "process_1-of-2.json"), json.dumps({"position": 48}))
+
+  other = checkpointing.Checkpointer(paths.join(root, "checkpoints"), every_steps=1, keep=5,
+                                     async_save=False, layout={**layout, "process_count": 1,
+                                                               "num_workers": 0})
+  it = _Position()
+  with caplog.at_level(logging.WARNING):
+    state, step = other.restore_latest(_abstract(), it)
+  other.close()
+  assert (step, it.position) == (6, 48)
+  assert float(state.params["w"][0, 0]) == 6.0
+  assert "process_0-of-2.json" in caplog.text and "continues at the same sample" in caplog.text
