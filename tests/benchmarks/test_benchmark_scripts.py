@@ -110,3 +110,19 @@ def test_attention_benchmark_runs_on_a_tiny_shape(tmp_path):
   rows = json.loads(out.read_text())["rows"]
   assert [r["impl"] for r in rows] == ["dense", "chunked 16"]
   assert all(r["wall_s"] > 0 and r["cpu_s"] >= 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_serve_benchmark_reports_latency_and_throughput(tmp_path):
+  """benchmarks/serve_benchmark.py on the tiny config: a server on 127.0.0.1, mixed
+  requests over HTTP (chats with 0-2 images, a stream, an image), no error, the
+  table on stdout and the JSON report in --out."""
+  out = tmp_path / "serve.json"
+  table = _run([sys.executable, str(REPO / "benchmarks" / "serve_benchmark.py"), "--config", "tiny",
+                "--requests", "4", "--concurrency", "4", "--max-tokens", "4", "--image-every", "4",
+                "--image-steps", "2", "--warmup-rounds", "0", "--out", str(out)], tmp_path)
+  res = json.loads(out.read_text())
+  assert res["requests"] == 4 and res["image_requests"] == 1 and res["warm"] is False
+  assert 0 < res["p50_s"] <= res["p95_s"] <= res["wall_s"] and res["throughput_req_s"] > 0
+  assert 1 <= res["batches"] <= 4 and res["chat_p50_s"] > 0 and res["image_p50_s"] > 0
+  assert "| p50 s | p95 s |" in table and f"| {res['p50_s']} | {res['p95_s']} |" in table
