@@ -78,3 +78,19 @@ def test_compare_original_alternates_and_reports_ratios(tmp_path):
   assert all(r["peak_rss_gib"] > 0 for r in res["original_rounds"])
   assert "T2I 432 px, 3-point Euler + CFG" in stdout and "x faster" in stdout
   assert set(res["gemm_peak_tflops"]) == {"jax", "torch"}
+
+
+@pytest.mark.slow
+def test_serve_benchmark_reports_latency_and_throughput(tmp_path):
+  """benchmarks/serve_benchmark.py on the tiny config: a server on 127.0.0.1, mixed
+  requests over HTTP (chats with 0-2 images, a stream, an image), no error, the
+  table on stdout and the JSON report in --out."""
+  out = tmp_path / "serve.json"
+  table = _run([sys.executable, str(REPO / "benchmarks" / "serve_benchmark.py"), "--config", "tiny",
+                "--requests", "4", "--concurrency", "4", "--max-tokens", "4", "--image-every", "4",
+                "--image-steps", "2", "--warmup-rounds", "0", "--out", str(out)], tmp_path)
+  res = json.loads(out.read_text())
+  assert res["requests"] == 4 and res["image_requests"] == 1 and res["warm"] is False
+  assert 0 < res["p50_s"] <= res["p95_s"] <= res["wall_s"] and res["throughput_req_s"] > 0
+  assert 1 <= res["batches"] <= 4 and res["chat_p50_s"] > 0 and res["image_p50_s"] > 0
+  assert "| p50 s | p95 s |" in table and f"| {res['p50_s']} | {res['p95_s']} |" in table
