@@ -44,6 +44,7 @@ time_embed_proj) start fresh.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -169,9 +170,11 @@ class _TorchReader:
     path = source.path
     if source.kind in ("qwen2", "siglip") and not paths.isdir(path):
       raise InitError(f"{source.label}: not a directory (expected a Hugging Face model directory)")
+    self._local = contextlib.ExitStack()   # the weights are memory-mapped: gs:// is copied first
     try:
-      self.sd = checkpoint_io.StateDict(path)
+      self.sd = checkpoint_io.StateDict(self._local.enter_context(paths.local_copy(path)))
     except (checkpoint_io.CheckpointFormatError, FileNotFoundError, OSError) as e:
+      self._local.close()
       raise InitError(f"{source.label}: {e}") from None
     keys = set(self.sd.keys())
     self.rows = {}
@@ -231,6 +234,7 @@ class _TorchReader:
 
   def close(self):
     self.sd.close()
+    self._local.close()
 
 
 class _FlatReader:
