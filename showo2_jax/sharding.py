@@ -217,12 +217,8 @@ def fit_shardings(shardings, shapes, mesh: Mesh):
   return out
 
 
-def data_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Batch-dimension sharding over (data, fsdp) for an array of rank `ndim`."""
-  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
+  """The same whole array on every device of `mesh`."""
   return NamedSharding(mesh, P())
 
 
