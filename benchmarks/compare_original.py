@@ -24,7 +24,12 @@ its own. Reported per task: the median over rounds and the ratio original/ours
 `showo2_jax.train.flops` (3 x forward matmuls) per second / the best fp32 GEMM
 rate measured here (the larger of JAX's and PyTorch's), for both.
 
-Times on a shared machine drift; ratios from one run are what to compare.
+Times on a shared machine drift; ratios from one run are what to compare. With
+`--clock cpu` every figure is process CPU seconds (user + system, all threads)
+instead of wall seconds, in both programs (ours and `ref_bench.py` run with
+`time.perf_counter` replaced by `time.process_time`): on a machine shared with
+other jobs that is the comparison load distorts least (it still counts the
+threads' spinning and the cache misses others cause).
 `--json` writes everything (rounds, medians, ratios, machine, load).
 """
 from __future__ import annotations
@@ -141,7 +146,8 @@ TORCH_GEMM = """
 import json, time, torch
 torch.set_num_threads({threads})
 a = torch.ones(2048, 2048); a @ a
-best = min((lambda t: (a @ a, time.perf_counter() - t)[1])(time.perf_counter()) for _ in range(5))
+clock = time.{clock}
+best = min((lambda t: (a @ a, clock() - t)[1])(clock()) for _ in range(5))
 print(json.dumps({{"gemm_tflops": 2 * 2048 ** 3 / best / 1e12}}))
 """
 
@@ -182,8 +188,19 @@ print(json.dumps(res))
 """
 
 
+# Runs a script (argv[1], its arguments after it) with time.perf_counter reading
+# process CPU time: `--clock cpu` for the original's ref_bench.py.
+_CPU_CLOCK_RUNNER = r"""
+import runpy, sys, time
+time.perf_counter = time.process_time
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def ours_cmd(task, args) -> list:
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", task, "--config", args.config,
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", task, "--clock", args.clock,
+         "--config", args.config,
          "--train-config", args.train_config, "--train-steps", str(args.train_steps),
          "--t2i-points", str(args.t2i_points), "--new-tokens", str(args.new_tokens)]
   return cmd + [f"--config.{k}={v}" for k, v in args.overrides]
@@ -226,6 +243,8 @@ def main(argv=None):
   p.add_argument("--ref-tokens", type=int, default=8, help="original: generated tokens per round")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="original's torch threads")
   p.add_argument("--timeout", type=float, default=3600, help="seconds per process")
+  p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                 help="wall seconds, or process CPU seconds of both programs (shared machines)")
   p.add_argument("--json", default=None)
   p.add_argument("--worker", choices=sorted(WORKERS), default=None, help=argparse.SUPPRESS)
   sys.path.insert(0, ROOT)
@@ -235,6 +254,9 @@ def main(argv=None):
   args = p.parse_args(argv)
   args.overrides = list(args.config_overrides or [])
   if args.worker:
+    if args.clock == "cpu":
+      import time  # pylint: disable=import-outside-toplevel
+      time.perf_counter = time.process_time
     print(json.dumps(WORKERS[args.worker](args)), flush=True)
     return 0
   tasks = [t for t in args.tasks.split(",") if t]
@@ -255,8 +277,9 @@ def main(argv=None):
   env_ours = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
   peaks = {"jax": measured(ours_cmd("gemm", args), env_ours, args.timeout)["gemm_tflops"]}
   if with_ref:
-    peaks["torch"] = measured([args.reference_python, "-c", TORCH_GEMM.format(threads=args.threads)],
-                              reference_env(args), args.timeout)["gemm_tflops"]
+    peaks["torch"] = measured([args.reference_python, "-c", TORCH_GEMM.format(
+        threads=args.threads, clock="process_time" if args.clock == "cpu" else "perf_counter")],
+        reference_env(args), args.timeout)["gemm_tflops"]
   print("GEMM peak (fp32 2048^3): " + ", ".join(f"{k} {1000 * v:.0f} GFLOP/s" for k, v in peaks.items()),
         flush=True)
   ours_rows, ref_rows = [], []
@@ -269,7 +292,8 @@ def main(argv=None):
       print(f"round {r + 1} ours {task}: {json.dumps(res)}", flush=True)
     ours_rows.append(row)
     if with_ref:
-      cmd = [args.reference_python, os.path.abspath(args.reference_bench), "--calls", str(args.ref_calls),
+      cmd = [args.reference_python] + (["-c", _CPU_CLOCK_RUNNER] if args.clock == "cpu" else [])
+      cmd += [os.path.abspath(args.reference_bench), "--calls", str(args.ref_calls),
              "--tokens", str(args.ref_tokens), "--train-steps", str(args.train_steps),
              "--threads", str(args.threads)]
       res = measured(cmd, reference_env(args), args.timeout)
@@ -301,7 +325,7 @@ def main(argv=None):
                       speedup=ratio(r_t, o_t, higher_is_better=True),
                       ours_peak_gib=ours.get("decode_peak_rss_gib")))
   fmt = lambda v, f="{:.3g}": "-" if v is None else f.format(v)  # noqa: E731
-  print(f"\nsmall config, fp32, {args.rounds} alternating round(s), medians; "
+  print(f"\nsmall config, fp32, {args.rounds} alternating round(s), medians, {args.clock} seconds; "
         f"{machine['processor']}, {machine['cpu_count']} cores, load (1 min) "
         f"{machine['load_avg_1m_start']:.1f} -> {machine['load_avg_1m_end']:.1f}")
   print(f"GEMM peak (fp32 2048^3): " + ", ".join(f"{k} {1000 * v:.0f} GFLOP/s" for k, v in peaks.items()))

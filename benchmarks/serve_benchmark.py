@@ -6,7 +6,9 @@ of a config (default `small`), the test tokenizer and the Wan VAE fixture (or
 through HTTP: a mix of text chats, chats about one image, chats about two images
 (streamed) and image generations. A first identical round warms every batch
 bucket up (compilation excluded from the timed round; pass --warmup-rounds 0 to
-include it). Prints a table and, with --json, one JSON object.
+include it). Prints a table and, with --json, one JSON object; --out writes
+that object to a file or URI. Progress (model built, each round's wall time)
+goes to stderr.
 
   python benchmarks/serve_benchmark.py                          # small, CPU
   python benchmarks/serve_benchmark.py --config tiny --requests 16
@@ -32,6 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from inference_benchmark import random_params  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from showo2_jax import paths  # pylint: disable=wrong-import-position
 from showo2_jax.config_lib import load_config  # pylint: disable=wrong-import-position
 from showo2_jax.data import testing  # pylint: disable=wrong-import-position
 from showo2_jax.data import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
@@ -112,7 +115,8 @@ def main():
   p.add_argument("--max-batch-size", type=int, default=8)
   p.add_argument("--batch-window-ms", type=float, default=10.0)
   p.add_argument("--warmup-rounds", type=int, default=1)
-  p.add_argument("--json", action="store_true")
+  p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+  p.add_argument("--out", default=None, help="also write the JSON report to this file or URI")
   args = p.parse_args()
 
   dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
@@ -129,11 +133,15 @@ def main():
   srv = api.Server(eng, model_name=args.config)
   userver, thread, base = start_server(srv)
   jobs = request_mix(args.requests, args.max_tokens, args.image_every, args.image_steps)
+  progress = lambda msg: print(f"[serve_benchmark] {msg}", file=sys.stderr, flush=True)
+  progress(f"{args.config} model ready ({dtype}); serving on {base}")
   try:
-    for _ in range(args.warmup_rounds):
-      run_round(base, jobs, args.concurrency)
+    for i in range(args.warmup_rounds):
+      _, wall = run_round(base, jobs, args.concurrency)
+      progress(f"warm-up round {i + 1}/{args.warmup_rounds} (compiles every bucket): {wall:.1f} s")
     before = dict(eng.stats)
     results, wall = run_round(base, jobs, args.concurrency)
+    progress(f"timed round: {wall:.1f} s")
   finally:
     userver.should_exit = True
     thread.join(timeout=30)
@@ -156,6 +164,8 @@ def main():
       "batches": eng.stats["batches"] - before["batches"],
       "warm": args.warmup_rounds > 0,
   }
+  if args.out:
+    paths.write_text(args.out, json.dumps(report, indent=1) + "\n")
   if args.json:
     print(json.dumps(report))
   else:

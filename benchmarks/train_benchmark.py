@@ -6,7 +6,9 @@
         --config.train.global_batch_size=8 --peak-tflops 989   # one H100, bf16 dense
 
 Times `--steps` jitted steps after one warm-up (compile) step on synthetic data,
-blocking on each step's outputs. MFU = model FLOPs per second / peak, model FLOPs
+blocking on each step's outputs. `cpu_step_s` is the median process CPU time
+(user + system, all threads) of a step: on a shared machine, the figure that load
+distorts least. MFU = model FLOPs per second / peak, model FLOPs
 from showo2_jax.train.flops (3 x forward matmul FLOPs, stated there). Without
 --peak-tflops the peak is *measured*: the best float32 GEMM rate of this machine
 (so CPU MFU reads as "fraction of what a big matmul reaches here").
@@ -65,17 +67,19 @@ def bench(config, steps: int) -> dict:
     state, m = fn(state, batches[0], np.zeros(2, np.uint32))
     jax.block_until_ready(m)
     compile_s = time.perf_counter() - t
-    times = []
+    times, cpu = [], []
     for i in range(steps):
-      t = time.perf_counter()
+      t, c = time.perf_counter(), time.process_time()
       state, m = fn(state, batches[i + 1], np.full(2, i, np.uint32))
       jax.block_until_ready(m)
       times.append(time.perf_counter() - t)
+      cpu.append(time.process_time() - c)
   step_s = float(np.median(times))
   images = data_lib.slots_per_row(config)
   model_flops = flops.train_flops_per_step(task.model_config, int(config.max_seq_len), images, gb)
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(lay.abstract.params))
-  return dict(step_s=step_s, min_step_s=float(min(times)), compile_and_first_step_s=compile_s,
+  return dict(step_s=step_s, min_step_s=float(min(times)), cpu_step_s=float(np.median(cpu)),
+              compile_and_first_step_s=compile_s,
               tokens_per_s=gb * int(config.max_seq_len) / step_s, model_tflop_per_step=model_flops / 1e12,
               model_tflops=model_flops / step_s / 1e12, params_m=params / 1e6,
               loss=float(m["loss"]), global_batch=gb, seq_len=int(config.max_seq_len))

@@ -78,3 +78,51 @@ def test_compare_original_alternates_and_reports_ratios(tmp_path):
   assert all(r["peak_rss_gib"] > 0 for r in res["original_rounds"])
   assert "T2I 432 px, 3-point Euler + CFG" in stdout and "x faster" in stdout
   assert set(res["gemm_peak_tflops"]) == {"jax", "torch"}
+
+
+CLOCK_REFERENCE = """
+import json, time
+cpu = time.perf_counter is time.process_time
+print(json.dumps({"t2i_s_per_cfg_call": 2.0 if cpu else 1.0, "t2i_s_per_image_50_steps_est": 98.0,
+                  "mmu_tok_per_s": 1.0, "train_s_per_step_b2_L1024": 7.0}))
+"""
+
+
+def test_compare_original_clock_cpu_reads_process_time_in_both_programs(tmp_path):
+  ref = tmp_path / "ref_bench.py"
+  ref.write_text(CLOCK_REFERENCE)
+  code = tmp_path / "show-o2"
+  code.mkdir()
+  out = tmp_path / "compare.json"
+  stdout = _run([sys.executable, str(REPO / "benchmarks" / "compare_original.py"), *TINY,
+                 "--tasks", "t2i", "--t2i-points", "2", "--rounds", "1", "--clock", "cpu",
+                 "--reference-python", sys.executable, "--reference-code", str(code),
+                 "--reference-bench", str(ref), "--json", str(out)], tmp_path)
+  (row,) = json.loads(out.read_text())["table"]
+  assert row["original"] == 2.0 * 1                   # the stand-in saw process_time
+  assert row["ours"] > 0 and "cpu seconds" in stdout
+
+
+def test_attention_benchmark_runs_on_a_tiny_shape(tmp_path):
+  out = tmp_path / "attn.json"
+  _run([sys.executable, str(REPO / "benchmarks" / "attention_benchmark.py"), "--batch", "1", "--seq", "40",
+        "--heads", "2,1", "--head-dim", "8", "--chunks", "16", "--reps", "1", "--json", str(out)], tmp_path)
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["impl"] for r in rows] == ["dense", "chunked 16"]
+  assert all(r["wall_s"] > 0 and r["cpu_s"] >= 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_serve_benchmark_reports_latency_and_throughput(tmp_path):
+  """benchmarks/serve_benchmark.py on the tiny config: a server on 127.0.0.1, mixed
+  requests over HTTP (chats with 0-2 images, a stream, an image), no error, the
+  table on stdout and the JSON report in --out."""
+  out = tmp_path / "serve.json"
+  table = _run([sys.executable, str(REPO / "benchmarks" / "serve_benchmark.py"), "--config", "tiny",
+                "--requests", "4", "--concurrency", "4", "--max-tokens", "4", "--image-every", "4",
+                "--image-steps", "2", "--warmup-rounds", "0", "--out", str(out)], tmp_path)
+  res = json.loads(out.read_text())
+  assert res["requests"] == 4 and res["image_requests"] == 1 and res["warm"] is False
+  assert 0 < res["p50_s"] <= res["p95_s"] <= res["wall_s"] and res["throughput_req_s"] > 0
+  assert 1 <= res["batches"] <= 4 and res["chat_p50_s"] > 0 and res["image_p50_s"] > 0
+  assert "| p50 s | p95 s |" in table and f"| {res['p50_s']} | {res['p95_s']} |" in table

@@ -9,8 +9,8 @@ from showo2_jax.convert.showo2_torch import load_original
 from showo2_jax.models import attention, omni_mask
 from showo2_jax.models import showo2 as s2
 from showo2_jax.models.config import ConfigError
+from showo2_jax.parity.metrics import relative_error
 from showo2_jax.parity.sampling import run_sampling_parity
-from showo2_jax.parity.showo2 import relative_error
 
 
 def _rel(a, b):
@@ -39,6 +39,40 @@ def test_chunked_matches_dense_values_and_gradients_under_the_omni_mask(chunk):
     assert _rel(gc, gd) < 1e-6
 
 
+def test_chunked_visits_only_the_key_blocks_the_mask_needs():
+  """Per query chunk, the last key block any row may attend to: causal rows stop at
+  their own block, a visual block pulls its rows' chunk up to the block's end, and
+  a row that may attend to nothing takes every block (dense's uniform average)."""
+  mp = jnp.asarray([[[1, 4]]], jnp.int32)                  # visual block [1, 5) of 12
+  mask = omni_mask.omni_attention_mask(mp, 12)
+  need = attention._key_blocks_needed(mask.reshape(1, 6, 2, 12).swapaxes(0, 1), 2)
+  np.testing.assert_array_equal(np.asarray(need), [2, 2, 2, 3, 4, 5])
+  empty = mask.at[0, 6].set(False)
+  need = attention._key_blocks_needed(empty.reshape(1, 6, 2, 12).swapaxes(0, 1), 2)
+  np.testing.assert_array_equal(np.asarray(need), [2, 2, 2, 5, 4, 5])
+
+
+def test_chunked_matches_dense_with_a_row_that_attends_to_nothing_and_longer_keys():
+  """A fully masked row (dense: the uniform average of every value) and Lk > Lq
+  (a cached window), values and gradients."""
+  rng = np.random.default_rng(2)
+  q = jnp.asarray(rng.normal(size=(2, 11, 4, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(2, 19, 2, 8)), jnp.float32) for _ in range(2))
+  mask = omni_mask.omni_attention_mask(jnp.asarray([[[10, 5]], [[0, 0]]], jnp.int32), 11,
+                                       q_positions=jnp.broadcast_to(jnp.arange(8, 19), (2, 11)), kv_len=19)
+  mask = mask.at[1, 2].set(False)
+  w = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+
+  def f(impl):
+    return jax.value_and_grad(lambda *a: jnp.sum(attention.attention(*a, mask, 0.3, impl=impl, chunk_size=4) * w),
+                              argnums=(0, 1, 2))(q, k, v)
+  (l_d, g_d), (l_c, g_c) = f("dense"), f("chunked")
+  assert abs(float(l_c) - float(l_d)) <= 1e-5 * abs(float(l_d))
+  for gc, gd in zip(g_c, g_d):
+    assert _rel(gc, gd) < 1e-6
+
+
+@pytest.mark.slow
 def test_chunked_keeps_float32_scores_with_bfloat16_inputs():
   rng = np.random.default_rng(1)
   q, k, v = (jnp.asarray(rng.normal(size=(1, 20, 2, 8)), jnp.bfloat16) for _ in range(3))
@@ -84,6 +118,7 @@ def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_d
   assert worst < 1e-5, (worst, errs)
 
 
+@pytest.mark.slow
 def test_cached_decoding_and_flow_sampler_match_the_original_with_chunked_attention(showo2_fixture_dir):
   """Prefill in chunks of 5 queries, then KV-cached steps (t2i flow sampler with
   CFG, greedy understanding): the original's golden outputs still hold."""

@@ -58,7 +58,7 @@ def main():
   config.data = data_file.load(a.data)
   config.data.num_workers = a.num_workers
   config.tokenizer_path = a.tok
-  config.resolution, config.max_seq_len = 32, 48
+  config.max_seq_len = 64   # resolution: tiny_train's, which gives the model's latent grid
   config.train.global_batch_size = a.global_batch
   data, fsdp, tensor = (int(x) for x in a.mesh.split(","))
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = data, fsdp, tensor

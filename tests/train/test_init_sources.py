@@ -14,7 +14,7 @@ from flax import traverse_util
 
 from configs import _train_common as tc
 from configs import models
-from showo2_jax import config_lib
+from showo2_jax import config_lib, paths
 from showo2_jax import sharding as sharding_lib
 from showo2_jax.convert import checkpoint_io, hf, showo2_keys
 from showo2_jax.train import checkpointing, optimizer as optimizer_lib, partition, tasks, warm_start
@@ -158,6 +158,24 @@ def test_siglip_source_gives_und_trans_and_position_table(hf_dirs):
                                   siglip[f"{prefix}encoder.layers.{i}.mlp.fc1.weight"].T)
     np.testing.assert_array_equal(flat[f"und_trans/layers_{i}/layer_norm2/bias"],
                                   siglip[f"{prefix}encoder.layers.{i}.layer_norm2.bias"])
+
+
+def test_siglip_source_in_a_bucket(hf_dirs, gcs_bucket):
+  """An HF directory at gs:// (emulator) is copied to a temporary folder and read
+  like a local one: the same params."""
+  root, _, _ = hf_dirs
+  remote = gcs_bucket + "/models/siglip"
+  paths.copy_from_local(root / "siglip", remote)
+  c = _config()
+  c.init.fresh = STAGE1_FRESH + ("showo", "image_embedder_und")
+  c.init.sources = (f"siglip:{root / 'siglip'}",)
+  _, local, _, _ = _init(c)
+  c.init.sources = (f"siglip:{remote}",)
+  _, from_bucket, _, _ = _init(c)
+  a, b = _flat(local), _flat(from_bucket)
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def _save_run(workdir, c, params, lay):
