@@ -225,9 +225,3 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def axis_rules(rules=LOGICAL_AXIS_RULES):
   """Context manager activating the rules for `nn.with_logical_constraint`."""
   return nn.logical_axis_rules(list(rules))
-
-
-def shard_params(params, boxed_abstract, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-  """Places a plain (unboxed) param tree on the mesh by its logical names."""
-  shardings = mesh_shardings(boxed_abstract, mesh, rules)
-  return jax.tree.map(lambda a, s: jax.device_put(a, s), params, shardings)
