@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from typing import Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 from etils import epath
 
@@ -169,6 +170,13 @@ def open(p: PathLike, mode: str = "r"):  # pylint: disable=redefined-builtin
 def read_text(p: PathLike) -> str:
   with open(p, "r") as f:
     return f.read()
+
+
+def read_json(p: PathLike) -> Optional[Any]:
+  """The parsed JSON file `p` (local or gs://), or None if there is no such file."""
+  if not exists(p):
+    return None
+  return json.loads(read_text(p))
 
 
 def read_bytes(p: PathLike) -> bytes:

@@ -217,21 +217,11 @@ def fit_shardings(shardings, shapes, mesh: Mesh):
   return out
 
 
-def data_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-  """Batch-dimension sharding over (data, fsdp) for an array of rank `ndim`."""
-  return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
-
-
 def replicated(mesh: Mesh) -> NamedSharding:
+  """The same whole array on every device of `mesh`."""
   return NamedSharding(mesh, P())
 
 
 def axis_rules(rules=LOGICAL_AXIS_RULES):
   """Context manager activating the rules for `nn.with_logical_constraint`."""
   return nn.logical_axis_rules(list(rules))
-
-
-def shard_params(params, boxed_abstract, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-  """Places a plain (unboxed) param tree on the mesh by its logical names."""
-  shardings = mesh_shardings(boxed_abstract, mesh, rules)
-  return jax.tree.map(lambda a, s: jax.device_put(a, s), params, shardings)

@@ -34,14 +34,7 @@ LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 # Today's violations, to be removed one by one (never added to).
 ALLOWED: set[tuple[str, str]] = {
-    ("convert.training_run", "train.checkpointing"),
-    ("models.siglip_vision", "convert.checkpoint_io"),
-    ("models.siglip_vision", "convert.hf"),
-    ("models.siglip_vision", "convert.showo2_keys"),
-    ("sample.loading", "shapes.recipe"),
-    ("sample.loading", "train.checkpointing"),
     ("shapes.recipe", "cli.precompute"),
-    ("train.vae_encoder", "sample.loading"),
 }
 
 

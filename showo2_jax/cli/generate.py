@@ -16,6 +16,7 @@ import numpy as np
 
 from showo2_jax import paths
 from showo2_jax.cli.main import CliError
+from showo2_jax.flow import transport
 from showo2_jax.sample import cli_args, media
 from showo2_jax.sample.pipeline import FlowSampling, PromptTooLongError
 
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--steps", type=int, help="ODE grid points (N points = N-1 steps); default 50")
   parser.add_argument("--guidance", type=float, help="CFG scale (0 = no CFG); default 7.5")
   parser.add_argument("--shift", type=float, help="time shifting factor; default 3.0")
-  parser.add_argument("--method", choices=("euler", "heun", "dopri5"), help="ODE solver; default euler")
+  parser.add_argument("--method", choices=tuple(transport.SAMPLERS), help="ODE solver; default euler")
   parser.add_argument("--batch-size", type=int, default=1, help="prompts per batch")
   parser.add_argument("--num-frames", type=int, default=1, help="video frames (1 + 4k); 1 = image")
   parser.add_argument("--image", help="first frame for image-to-video (needs --num-frames >= 5)")

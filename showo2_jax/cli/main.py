@@ -97,13 +97,7 @@ def main(argv=None) -> int:
   for name, (module_name, help_) in COMMANDS.items():
     p = sub.add_parser(name, help=help_, description=help_)
     if name == wanted:
-      try:
-        modules[name] = importlib.import_module(module_name)
-      except ModuleNotFoundError as e:
-        if e.name == module_name:
-          print(f"showo2-jax: command '{name}' is not available in this build", file=sys.stderr)
-          return 2
-        raise
+      modules[name] = importlib.import_module(module_name)
       modules[name].add_arguments(p)
   args = parser.parse_args(argv)
   if args.command is None:

@@ -104,8 +104,9 @@ def run(args) -> int:
 
 def with_teacher(encode, siglip_dir: str, layer: int = -1):
   """encode_fn that adds `latents_teacher`: SigLIP pixel-tower features of each image."""
+  from showo2_jax.convert import hf  # pylint: disable=g-import-not-at-top
   from showo2_jax.models import siglip_vision  # pylint: disable=g-import-not-at-top
-  teacher = siglip_vision.teacher_encoder(siglip_dir, layer)
+  teacher = siglip_vision.teacher_encoder(*hf.load_siglip_vision(siglip_dir), layer)
 
   def both(pixels):
     out = encode(pixels)
@@ -126,13 +127,11 @@ def pool_encoder(pixels: np.ndarray, stride: int = 8, channels: int = 16) -> np.
 
 def wan_encoder(cfg, weights: str | None, *, deterministic: bool, seed: int = 0):
   """pixels -> {"latents": normalised posterior mean, "latents_logvar"} with the Wan VAE."""
-  try:
-    import jax  # pylint: disable=g-import-not-at-top
-    from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise CliError(f"the Wan VAE is not available in this build ({e}); use --encoder pool") from e
+  import jax  # pylint: disable=g-import-not-at-top
+  from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
+  from showo2_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
   from showo2_jax.sample import loading as sample_loading  # pylint: disable=g-import-not-at-top
-  if weights and sample_loading.is_orbax_dir(weights):
+  if weights and orbax_io.is_orbax_dir(weights):
     # An Orbax wan_vae checkpoint carries its own architecture and latent statistics.
     vae = sample_loading.load_vae(weights)
     vae_cfg, params = vae.config, vae.params

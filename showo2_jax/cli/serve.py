@@ -82,11 +82,12 @@ def build_server(args):
 
 def run(args) -> int:
   try:
+    import fastapi  # pylint: disable=g-import-not-at-top,unused-import
     import uvicorn  # pylint: disable=g-import-not-at-top
-    from showo2_jax.serve import api  # pylint: disable=g-import-not-at-top
   except ModuleNotFoundError as e:
     raise CliError(f"serving needs the 'serve' extra ({e.name} is missing): "
                    "pip install 'showo2-jax[serve]'") from None
+  from showo2_jax.serve import api  # pylint: disable=g-import-not-at-top
   server, engine = build_server(args)
   try:
     if args.warmup:

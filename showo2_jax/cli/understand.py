@@ -133,12 +133,12 @@ def _run_batch_file(args) -> int:
           continue
         try:
           item = json.loads(line)
-          paths = item["image"] if isinstance(item["image"], list) else [item["image"]]
+          image_paths = item["image"] if isinstance(item["image"], list) else [item["image"]]
           question = str(item["question"])
         except (ValueError, KeyError, TypeError):
           raise CliError(f"{args.batch_file}:{n}: expected {{\"image\": path or [paths], "
                          f"\"question\": text}}") from None
-        items.append((paths, question))
+        items.append((image_paths, question))
   except OSError as e:
     raise CliError(f"--batch-file: {e}") from None
   if not items:
@@ -146,7 +146,7 @@ def _run_batch_file(args) -> int:
   try:
     check_arguments(args)
     sampling = TokenSampling(args.temperature, args.top_k, args.top_p)
-    images = [[media.load_image(p) for p in paths] for paths, _ in items]
+    images = [[media.load_image(p) for p in image_paths] for image_paths, _ in items]
     pipe = cli_args.load_pipeline(args, need_vae=True)
     questions = [q for _, q in items]
     pipe.check_questions(questions, args.parity_mode, args.truncate, [len(i) for i in images])

@@ -15,25 +15,22 @@ post-layernorm, pooling head, text tower) is ignored by design, not an error.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Iterable, Optional
+
+import numpy as np
 
 from showo2_jax import paths
 from showo2_jax.convert import checkpoint_io, showo2_keys
 from showo2_jax.models import config as model_config
+from showo2_jax.models import siglip_vision
 
 QWEN2_MODEL_TYPES = ("qwen2",)
 SIGLIP_MODEL_TYPES = ("siglip", "siglip_vision_model")
 _POS = "embeddings.position_embedding.weight"
 
 
-def read_json(path: str) -> Optional[dict]:
-  """The JSON at `path` (local or gs://), or None if there is no such file."""
-  return json.loads(paths.read_text(path)) if paths.exists(path) else None
-
-
 def model_type(directory: str) -> Optional[str]:
-  cfg = read_json(paths.join(directory, "config.json")) or {}
+  cfg = paths.read_json(paths.join(directory, "config.json")) or {}
   return cfg.get("model_type")
 
 
@@ -100,3 +97,47 @@ def siglip_ignored(key: str, prefix: str, kept_layers: int) -> bool:
   if rest.startswith("encoder.layers."):
     return int(rest.split(".")[2]) >= kept_layers
   return False
+
+
+# ------------------------------------------------- SigLIP pixel tower (teacher)
+def load_siglip_vision(path: str, dtype=np.float32) -> tuple[siglip_vision.SiglipVisionTower, dict]:
+  """(tower, params) of the SigLIP pixel tower (the distillation teacher,
+  models/siglip_vision.py) from a Hugging Face SigLIP directory (SiglipVisionModel or
+  SiglipModel; either key prefix). Raises CheckpointFormatError on a bad dir."""
+  cfg_json = paths.read_json(paths.join(path, "config.json"))
+  if cfg_json is None:
+    raise checkpoint_io.CheckpointFormatError(f"{path}: no config.json (not a SigLIP directory)")
+  config = siglip_vision.SiglipVisionConfig.from_hf(cfg_json)
+  with checkpoint_io.StateDict(path) as sd:
+    p = siglip_prefix(sd.keys())
+    get = lambda k: np.asarray(sd[p + k], dtype)
+    params: dict = {
+        "patch_embedding": {"kernel": showo2_keys.to_flax_layout(get("embeddings.patch_embedding.weight"),
+                                                                 "conv2d").astype(dtype),
+                            "bias": get("embeddings.patch_embedding.bias")},
+        "position_embedding": get("embeddings.position_embedding.weight"),
+        "post_layernorm": {"scale": get("post_layernorm.weight"), "bias": get("post_layernorm.bias")},
+    }
+    for i in range(config.num_layers):
+      layer: dict = {}
+      for flax_leaf, key, layout in _siglip_vision_layer_entries(i):
+        node = layer
+        parts = flax_leaf.split("/")
+        for part in parts[:-1]:
+          node = node.setdefault(part, {})
+        node[parts[-1]] = showo2_keys.to_flax_layout(get(key), layout).astype(dtype)
+      params[f"layers_{i}"] = layer
+  return siglip_vision.SiglipVisionTower(config), params
+
+
+def _siglip_vision_layer_entries(i: int):
+  """(flax leaf under layers_i, HF key after the prefix, layout) of one encoder layer."""
+  out = []
+  for mod, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "out_proj")), ("mlp", ("fc1", "fc2"))):
+    for n in names:
+      out.append((f"{mod}/{n}/kernel", f"encoder.layers.{i}.{mod}.{n}.weight", "linear"))
+      out.append((f"{mod}/{n}/bias", f"encoder.layers.{i}.{mod}.{n}.bias", "copy"))
+  for ln in ("layer_norm1", "layer_norm2"):
+    out.append((f"{ln}/scale", f"encoder.layers.{i}.{ln}.weight", "copy"))
+    out.append((f"{ln}/bias", f"encoder.layers.{i}.{ln}.bias", "copy"))
+  return out

@@ -48,6 +48,13 @@ DEFAULT_CHUNK_BYTES = 256 << 20
 STORAGE_CHUNK_BYTES = 32 << 20
 
 
+def is_orbax_dir(path: str) -> bool:
+  """Whether `path` (local or gs://) is a folder holding one of our param checkpoints
+  (the sidecar, or Orbax's own metadata file)."""
+  return paths.isdir(path) and any(paths.exists(paths.join(path, m))
+                                   for m in (SIDECAR, "_CHECKPOINT_METADATA"))
+
+
 class OrbaxCheckpointError(ValueError):
   """A directory that is not one of our param checkpoints, or does not fit a target."""
 

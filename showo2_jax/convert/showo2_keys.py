@@ -57,9 +57,6 @@ RULES = (
 )
 _COMPILED = tuple((re.compile(f"^{f}$"), t, k) for f, t, k in RULES)
 
-# Subsets of the original's state_dict that are checkpoints of their own.
-SEMANTIC_LAYER_PREFIXES = ("image_embedder_und.", "position_embedding.", "und_trans.")
-
 log = logging.getLogger(__name__)
 
 
@@ -154,14 +151,6 @@ def unroll_flat(flat: Mapping[str, object], take: Callable = lambda a, i: a[i]) 
     else:
       out[path] = v
   return out
-
-
-def stacked_path(path: str) -> tuple[str, Optional[int]]:
-  """'x/layers_3/rest' -> ('x/layers/rest', 3); other paths unchanged."""
-  m = re.match(r"^(.*?)/layers_(\d+)/(.*)$", path)
-  if not m:
-    return path, None
-  return f"{m.group(1)}/layers/{m.group(3)}", int(m.group(2))
 
 
 # ----------------------------------------------------------------- conversion

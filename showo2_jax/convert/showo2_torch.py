@@ -94,8 +94,3 @@ def dtype_name(dtype) -> str:
   if name not in ("float32", "bfloat16", "float16"):
     raise ValueError(f"unsupported dtype {name!r}; use 'float32' or 'bfloat16'")
   return name
-
-
-def to_device(params, dtype=None):
-  """Host numpy params -> jax arrays (optionally cast)."""
-  return jax.tree.map(lambda a: jnp.asarray(a, dtype=dtype), params)

@@ -22,6 +22,8 @@ from showo2_jax import paths
 from showo2_jax.convert import checkpoint_io, hf
 from showo2_jax.convert import plan as plan_lib
 from showo2_jax.models import config as model_config
+from showo2_jax.vae import loading as vae_loading
+from showo2_jax.vae.wan import WanVAEConfig
 
 KINDS = ("showo2", "wan_vae", "qwen2", "siglip")
 # Small text files written back verbatim by to-torch, per kind.
@@ -59,7 +61,7 @@ def detect_kind(path: str) -> str:
   """The layout of `path`, from its config.json, else from its key names."""
   if not paths.exists(path):
     raise checkpoint_io.CheckpointFormatError(f"{path}: no such file or directory")
-  cfg = hf.read_json(paths.join(path, "config.json")) if paths.isdir(path) else None
+  cfg = paths.read_json(paths.join(path, "config.json")) if paths.isdir(path) else None
   if cfg:
     mt = cfg.get("model_type")
     if mt in hf.QWEN2_MODEL_TYPES:
@@ -103,9 +105,8 @@ def _record(path: str, sd: checkpoint_io.StateDict, kind: str) -> dict:
 
 
 def _vae_config(path: str):
-  from showo2_jax.vae.wan import WanVAEConfig  # pylint: disable=import-outside-toplevel
   cfg_path = os.path.join(_root(path), "config.json")
-  if _is_vae_config(hf.read_json(cfg_path)):
+  if _is_vae_config(paths.read_json(cfg_path)):
     return WanVAEConfig.from_json(cfg_path)
   return WanVAEConfig()
 
@@ -126,13 +127,13 @@ def open_source(path: str, kind: Optional[str] = None, *, scan_layers: bool = Fa
     if kind == "showo2":
       config = model_config.Showo2Config.from_original_dir(root, scan_layers=scan_layers)
     elif kind == "qwen2":
-      hf_json = hf.read_json(os.path.join(root, "config.json"))
+      hf_json = paths.read_json(os.path.join(root, "config.json"))
       if hf_json is None:
         raise model_config.ConfigError(f"{root}: no config.json next to the Qwen2 weights")
       config = hf.qwen2_config(hf_json, resize_vocab)
       record["resize_vocab"] = resize_vocab
     elif kind == "siglip":
-      hf_json = hf.read_json(os.path.join(root, "config.json"))
+      hf_json = paths.read_json(os.path.join(root, "config.json"))
       if hf_json is None:
         raise model_config.ConfigError(f"{root}: no config.json next to the SigLIP weights")
       config = hf.siglip_config(hf_json)
@@ -151,29 +152,19 @@ def open_source(path: str, kind: Optional[str] = None, *, scan_layers: bool = Fa
 
 
 # ------------------------------------------------------------ Wan VAE hook
-def _vae_loading():
-  try:
-    from showo2_jax.vae import loading  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise checkpoint_io.CheckpointFormatError(
-        f"Wan VAE conversion needs showo2_jax.vae.loading, which is not available ({e})") from e
-  return loading
-
-
 def vae_to_flax(state_dict, config, dtype=None) -> dict:
   """Wan VAE state_dict -> Flax params. The VAE is small (~500 MB in fp32), so it is
   converted in one piece by the VAE module's own (strict) table."""
-  loading = _vae_loading()
-  return loading.torch_state_dict_to_flax(dict(state_dict.items()), config, dtype=dtype)
+  return vae_loading.torch_state_dict_to_flax(dict(state_dict.items()), config, dtype=dtype)
 
 
 def vae_to_torch(params, config, layout: str = "original") -> dict:
   """Flax VAE params -> state_dict with the original (or diffusers) key names."""
-  return _vae_loading().flax_to_torch_state_dict(params, config, layout=layout)
+  return vae_loading.flax_to_torch_state_dict(params, config, layout=layout)
 
 
 def vae_layout(keys) -> str:
-  return _vae_loading().detect_layout(keys)
+  return vae_loading.detect_layout(keys)
 
 
 def vae_config_json(config) -> str:

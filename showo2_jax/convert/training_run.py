@@ -1,15 +1,17 @@
-"""Exporting the params of a training run as a standalone Orbax checkpoint.
+"""Reading a training run's workdir: its model config, its steps, its params.
 
 A run's workdir holds `config.json` (the whole ml_collections config) and
-`checkpoints/<step>/state` (params, optimizer state, step, rng). `export_run`
-keeps only the params, with the model config, in the format `convert to-torch`
+`checkpoints/<step>/state` (params, optimizer state, step, rng), written by
+`train.checkpointing.Checkpointer`. `restore_params` reads only the params (how
+stage 2, `generate --checkpoint WORKDIR` and `convert export-run` start);
+`export_run` writes them, with the model config, in the format `convert to-torch`
 and the inference commands read.
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -20,6 +22,11 @@ from showo2_jax.convert.showo2_torch import abstract_params
 from showo2_jax.models.config import Showo2Config
 
 log = logging.getLogger(__name__)
+
+# Orbax writes this file last in a step dir: a step without it never finished saving.
+STEP_METADATA = "_CHECKPOINT_METADATA"
+# A multi-phase run (shapes/recipe.py, `tiny_shapes`) records its phases here.
+PHASES_FILE = "phases.json"
 
 
 def run_model_config(workdir: str) -> Showo2Config:
@@ -32,15 +39,60 @@ def run_model_config(workdir: str) -> Showo2Config:
   return Showo2Config.from_config_dict(cfg["model"])
 
 
+def final_run_dir(workdir: str) -> Optional[str]:
+  """The workdir of a multi-phase run's final phase (`final_run` in its phases.json),
+  or None if `workdir` is not a multi-phase run."""
+  state = paths.read_json(paths.join(workdir, PHASES_FILE))
+  if state is None:
+    return None
+  return paths.join(workdir, state["final_run"])
+
+
 def export_run(workdir: str, out: str, step: Optional[int] = None, *, overwrite: bool = False) -> dict:
   """Writes the params of `workdir`'s checkpoint `step` (default: latest) to `out`."""
-  from showo2_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
   config = run_model_config(workdir)
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                           nn.meta.unbox(abstract_params(config)))
   source = paths.join(workdir, "checkpoints", str(step)) if step is not None else workdir
-  params = checkpointing.restore_params(source, abstract)
+  params = restore_params(source, abstract)
   orbax_io.save_params(out, params, config, kind="showo2", overwrite=overwrite)
   count = sum(int(x.size) for x in jax.tree.leaves(params))
   log.info("exported %d params from %s to %s", count, source, out)
   return {"out": out, "source": source, "params": count}
+
+
+def restore_params(path: str, abstract: Any) -> Any:
+  """Only the params of a saved TrainState, into `abstract`'s shapes, dtypes and shardings.
+
+  `path` is a run's workdir, its checkpoints dir (latest step) or a step dir. This
+  is how stage 2 starts from stage 1: optimizer state, step and data position are
+  left behind.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  (see orbax_io._ocp)
+  directory, step = find_step_dir(path)
+  if step is None:
+    steps = sorted(int(d) for d in paths.listdir(directory)
+                   if d.isdigit() and paths.exists(paths.join(directory, d, STEP_METADATA)))
+    if not steps:
+      raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    step = steps[-1]
+  item_dir = paths.join(directory, str(step), "state")
+  target = {"params": abstract}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    out = ckptr.restore(item_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  log.info("params restored from %s", item_dir)
+  return out["params"]
+
+
+def find_step_dir(path: str) -> tuple[str, Optional[int]]:
+  """`path` = a run's workdir, its checkpoints dir, or one step dir -> (checkpoints dir, step)."""
+  path = paths.as_str(path)
+  base = paths.name(path)
+  if base.isdigit() and paths.isdir(paths.join(path, "state")):
+    return paths.parent(path), int(base)
+  for candidate in (paths.join(path, "checkpoints"), path):
+    if paths.isdir(candidate) and any(d.isdigit() for d in paths.listdir(candidate)):
+      return candidate, None
+  raise FileNotFoundError(f"no checkpoints under {path}")

@@ -312,14 +312,37 @@ def dopri5_sample(v_fn: VelocityFn, x0: jax.Array, grid, atol: float = 1e-6, rto
   return out[0] if len(out) == 1 else out
 
 
-SAMPLERS = {"euler": euler_sample, "heun": heun_sample, "dopri5": dopri5_sample}
+class Sampler(NamedTuple):
+  """One ODE sampler: `fn(v_fn, x0, grid, **kwargs)`, and the model evaluations it makes
+  per grid interval (None: adaptive, counted by the solver)."""
+  fn: Callable
+  evals_per_interval: Optional[int]
+
+
+# The one sampler registry: `sample_ode`, the inference pipeline's progress bars and the
+# CLI's `--method` choices are all derived from it. A new sampler is one entry here.
+SAMPLERS: dict[str, Sampler] = {
+    "euler": Sampler(euler_sample, 1),
+    "heun": Sampler(heun_sample, 2),
+    "dopri5": Sampler(dopri5_sample, None),
+}
+
+
+def evaluations(method: str, num_steps: int) -> Optional[int]:
+  """Model evaluations of sampler `method` over a grid of `num_steps` points (None: adaptive)."""
+  per = _sampler(method).evals_per_interval
+  return None if per is None else per * (num_steps - 1)
+
+
+def _sampler(method: str) -> Sampler:
+  if method not in SAMPLERS:
+    raise ValueError(f"unknown ODE method '{method}'; expected one of {', '.join(SAMPLERS)}")
+  return SAMPLERS[method]
 
 
 def sample_ode(v_fn: VelocityFn, x0: jax.Array, grid, method: str = "euler", **kwargs):
-  """Dispatches to `euler_sample`, `heun_sample` or `dopri5_sample` by name."""
-  if method not in SAMPLERS:
-    raise ValueError(f"unknown ODE method '{method}'; expected one of {', '.join(SAMPLERS)}")
-  return SAMPLERS[method](v_fn, x0, grid, **kwargs)
+  """Dispatches to the sampler `method` of `SAMPLERS` (euler, heun, dopri5, ...)."""
+  return _sampler(method).fn(v_fn, x0, grid, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -144,8 +144,8 @@ class Showo2Config:
     if not paths.exists(cfg_path):
       raise ConfigError(f"{path}: no config.json (expected an original Show-o2 model directory)")
     top = json.loads(paths.read_text(cfg_path))
-    llm_json = _read_json(paths.join(path, "llm_config.json"))
-    siglip_json = _read_json(paths.join(path, "siglip_config.json"))
+    llm_json = paths.read_json(paths.join(path, "llm_config.json"))
+    siglip_json = paths.read_json(paths.join(path, "siglip_config.json"))
     return cls.from_original_json(top, llm_json, siglip_json, **overrides)
 
   @classmethod
@@ -287,11 +287,6 @@ def siglip_config_from_hf(d: Mapping[str, Any]) -> SiglipConfig:
       hidden_size=int(d["hidden_size"]), intermediate_size=int(d["intermediate_size"]),
       num_layers=int(d["num_hidden_layers"]) - 1, num_heads=int(d["num_attention_heads"]),
       layer_norm_eps=float(d.get("layer_norm_eps", 1e-6)), position_grid=image_size // patch)
-
-
-def _read_json(path: str) -> Optional[dict]:
-  """The JSON at `path` (local or gs://), or None if there is no such file."""
-  return json.loads(paths.read_text(path)) if paths.exists(path) else None
 
 
 def _to_dict(cfg: Any) -> Any:

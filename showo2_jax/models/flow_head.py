@@ -20,8 +20,6 @@ from showo2_jax.models import layers
 from showo2_jax.models.config import FlowHeadConfig
 from showo2_jax.models.qwen2 import SwiGLU
 
-ACT = ("activation_batch", "activation_length", "activation_embed")
-
 
 def timestep_sinusoid(t: jax.Array, dim: int = 256, max_period: float = 10000.0) -> jax.Array:
   """cos-first sinusoid of raw t in [0, 1] (not scaled by 1000), fp32."""
@@ -96,7 +94,7 @@ class ModulatedAttentionBlock(nn.Module):
     mlp = SwiGLU(d, c.intermediate_size, name="mlp", kernel_init=layers.torch_linear_kernel_init,
                  **kw)(modulate(h, shift_mlp, scale_mlp))
     x = x + (gate_mlp * mlp).astype(x.dtype)
-    return nn.with_logical_constraint(x, ACT), new_cache
+    return nn.with_logical_constraint(x, layers.ACT), new_cache
 
 
 class FinalLayer(nn.Module):

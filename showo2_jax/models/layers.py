@@ -31,6 +31,8 @@ default_kernel_init = nn.initializers.lecun_normal()
 torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 # Pass as `bias_init`: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in read from the input.
 TORCH_LINEAR_BIAS = "torch_linear_bias"
+# Logical axes of a (B, L, D) hidden state between blocks (sharding.LOGICAL_AXIS_RULES).
+ACT = ("activation_batch", "activation_length", "activation_embed")
 
 
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool = True, dtype: Dtype = jnp.float32,

@@ -16,8 +16,6 @@ import jax.numpy as jnp
 from showo2_jax.models import layers
 from showo2_jax.models.config import Qwen2Config
 
-ACT = ("activation_batch", "activation_length", "activation_embed")
-
 
 class SwiGLU(nn.Module):
   """down(silu(gate(x)) * up(x)), no biases (Qwen2 and flow-head MLPs)."""
@@ -56,7 +54,7 @@ class Qwen2DecoderLayer(nn.Module):
     x = x + a
     h = layers.RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     x = x + SwiGLU(c.hidden_size, c.intermediate_size, name="mlp", **kw)(h)
-    return nn.with_logical_constraint(x, ACT), new_cache
+    return nn.with_logical_constraint(x, layers.ACT), new_cache
 
 
 class Qwen2Model(nn.Module):
@@ -89,7 +87,7 @@ class Qwen2Model(nn.Module):
 
   def __call__(self, inputs_embeds, positions, mask, cache=None, cache_index=None):
     """Returns (final-norm hidden states, new cache)."""
-    x = nn.with_logical_constraint(inputs_embeds.astype(self.dtype), ACT)
+    x = nn.with_logical_constraint(inputs_embeds.astype(self.dtype), layers.ACT)
     rope = layers.rope_cos_sin(positions, self.inv_freq, self.dtype)
     x, new_cache = layers.call_layer_stack(self.layers, x, rope, mask, cache, cache_index, cache_argnum=2)
     return self.norm(x), new_cache

@@ -15,8 +15,6 @@ import numpy as np
 from showo2_jax.models import layers
 from showo2_jax.models.config import SiglipConfig
 
-ACT = ("activation_batch", "activation_length", "activation_embed")
-
 
 class SiglipAttention(nn.Module):
   config: SiglipConfig
@@ -60,7 +58,7 @@ class SiglipEncoderLayer(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = x + SiglipAttention(c, name="self_attn", **kw)(layers.LayerNorm(c.layer_norm_eps, name="layer_norm1", **kw)(x))
     x = x + SiglipMLP(c, name="mlp", **kw)(layers.LayerNorm(c.layer_norm_eps, name="layer_norm2", **kw)(x))
-    return nn.with_logical_constraint(x, ACT), None
+    return nn.with_logical_constraint(x, layers.ACT), None
 
 
 class SiglipEncoder(nn.Module):

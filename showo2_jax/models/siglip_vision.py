@@ -7,7 +7,7 @@ HF `SiglipVisionModel` computes it: a 14x14/stride-14 patch embedding (Conv2d on
 RGB in [-1, 1], SigLIP's 0.5/0.5 normalisation), the learned position table, all
 encoder layers (the blocks of models/siglip.py) and the post-layernorm.
 
-    tower, params = siglip_vision.load_hf(siglip_dir)
+    tower, params = hf.load_siglip_vision(siglip_dir)           # showo2_jax.convert.hf
     feats = tower.apply({"params": params}, pixels, output_layer=None)   # (B, N, D)
 
 `output_layer=None` gives the post-layernormed last hidden state (HF
@@ -18,7 +18,6 @@ features at the depth of Show-o2's `und_trans`. The pooling head is not built.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -94,59 +93,16 @@ class SiglipVisionTower(nn.Module):
     return x.astype(jnp.float32)
 
 
-def load_hf(path: str, dtype=np.float32) -> tuple[SiglipVisionTower, dict]:
-  """(tower, params) from a Hugging Face SigLIP directory (SiglipVisionModel or
-  SiglipModel; either key prefix). Raises CheckpointFormatError on a bad dir."""
-  from showo2_jax.convert import checkpoint_io, hf, showo2_keys  # pylint: disable=import-outside-toplevel
-  cfg_json = hf.read_json(os.path.join(path, "config.json"))
-  if cfg_json is None:
-    raise checkpoint_io.CheckpointFormatError(f"{path}: no config.json (not a SigLIP directory)")
-  config = SiglipVisionConfig.from_hf(cfg_json)
-  with checkpoint_io.StateDict(path) as sd:
-    p = hf.siglip_prefix(sd.keys())
-    get = lambda k: np.asarray(sd[p + k], dtype)
-    params: dict = {
-        "patch_embedding": {"kernel": showo2_keys.to_flax_layout(get("embeddings.patch_embedding.weight"),
-                                                                 "conv2d").astype(dtype),
-                            "bias": get("embeddings.patch_embedding.bias")},
-        "position_embedding": get("embeddings.position_embedding.weight"),
-        "post_layernorm": {"scale": get("post_layernorm.weight"), "bias": get("post_layernorm.bias")},
-    }
-    for i in range(config.num_layers):
-      layer: dict = {}
-      for flax_leaf, key, layout in _layer_entries(i):
-        node = layer
-        parts = flax_leaf.split("/")
-        for part in parts[:-1]:
-          node = node.setdefault(part, {})
-        node[parts[-1]] = showo2_keys.to_flax_layout(get(key), layout).astype(dtype)
-      params[f"layers_{i}"] = layer
-  return SiglipVisionTower(config), params
-
-
-def _layer_entries(i: int):
-  """(flax leaf under layers_i, HF key after the prefix, layout) of one encoder layer."""
-  out = []
-  for mod, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "out_proj")), ("mlp", ("fc1", "fc2"))):
-    for n in names:
-      out.append((f"{mod}/{n}/kernel", f"encoder.layers.{i}.{mod}.{n}.weight", "linear"))
-      out.append((f"{mod}/{n}/bias", f"encoder.layers.{i}.{mod}.{n}.bias", "copy"))
-  for ln in ("layer_norm1", "layer_norm2"):
-    out.append((f"{ln}/scale", f"encoder.layers.{i}.{ln}.weight", "copy"))
-    out.append((f"{ln}/bias", f"encoder.layers.{i}.{ln}.bias", "copy"))
-  return out
-
-
-def teacher_encoder(path: str, output_layer: Optional[int] = -1):
+def teacher_encoder(tower: SiglipVisionTower, params: dict, output_layer: Optional[int] = -1):
   """pixels (B, 3, R, R) in [-1, 1] -> SigLIP features (B, grid**2, D) float32 numpy.
 
+  `tower, params` as `convert.hf.load_siglip_vision` reads them from a HF directory.
   Images are resized (bicubic, antialiased) to the tower's image_size first, so a
   432-px VAE input (27x27 latent tokens) meets SigLIP-384's 27x27 patch grid.
   `output_layer`: -1 (default) = the depth of Show-o2's `und_trans` (all layers
   but the last, no post-layernorm); None = the post-layernormed last layer.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  tower, params = load_hf(path)
   c = tower.config
   layer = c.num_layers - 1 if output_layer == -1 else output_layer
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from showo2_jax.convert.showo2_torch import load_original
 from showo2_jax.models import showo2 as s2
+from showo2_jax.parity.metrics import relative_error
 
 MAX_RATIO = 1.1         # ours (quirk off) / original arithmetic-only, relative to fp32
 MAX_QUIRK_DISTANCE = 2.0  # ours (quirk on) to original as-scripted, in units of the latter's arithmetic error
@@ -58,10 +59,6 @@ class Row:
     return (not self.gated) or (self.ratio <= MAX_RATIO and
                                 self.quirk_distance <= MAX_QUIRK_DISTANCE * self.original)
 
-
-def rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def find_model_dir(path: str) -> str:
@@ -148,7 +145,7 @@ def run_bf16_parity(path: str, sampling: bool = True) -> Iterator[Row]:
     # Where that alone moves the result by half the original's bf16 error or more, the
     # trajectory is chaotic and bf16 errors cannot be compared: the row is information.
     if "t2i_final_latents_fp32_perturbed" in samp:
-      amp = rel(samp["t2i_final_latents_fp32_perturbed"], ref["fp32"])
+      amp = relative_error(samp["t2i_final_latents_fp32_perturbed"], ref["fp32"])
       row.gated = amp < 0.5 * row.original
       yield row
       yield Row("t2i", "fp32 perturbed", amp, amp, amp, amp, amp, gated=False)
@@ -159,11 +156,11 @@ def run_bf16_parity(path: str, sampling: bool = True) -> Iterator[Row]:
 def _row(case, out, ours, ref, key: Optional[str] = None) -> Row:
   key = key or out
   return Row(case, out,
-             ours_off=rel(ours[False][key], ref["fp32"]),
-             original=rel(ref["bf16_fp32rope"], ref["fp32"]),
-             quirk_distance=rel(ours[True][key], ref["bf16"]),
-             ours_on=rel(ours[True][key], ref["fp32"]),
-             scripted=rel(ref["bf16"], ref["fp32"]))
+             ours_off=relative_error(ours[False][key], ref["fp32"]),
+             original=relative_error(ref["bf16_fp32rope"], ref["fp32"]),
+             quirk_distance=relative_error(ours[True][key], ref["bf16"]),
+             ours_on=relative_error(ours[True][key], ref["fp32"]),
+             scripted=relative_error(ref["bf16"], ref["fp32"]))
 
 
 HEADER = (f"{'case':<5} {'output':<14} {'ours bf16':>10} {'original':>10} {'ratio':>6}   "

@@ -20,6 +20,7 @@ import numpy as np
 
 from showo2_jax.convert.showo2_torch import load_original
 from showo2_jax.models.showo2 import Showo2
+from showo2_jax.parity.metrics import relative_error
 from showo2_jax.sample import prefix as prefix_lib
 from showo2_jax.flow import transport
 from showo2_jax.sample import understanding, visual
@@ -30,10 +31,6 @@ FIXTURE_PAD_ID = 0  # fixture ids: pad 0, bos 1, eos 2, boi 3, eoi 4, img_pad 5
 
 Result = Tuple[str, float, float]
 
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def cached_t2i_latents(model, params, d) -> jax.Array:
@@ -51,7 +48,7 @@ def cached_t2i_latents(model, params, d) -> jax.Array:
 
 def _t2i(model, params, d) -> List[Result]:
   out = cached_t2i_latents(model, params, d)
-  return [("t2i_final_latents (cached)", rel_err(out, d["t2i_final_latents"]), THRESHOLD)]
+  return [("t2i_final_latents (cached)", relative_error(out, d["t2i_final_latents"]), THRESHOLD)]
 
 
 def _understanding(model, params, d) -> List[Result]:
@@ -76,7 +73,7 @@ def _understanding(model, params, d) -> List[Result]:
   logits = np.concatenate([prompt_logits, step_logits])
   mismatch = float(np.mean(got != want))
   return [("und_greedy_tokens (mismatches)", mismatch, THRESHOLD),
-          ("und_full_logits (cached)", rel_err(logits, full), THRESHOLD)]
+          ("und_full_logits (cached)", relative_error(logits, full), THRESHOLD)]
 
 
 def run_sampling_parity(fixture_dir, **model_overrides) -> List[Result]:

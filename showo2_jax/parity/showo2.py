@@ -15,15 +15,11 @@ import numpy as np
 
 from showo2_jax.convert.showo2_torch import load_original
 from showo2_jax.models import showo2 as s2
+from showo2_jax.parity.metrics import relative_error
 
 OUTPUT_THRESHOLD = 1e-4
 LOSS_THRESHOLD = 1e-5
 
-
-def relative_error(ours, ref) -> float:
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  denom = np.linalg.norm(ref)
-  return float(np.linalg.norm(ours - ref) / (denom if denom > 0 else 1.0))
 
 
 def run_showo2_parity(fixture_dir: str) -> list[tuple[str, float, float]]:

@@ -10,17 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from showo2_jax.parity.metrics import relative_error
 from showo2_jax.vae import loading, wan
 
 THRESHOLD = 1e-4
 
-
-def relative_error(ours, ref) -> float:
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  if ours.shape != ref.shape:
-    raise ValueError(f"shape mismatch: ours {ours.shape} vs reference {ref.shape}")
-  denom = np.linalg.norm(ref)
-  return float(np.linalg.norm(ours - ref) / (denom if denom > 0 else 1.0))
 
 
 def _decoded(params, latents, cfg, ref):

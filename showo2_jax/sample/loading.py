@@ -24,12 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from showo2_jax import paths
+from showo2_jax.convert import orbax_io
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import to_dtype
 
 log = logging.getLogger(__name__)
 
-ORBAX_MARKERS = ("showo2_jax.json", "_CHECKPOINT_METADATA")
 VAE_STRIDE = 8
 
 # Released checkpoints whose config.json does not say the resolution they generate
@@ -43,10 +43,6 @@ class CheckpointNotFoundError(FileNotFoundError):
   """The checkpoint path does not exist or holds no known checkpoint."""
 
 
-def is_orbax_dir(path: str) -> bool:
-  return paths.isdir(path) and any(paths.exists(paths.join(path, m)) for m in ORBAX_MARKERS)
-
-
 def _check_exists(path: str, what: str) -> str:
   path = os.fspath(path)
   if not paths.exists(path):
@@ -55,7 +51,6 @@ def _check_exists(path: str, what: str) -> str:
 
 
 def _restore_orbax(path: str, kind: str):
-  from showo2_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
   got, config, params = orbax_io.restore_params(path)
   if got != kind:
     raise ValueError(f"{path}: an Orbax '{got}' checkpoint, expected '{kind}'")
@@ -71,9 +66,8 @@ def resolve_training_run(path: str) -> Optional[str]:
   path = os.fspath(path)
   if not paths.isdir(path):
     return None
-  if paths.exists(paths.join(path, "phases.json")):
-    from showo2_jax.shapes import recipe  # pylint: disable=g-import-not-at-top
-    path = recipe.final_run_dir(path)
+  from showo2_jax.convert import training_run  # pylint: disable=g-import-not-at-top
+  path = training_run.final_run_dir(path) or path
   if (paths.exists(paths.join(path, "config.json"))
       and paths.isdir(paths.join(path, "checkpoints"))):
     return path
@@ -90,7 +84,6 @@ def load_training_run(run_dir: str) -> tuple[Showo2Config, Any]:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from showo2_jax.convert import training_run  # pylint: disable=g-import-not-at-top
   from showo2_jax.convert.showo2_torch import abstract_params  # pylint: disable=g-import-not-at-top
-  from showo2_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
   if run_config(run_dir).get("train", {}).get("task", "showo2") != "showo2":
     raise ValueError(f"{run_dir}: a training run of another task "
                      f"({run_config(run_dir)['train']['task']}), not of Show-o2")
@@ -98,7 +91,7 @@ def load_training_run(run_dir: str) -> tuple[Showo2Config, Any]:
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           nn.meta.unbox(abstract_params(config)))
   try:
-    params = checkpointing.restore_params(run_dir, abstract)
+    params = training_run.restore_params(run_dir, abstract)
   except FileNotFoundError as e:
     raise CheckpointNotFoundError(f"{run_dir}: {e}") from None
   return config, jax.device_get(params)
@@ -114,7 +107,7 @@ def load_showo2(path: str, dtype: str = "float32") -> tuple[Showo2Config, Any]:
   run = resolve_training_run(path)
   if run is not None:
     config, params = load_training_run(run)
-  elif is_orbax_dir(path):
+  elif orbax_io.is_orbax_dir(path):
     config, params = _restore_orbax(path, "showo2")
   else:
     root = paths.as_str(path) if paths.isdir(path) else paths.parent(path)
@@ -162,7 +155,7 @@ def load_vae(path: str, dtype: str = "float32") -> Vae:
   """`Wan2.1_VAE.pth`, a directory with config.json + weights, or an Orbax wan_vae."""
   from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
   path = _check_exists(path, "VAE checkpoint")
-  if is_orbax_dir(path):
+  if orbax_io.is_orbax_dir(path):
     config, params = _restore_orbax(path, "wan_vae")
   else:
     with paths.local_copy(path) as local:  # torch.load / mmap read local files: gs:// is copied
@@ -190,8 +183,8 @@ def checkpoint_identity(path: str) -> Optional[str]:
   from (recorded by `convert to-orbax`).
   """
   candidates = [paths.as_str(path)]
-  if is_orbax_dir(candidates[0]):
-    meta_file = paths.join(candidates[0], ORBAX_MARKERS[0])
+  if orbax_io.is_orbax_dir(candidates[0]):
+    meta_file = paths.join(candidates[0], orbax_io.SIDECAR)
     try:
       with paths.open(meta_file) as f:
         source = (json.load(f).get("source") or {}).get("path")

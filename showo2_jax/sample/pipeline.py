@@ -62,8 +62,7 @@ class FlowSampling:
 
   def evaluations(self) -> Optional[int]:
     """Model evaluations per image (None: adaptive)."""
-    per_step = {"euler": 1, "heun": 2}.get(self.method)
-    return None if per_step is None else per_step * (self.num_steps - 1)
+    return transport.evaluations(self.method, self.num_steps)
 
 
 def _chunks(items: Sequence[Any], size: int):

@@ -29,6 +29,7 @@ import sys
 import time
 
 from showo2_jax import paths as paths_lib
+from showo2_jax.convert import training_run
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ PHASE_TITLES = {
     "report": "samples.png, answers.txt, loss.png, metrics.json",
 }
 FINAL_PHASE = "stage2"
-STATE_FILE = "phases.json"
+STATE_FILE = training_run.PHASES_FILE
 
 
 class Paths:
@@ -59,15 +60,6 @@ class Paths:
 
   def latents_glob(self, name: str) -> str:
     return os.path.join(self.latents, name, "*.array_record")
-
-
-def final_run_dir(workdir: str):
-  """The workdir of the final Show-o2 phase when `workdir` is a recipe run, else None."""
-  path = paths_lib.join(workdir, STATE_FILE)
-  if not paths_lib.exists(path):
-    return None
-  state = json.loads(paths_lib.read_text(path))
-  return paths_lib.join(workdir, state.get("final_run", FINAL_PHASE))
 
 
 def _load_state(paths: Paths) -> dict:
@@ -233,10 +225,10 @@ def export_vae(config, paths: Paths):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from showo2_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
-  from showo2_jax.train import checkpointing, vae_task  # pylint: disable=import-outside-toplevel
+  from showo2_jax.train import vae_task  # pylint: disable=import-outside-toplevel
   cfg = vae_task.vae_config(config)
   abstract = jax.eval_shape(vae_task.init_fn(cfg), jax.random.PRNGKey(0))
-  params = checkpointing.restore_params(paths.vae, abstract)
+  params = training_run.restore_params(paths.vae, abstract)
   params = vae_task.host_params(params)
   with open(os.path.join(paths.world, "t2i.jsonl"), encoding="utf-8") as f:
     rels = [json.loads(line)["path"] for line in f if line.strip()][:512]

@@ -216,7 +216,7 @@ def trace_train_step(config, devices):
     shapes = data_lib.batch_shapes(config)
     shard = step_lib.batch_shardings(mesh, shapes)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shard[k]) for k, v in shapes.items()}
-    rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=state_lib.replicated(mesh))
+    rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=sharding_lib.replicated(mesh))
     encoder, args = None, ()
     if "pixel_values" in shapes:    # the VAE encode is part of the step: size it too
       encoder = vae_encoder.VaeEncoder(vae_encoder.vae_config(config))

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Optional
+from typing import Optional
 
 import grain
 import jax
@@ -45,6 +45,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from showo2_jax import paths
+# restore_params / find_step_dir read a run's params outside training too (convert, sample):
+# they live in convert/training_run and are re-exported here for the training code.
+from showo2_jax.convert.training_run import STEP_METADATA, find_step_dir, restore_params  # pylint: disable=unused-import
 from showo2_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,6 @@ LAYOUT_FIELDS = (("process_count", "the number of processes (hosts)"),
 
 DAMAGED_SUFFIX = ".damaged"
 # What Orbax writes into every finalized step dir; a step without it is not one.
-STEP_METADATA = "_CHECKPOINT_METADATA"
 
 
 @jax.jit
@@ -294,39 +296,3 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-def restore_params(path: str, abstract_params: Any) -> Any:
-  """Only the params of a saved TrainState, into `abstract_params`' shardings.
-
-  `path` is a run's workdir, its checkpoints dir (latest step) or a step dir. This
-  is how stage 2 starts from stage 1: optimizer state, step and data position are
-  left behind.
-  """
-  directory, step = find_step_dir(path)
-  if step is None:
-    steps = sorted(int(d) for d in paths.listdir(directory)
-                   if d.isdigit() and paths.exists(paths.join(directory, d, STEP_METADATA)))
-    if not steps:
-      raise FileNotFoundError(f"no complete checkpoint in {directory}")
-    step = steps[-1]
-  item_dir = paths.join(directory, str(step), "state")
-  target = {"params": abstract_params}
-  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-  with ocp.PyTreeCheckpointer() as ckptr:
-    out = ckptr.restore(item_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
-  log.info("params restored from %s", item_dir)
-  return out["params"]
-
-
-def find_step_dir(path: str) -> tuple[str, Optional[int]]:
-  """`path` = a run's workdir, its checkpoints dir, or one step dir -> (checkpoints dir, step)."""
-  path = paths.as_str(path)
-  base = paths.name(path)
-  if base.isdigit() and paths.isdir(paths.join(path, "state")):
-    return paths.parent(path), int(base)
-  for candidate in (paths.join(path, "checkpoints"), path):
-    if paths.isdir(candidate) and any(d.isdigit() for d in paths.listdir(candidate)):
-      return candidate, None
-  raise FileNotFoundError(f"no checkpoints under {path}")

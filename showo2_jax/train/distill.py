@@ -37,9 +37,6 @@ from showo2_jax.train import data as data_lib
 from showo2_jax.train import objective as objective_lib
 from showo2_jax.train import synthetic
 
-SEMANTIC_PREFIXES = ("image_embedder_und", "position_embedding", "und_trans")
-
-
 class SemanticLayers(nn.Module):
   """Show-o2's understanding path alone: latents (K, C, H, W) -> (K, N, D_siglip)."""
   config: Showo2Config

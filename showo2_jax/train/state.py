@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from showo2_jax import sharding as sharding_lib
 from showo2_jax.train import partition
@@ -87,13 +87,9 @@ def init_params(init_params_fn: Callable, lay: StateLayout, rng) -> Any:
 def create(params, rng, lay: StateLayout) -> TrainState:
   """A step-0 state around `params` (already placed with `lay.param_shardings`)."""
   fn = jax.jit(lambda p, r: make_state(p, r, lay.labels, lay.tx),
-               in_shardings=(lay.param_shardings, replicated(lay.mesh)),
+               in_shardings=(lay.param_shardings, sharding_lib.replicated(lay.mesh)),
                out_shardings=lay.shardings, donate_argnums=(0,))
   return fn(params, rng)
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
 
 
 def place(tree, abstract):

@@ -28,9 +28,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from showo2_jax.sharding import replicated
 from showo2_jax.train import data as data_lib
 from showo2_jax.train import partition, vae_encoder
-from showo2_jax.train.state import StateLayout, TrainState, replicated
+from showo2_jax.train.state import StateLayout, TrainState
 
 Objective = Callable  # (params, batch, rng) -> (loss, metrics dict of scalars)
 

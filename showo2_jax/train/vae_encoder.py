@@ -44,6 +44,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from showo2_jax import paths
+from showo2_jax.convert import orbax_io
 from showo2_jax.vae import wan
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def load_params(config, mesh: Mesh):
     source = f"random init (seed {int(config.seed)})"
   elif not paths.exists(path):
     raise FileNotFoundError(f"config.vae_checkpoint not found: '{path}'")
-  elif _is_orbax(path):
+  elif orbax_io.is_orbax_dir(path):
     host = _restore_orbax(path, cfg)
     source = path
   else:
@@ -187,13 +188,7 @@ def load_params(config, mesh: Mesh):
   return VaeEncoder(cfg), params
 
 
-def _is_orbax(path: str) -> bool:
-  from showo2_jax.sample import loading  # pylint: disable=import-outside-toplevel
-  return loading.is_orbax_dir(path)
-
-
 def _restore_orbax(path: str, cfg: wan.WanVAEConfig):
-  from showo2_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
   kind, stored_cfg, params = orbax_io.restore_params(path)
   if kind != "wan_vae":
     raise ValueError(f"config.vae_checkpoint {path}: an Orbax '{kind}' checkpoint, "

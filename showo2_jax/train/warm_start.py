@@ -55,8 +55,9 @@ import numpy as np
 from flax import traverse_util
 
 from showo2_jax import paths
+from showo2_jax.convert import training_run
 from showo2_jax.models.config import Showo2Config
-from showo2_jax.train import checkpointing, partition
+from showo2_jax.train import partition
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ class _FlatReader:
 
 def _checkpoint_dir(path: str) -> bool:
   try:
-    checkpointing.find_step_dir(path)
+    training_run.find_step_dir(path)
     return True
   except (FileNotFoundError, OSError):
     return False
@@ -301,7 +302,7 @@ class Assignment:
 def _fits_checkpoint(source: Source, flat_abstract: dict) -> dict:
   """{path tuple: problem or None} for a run checkpoint, from its metadata only."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  directory, step = checkpointing.find_step_dir(source.path)
+  directory, step = training_run.find_step_dir(source.path)
   if step is None:
     step = max(int(d) for d in paths.listdir(directory) if d.isdigit())
   item = paths.join(directory, str(step), "state")
@@ -444,7 +445,7 @@ def load(params, init_config, abstract_params, model_config: Showo2Config, *,
         log.warning("init: %s gives no param (later sources override all of it)", src.label)
         continue
       if readers[i] is None:   # a run checkpoint: restored straight into the shards
-        loaded = checkpointing.restore_params(src.path, traverse_util.unflatten_dict(mine))
+        loaded = training_run.restore_params(src.path, traverse_util.unflatten_dict(mine))
         flat.update(traverse_util.flatten_dict(loaded))
       else:
         for p, a in mine.items():

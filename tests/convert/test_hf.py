@@ -16,6 +16,7 @@ def _torch_np(t):
   return t.detach().float().numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [True, False])
 def test_qwen2_round_trip_loads_in_transformers(tiny_qwen2_factory, tmp_path, tie):
   transformers = pytest.importorskip("transformers")
@@ -40,6 +41,7 @@ def test_qwen2_round_trip_loads_in_transformers(tiny_qwen2_factory, tmp_path, ti
                                 _torch_np(model.model.layers[1].mlp.up_proj.weight).T)
 
 
+@pytest.mark.slow
 def test_qwen2_bf16_and_resize_vocab(tiny_qwen2_factory, tmp_path):
   torch = pytest.importorskip("torch")
   src, model = tiny_qwen2_factory(False, torch.bfloat16)
@@ -56,6 +58,7 @@ def test_qwen2_bf16_and_resize_vocab(tiny_qwen2_factory, tmp_path):
   assert json.loads((pt / "config.json").read_text())["vocab_size"] == 80
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full", [False, True])
 def test_siglip_to_semantic_layers(tiny_siglip_factory, tmp_path, full):
   src, model = tiny_siglip_factory(full)

@@ -80,6 +80,7 @@ _SHARDED_RESTORE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_restore_on_a_mesh(showo2_orbax):
   out = subprocess.run([sys.executable, "-c", _SHARDED_RESTORE, str(showo2_orbax / "plain"),
                         str(showo2_orbax / "scanned")], capture_output=True, text=True, timeout=300,

@@ -154,6 +154,7 @@ def test_wan_vae_pth_round_trip(wan_vae_fixture_dir, tmp_path):
   assert_same_tensors(pth, pt / "Wan2.1_VAE.pth")
 
 
+@pytest.mark.slow
 def test_wan_vae_diffusers_layout_round_trip(tmp_path):
   pytest.importorskip("showo2_jax.vae.loading")
   diffusers = pytest.importorskip("diffusers")

@@ -132,6 +132,7 @@ def test_cli_refuses_a_silent_random_vae(tmp_path, capsys):
   assert "--vae-weights: " in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_with_the_tiny_wan_vae(tmp_path):
   pytest.importorskip("showo2_jax.vae.wan")
   data = testing.write_image_text_dataset(tmp_path, 2)

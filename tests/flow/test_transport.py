@@ -191,6 +191,7 @@ def test_dopri5_accuracy_and_tolerance_control():
   assert int(tight_stats.num_steps) > int(stats.num_steps)
 
 
+@pytest.mark.slow
 def test_samplers_under_jit_match_eager():
   grid = tp.time_grid(6)
   x0 = jax.random.normal(jax.random.PRNGKey(4), (2, 3, 4))
@@ -289,3 +290,18 @@ def test_guided_euler_under_jit_counts_model_calls():
   jax.block_until_ready(out)
   assert len(counter) == 5  # one batched (cond + uncond) call per step
   assert out.shape == x0.shape and out.dtype == jnp.float32
+
+
+def test_one_sampler_registry_drives_evaluations_and_cli_choices():
+  """A sampler is one entry of SAMPLERS: its evaluations per image and the CLI's
+  --method choices follow from it."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  from showo2_jax.cli import generate  # pylint: disable=import-outside-toplevel
+  assert tp.evaluations("euler", 5) == 4 and tp.evaluations("heun", 5) == 8
+  assert tp.evaluations("dopri5", 5) is None
+  parser = argparse.ArgumentParser()
+  generate.add_arguments(parser)
+  method = next(a for a in parser._actions if a.dest == "method")  # pylint: disable=protected-access
+  assert tuple(method.choices) == tuple(tp.SAMPLERS)
+  with pytest.raises(ValueError, match="unknown ODE method"):
+    tp.evaluations("rk4", 5)

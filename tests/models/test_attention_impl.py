@@ -9,8 +9,8 @@ from showo2_jax.convert.showo2_torch import load_original
 from showo2_jax.models import attention, omni_mask
 from showo2_jax.models import showo2 as s2
 from showo2_jax.models.config import ConfigError
+from showo2_jax.parity.metrics import relative_error
 from showo2_jax.parity.sampling import run_sampling_parity
-from showo2_jax.parity.showo2 import relative_error
 
 
 def _rel(a, b):
@@ -72,6 +72,7 @@ def test_chunked_matches_dense_with_a_row_that_attends_to_nothing_and_longer_key
     assert _rel(gc, gd) < 1e-6
 
 
+@pytest.mark.slow
 def test_chunked_keeps_float32_scores_with_bfloat16_inputs():
   rng = np.random.default_rng(1)
   q, k, v = (jnp.asarray(rng.normal(size=(1, 20, 2, 8)), jnp.bfloat16) for _ in range(3))
@@ -117,6 +118,7 @@ def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_d
   assert worst < 1e-5, (worst, errs)
 
 
+@pytest.mark.slow
 def test_cached_decoding_and_flow_sampler_match_the_original_with_chunked_attention(showo2_fixture_dir):
   """Prefill in chunks of 5 queries, then KV-cached steps (t2i flow sampler with
   CFG, greedy understanding): the original's golden outputs still hold."""

@@ -106,6 +106,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_bf16_rounds_once_and_scores_accumulate_in_fp32():
   assert run_strict(CHECKS).strip().endswith("ok")
 

@@ -70,6 +70,7 @@ def test_rope_switch_changes_bf16_only(showo2_fixture_dir):
     assert not np.array_equal(a, b), k
 
 
+@pytest.mark.slow
 def test_load_original_dtype_sets_params_and_compute(showo2_fixture_dir):
   path = str(showo2_fixture_dir)
   cfg, params = load_original(path, dtype="bfloat16")

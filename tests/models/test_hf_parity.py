@@ -26,6 +26,7 @@ def subtree_params(module, prefix, torch_prefix, hf_state_dict, example_args):
   return showo2_keys.state_dict_to_params(sd, flat)[prefix.split("/")[0]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tied", [True, False])
 def test_qwen2_matches_hf_qwen2_for_causal_lm(tied):
   torch.manual_seed(0)

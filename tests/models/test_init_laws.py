@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from showo2_jax.models import flow_head as fh
 from showo2_jax.models import showo2
@@ -27,6 +28,7 @@ def _assert_uniform(x, bound, name):
   np.testing.assert_allclose(x.std(), bound / np.sqrt(3), rtol=0.1, err_msg=name)
 
 
+@pytest.mark.slow
 def test_fusion_and_diff_proj_use_pytorch_linear_default():
   fan_in = 192
   p = _params(showo2.FusionProj(96), jnp.zeros((1, 2, fan_in)))
@@ -47,6 +49,7 @@ def test_patch_embed_xavier_on_the_torch_view():
   np.testing.assert_array_equal(p["bias"], 0.0)
 
 
+@pytest.mark.slow
 def test_time_embedder_and_flow_head_block():
   p = _params(fh.TimestepEmbedder(128, 64), jnp.zeros((3,)))
   np.testing.assert_allclose(np.asarray(p["mlp_0"]["kernel"]).std(), 0.02, rtol=0.1)

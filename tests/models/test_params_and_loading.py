@@ -17,6 +17,7 @@ RELEASED_PARAM_COUNTS = {"showo2_1p5b": 2_830_777_056, "showo2_7b": 8_932_118_75
 LLM_PARAM_COUNTS = {"showo2_1p5b": 1_543_304_192, "showo2_7b": 7_612_785_152}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RELEASED_PARAM_COUNTS))
 def test_full_size_param_counts_match_the_released_checkpoints(name):
   cfg = Showo2Config.from_config_dict(config_lib.load_config(name).model)

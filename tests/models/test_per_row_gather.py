@@ -9,6 +9,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from showo2_jax.models import showo2
 
@@ -54,6 +55,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_flow_loss_temporaries_do_not_grow_with_the_number_of_devices():
   """4 rows per device on 4, 8 and 16 devices: the same per-device temporaries
   (a flat index over the global batch doubles them from 8 to 16 devices)."""

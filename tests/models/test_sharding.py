@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
       for mesh_cfg in ({"data": 2, "fsdp": 2, "tensor": 2}, {"data": 1, "fsdp": 8, "tensor": 1},
                        {"data": 2, "fsdp": 1, "tensor": 4}):
         mesh = sharding.create_mesh(mesh_cfg)
-        ps = sharding.shard_params(params, abstract_params(cfg), mesh)
+        ps = jax.device_put(params, sharding.mesh_shardings(abstract_params(cfg), mesh))
         with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh, sharding.axis_rules():
           out = jax.jit(f)(ps, *inputs)
         for k in ("logits", "v_tok"):

@@ -9,7 +9,8 @@ import pytest
 
 from showo2_jax.convert.showo2_torch import load_original
 from showo2_jax.models import showo2 as s2
-from showo2_jax.parity.showo2 import relative_error, run_showo2_parity
+from showo2_jax.parity.metrics import relative_error
+from showo2_jax.parity.showo2 import run_showo2_parity
 
 
 def test_every_fixture_case_matches(showo2_fixture_dir):
@@ -21,6 +22,7 @@ def test_every_fixture_case_matches(showo2_fixture_dir):
     assert err < threshold, f"{name}: relative error {err:.3e} >= {threshold}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["none", "full"])
 def test_scanned_layers_and_remat_give_the_same_outputs(showo2_fixture_dir, remat):
   cases = np.load(showo2_fixture_dir / "cases.npz")
@@ -33,6 +35,7 @@ def test_scanned_layers_and_remat_give_the_same_outputs(showo2_fixture_dir, rema
   assert relative_error(loss, cases["loss_flow"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_stays_close(showo2_fixture_dir):
   cases = np.load(showo2_fixture_dir / "cases.npz")
   config, params = load_original(str(showo2_fixture_dir))
@@ -42,6 +45,7 @@ def test_bfloat16_compute_stays_close(showo2_fixture_dir):
   assert relative_error(np.asarray(out["logits"], np.float32), cases["logits"]) < 3e-2
 
 
+@pytest.mark.slow
 def test_empty_slot_quirk_is_what_the_fixture_needs(showo2_fixture_dir):
   """Row 0 has an empty (0, 0) slot: the original writes its time token over BOS."""
   cases = np.load(showo2_fixture_dir / "cases.npz")

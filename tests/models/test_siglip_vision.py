@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from showo2_jax.models import siglip_vision
+from showo2_jax.convert import hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -11,6 +11,7 @@ VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_att
               image_size=42, patch_size=14)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full", [False, True])
 def test_tower_matches_hf_siglip(tmp_path, full):
   """Last hidden state (post-layernorm) and the hidden state at und_trans' depth
@@ -28,7 +29,7 @@ def test_tower_matches_hf_siglip(tmp_path, full):
   pixels = np.random.default_rng(0).uniform(-1, 1, (2, 3, 42, 42)).astype(np.float32)
   with torch.no_grad():
     out = model(pixel_values=torch.from_numpy(pixels), output_hidden_states=True)
-  tower, params = siglip_vision.load_hf(str(tmp_path))
+  tower, params = hf.load_siglip_vision(str(tmp_path))
   assert tower.config.grid == 3 and tower.config.num_layers == 3
   last = tower.apply({"params": params}, pixels)
   np.testing.assert_allclose(np.asarray(last), out.last_hidden_state.numpy(), atol=1e-5, rtol=1e-5)

@@ -120,6 +120,7 @@ def test_hf_qwen2_takes_the_additive_4d_mask_as_given(showo2_fixture_dir):
 
 
 # --------------------------------------------------------------------------- varied directories
+@pytest.mark.slow
 def test_varied_configs_exercise_what_they_claim(fixture_dirs):
   """Guards the presets: each one covers the feature it is named for."""
 
@@ -178,6 +179,7 @@ def test_check_parity_on_generated_dir(name, fixture_dirs, monkeypatch, capsys):
   assert "0 failed" in out
 
 
+@pytest.mark.slow
 def test_check_parity_fails_on_a_corrupted_weight(fixture_dirs, monkeypatch, capsys, tmp_path):
   """One flow-head weight changed: the velocity outputs fail, the logits still pass."""
   src = fixture_dirs("same_width")

@@ -42,6 +42,7 @@ def _run(capsys, *argv):
   return rc, out, err
 
 
+@pytest.mark.slow
 def test_generate_writes_pngs_from_original_and_orbax_checkpoints(assets, capsys):
   out_dir = assets["root"] / "t2i"
   rc, out, _ = _run(capsys, "generate", *assets["model"], "a dog", "a cat", "--steps", "3",
@@ -63,6 +64,7 @@ def test_generate_writes_pngs_from_original_and_orbax_checkpoints(assets, capsys
                                 np.asarray(Image.open(out_dir / files[0])))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:os.fork")  # the test's own iio.imread below (ffmpeg subprocess)
 def test_generate_image_to_video(assets, capsys):
   out_dir = assets["root"] / "i2v"
@@ -76,6 +78,7 @@ def test_generate_image_to_video(assets, capsys):
   assert frames.shape[0] == 5 and frames.shape[1:3] == (64, 64)
 
 
+@pytest.mark.slow
 def test_understand_answers_each_question(assets, capsys):
   rc, out, _ = _run(capsys, "understand", *assets["model"], "--image", assets["image"],
                     "--question", "What is in the image? *** Is it a dog?",
@@ -87,6 +90,7 @@ def test_understand_answers_each_question(assets, capsys):
   assert [a["question"] for a in answers] == ["What is in the image?", "Is it a dog?"]
 
 
+@pytest.mark.slow
 def test_understand_several_images_one_question_or_separately(assets, capsys):
   second = assets["root"] / "second.png"
   testing.random_image(np.random.default_rng(1), 64, 80).save(second)
@@ -116,6 +120,7 @@ def test_understand_several_images_one_question_or_separately(assets, capsys):
   assert got[1]["answer"] == json.loads(sep.read_text())[1]["answer"]
 
 
+@pytest.mark.slow
 def test_edit_and_eval_commands(assets, capsys):
   out_dir = assets["root"] / "edits"
   rc, out, _ = _run(capsys, "edit", *assets["model"], "--image", assets["image"], "make it red",
@@ -136,6 +141,7 @@ def test_edit_and_eval_commands(assets, capsys):
   assert rc == 1 and "--prompts" in err
 
 
+@pytest.mark.slow
 def test_mixed_writes_a_story(assets, capsys):
   out_dir = assets["root"] / "story"
   rc, out, err = _run(capsys, "mixed", *assets["model"], "--rounds", "1", "--max-text-tokens", "3",

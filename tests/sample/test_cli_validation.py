@@ -92,6 +92,7 @@ def test_sampling_settings_refuse_nan_and_too_few_steps():
     TokenSampling(temperature=math.nan)
 
 
+@pytest.mark.slow
 def test_understand_refuses_an_overlong_question_unless_truncate(assets, capsys):
   question = "describe every detail of the picture please " * 120  # > 512 tokens
   rc, out, err = _run(capsys, "understand", *assets["model"], "--image", assets["image"],
@@ -114,6 +115,7 @@ def _write_clip(path, frames=9, size=64):
   return written
 
 
+@pytest.mark.slow
 def test_mp4_frames_are_counted_and_sampled(tmp_path, recwarn):
   clip = _write_clip(tmp_path / "clip.mp4", frames=9)
   frames = data_media.read_video_frames(str(clip), 3)
@@ -126,6 +128,7 @@ def test_mp4_frames_are_counted_and_sampled(tmp_path, recwarn):
   assert not [w for w in recwarn if "os.fork" in str(w.message)]
 
 
+@pytest.mark.slow
 def test_understand_video_reads_the_mp4_that_generate_writes(assets, capsys, tmp_path):
   clip = _write_clip(tmp_path / "gen.mp4", frames=5)
   rc, out, err = _run(capsys, "understand", *assets["model"], "--video", str(clip),

@@ -72,6 +72,7 @@ def _aligned(rows):
 
 @pytest.mark.parametrize("sampling", [GREEDY, TokenSampling(temperature=1.0, top_k=5, top_p=0.9)],
                          ids=["greedy", "topk_topp"])
+@pytest.mark.slow
 def test_cached_decoding_equals_uncached(tiny, sampling):
   model, params = tiny
   rows, vis = _batch(model, params)
@@ -85,6 +86,7 @@ def test_cached_decoding_equals_uncached(tiny, sampling):
   assert int(cached.num_steps) == 10
 
 
+@pytest.mark.slow
 def test_cached_logits_equal_each_row_computed_alone(tiny):
   """Left-padding in a batch changes nothing: compare with unpadded full forwards."""
   model, params = tiny
@@ -155,6 +157,7 @@ def _multi_image_batch(model, params):
   return a, vis
 
 
+@pytest.mark.slow
 def test_several_images_cached_equals_uncached(tiny):
   model, params = tiny
   a, vis = _multi_image_batch(model, params)
@@ -175,6 +178,7 @@ def test_several_images_cached_equals_uncached(tiny):
   assert not np.allclose(gen1.prompt_logits[0, -1], gen2.prompt_logits[0, -1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_per_row_settings_and_streaming(tiny):
   """row_sampling / row_max_new give each row its own settings in one compiled call, and
   the stream sink sees every step's tokens."""

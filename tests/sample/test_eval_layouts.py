@@ -42,6 +42,7 @@ def read_geneval_folder(out):
   return got
 
 
+@pytest.mark.slow
 def test_geneval_layout_shards_resume_and_seeds(pipe, tmp_path):
   meta = tmp_path / "evaluation_metadata.jsonl"
   meta.write_text("".join(json.dumps(l) + "\n" for l in GENEVAL_LINES))
@@ -74,6 +75,7 @@ def test_geneval_layout_shards_resume_and_seeds(pipe, tmp_path):
   assert not any(f.endswith(".tmp") for _, _, fs in os.walk(out) for f in fs)
 
 
+@pytest.mark.slow
 def test_dpg_grids_hold_the_same_samples(pipe, tmp_path):
   prompts = tmp_path / "prompts"
   prompts.mkdir()

@@ -3,6 +3,7 @@ the checkpoint in the bucket gives the image the original directory gives."""
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from showo2_jax import paths
@@ -13,6 +14,7 @@ from showo2_jax.data import testing
 from tiny_model import random_params, tiny_config
 
 
+@pytest.mark.slow
 def test_convert_to_gs_and_generate_from_gs(gcs_bucket, tmp_path, wan_vae_fixture_dir, capsys):
   original = tmp_path / "showo2"
   original.mkdir()

@@ -1,7 +1,10 @@
 """Our cached loops reproduce the original's sampling loops (shared fixture)."""
+import pytest
+
 from showo2_jax.parity.sampling import run_sampling_parity
 
 
+@pytest.mark.slow
 def test_cached_paths_match_sampling_npz(showo2_fixture_dir):
   results = run_sampling_parity(showo2_fixture_dir)
   names = [name for name, _, _ in results]

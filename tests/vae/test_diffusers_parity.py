@@ -7,7 +7,7 @@ so this also checks the layout table and the multi-chunk caches against torch.
 import numpy as np
 import pytest
 
-from showo2_jax.parity.wan_vae import relative_error
+from showo2_jax.parity.metrics import relative_error
 from showo2_jax.vae import loading, wan
 
 

@@ -10,7 +10,7 @@ a 32x32 latent, 24-latent tiles with overlap 16) we measured relative L2 errors 
 import numpy as np
 import pytest
 
-from showo2_jax.parity.wan_vae import relative_error
+from showo2_jax.parity.metrics import relative_error
 from showo2_jax.vae import tiling, wan
 
 

@@ -4,10 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from showo2_jax.parity.wan_vae import relative_error, run_wan_vae_parity
+from showo2_jax.parity.metrics import relative_error
+from showo2_jax.parity.wan_vae import run_wan_vae_parity
 from showo2_jax.vae import wan
 
 
+@pytest.mark.slow
 def test_every_fixture_output_within_threshold(wan_vae_fixture_dir):
   results = run_wan_vae_parity(wan_vae_fixture_dir)
   names = [name for name, _, _ in results]
@@ -35,6 +37,7 @@ def test_4d_images_are_single_frames(wan_vae_params, wan_vae_cfg, wan_vae_cases)
   assert pixels.shape == (2, 3, 32, 32)
 
 
+@pytest.mark.slow
 def test_multi_chunk_scan_is_causal_and_matches_the_fixture(wan_vae_params, wan_vae_cfg,
                                                            wan_vae_cases):
   """9 frames = first chunk + 2 scanned chunks: the carried caches leave the latents and
