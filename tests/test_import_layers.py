@@ -2,7 +2,7 @@
 
 The layers, bottom to top (docs/architecture.md says what each owns):
 
-  0 shared       paths, config_lib, sharding (and the package's own __init__)
+  0 shared       paths, config_lib, sharding, testing (and the package's own __init__)
   1 core         models/, vae/, flow/, data/        (never each other)
   2 checkpoints  convert/                           (all checkpoint I/O)
   3 programs     train/, sample/                    (never each other)
@@ -23,7 +23,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "showo2_jax"
 
 LAYERS = (
-    ("paths", "config_lib", "sharding", "__init__"),
+    ("paths", "config_lib", "sharding", "testing", "__init__"),
     ("models", "vae", "flow", "data"),
     ("convert",),
     ("train", "sample"),

@@ -50,10 +50,9 @@ def test_uris_stay_uris_and_local_paths_become_absolute(tmp_path, monkeypatch):
   assert paths.name("gs://b/run/") == "run" and paths.name("x/y") == "y"
 
 
-def test_storage_emulator_host_alone_reaches_orbax(gcs_emulator, gcs_bucket, tmp_path):
-  """A user sets STORAGE_EMULATOR_HOST and nothing else: epath (directories) and
-  tensorstore (arrays) both talk to the emulator, and nothing is written locally."""
-  run = gcs_bucket + "/run"
+def _orbax_round_trip(host: str, run: str, tmp_path) -> None:
+  """In a child process with STORAGE_EMULATOR_HOST=host alone: an Orbax save and
+  restore under `run` (gs://) and a text file through showo2_jax.paths."""
   script = textwrap.dedent(f"""
     import jax.numpy as jnp, orbax.checkpoint as ocp
     from showo2_jax import paths
@@ -64,8 +63,9 @@ def test_storage_emulator_host_alone_reaches_orbax(gcs_emulator, gcs_bucket, tmp
     with ocp.CheckpointManager("{run}/ckpt") as mgr:
       out = mgr.restore(3, args=ocp.args.StandardRestore({{"w": jnp.zeros(4)}}))
     print("RESTORED", out["w"].tolist(), paths.read_text("{run}/note.txt"))
+    print("FILES", sorted(paths.listdir("{run}/ckpt/3")))
   """)
-  env = emulator.environ(gcs_emulator[1])
+  env = emulator.environ(host)
   env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
   work = tmp_path / "cwd"
   work.mkdir()
@@ -74,4 +74,30 @@ def test_storage_emulator_host_alone_reaches_orbax(gcs_emulator, gcs_bucket, tmp
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "RESTORED [0.0, 1.0, 2.0, 3.0] hi" in proc.stdout
   assert os.listdir(work) == []  # no ./gs:/ folder
-  assert "commit_success.txt" in paths.listdir(run + "/ckpt/3")  # Orbax's GCS completion mark
+  assert "commit_success.txt" in proc.stdout  # Orbax's GCS completion mark
+
+
+def test_storage_emulator_host_alone_reaches_orbax(gcs_emulator, gcs_bucket, tmp_path):
+  """A user sets STORAGE_EMULATOR_HOST and nothing else: epath (directories) and
+  tensorstore (arrays) both talk to the emulator, and nothing is written locally."""
+  _orbax_round_trip(gcs_emulator[1], gcs_bucket + "/run", tmp_path)
+
+
+def test_the_users_emulator_command_serves_orbax(tmp_path):
+  """`python -m showo2_jax.testing.gcs_emulator` (what docs/training.md tells users to
+  run) prints the line to export, creates the bucket, and Orbax saves to it."""
+  env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_EMULATOR_HOST",) + emulator.DERIVED_ENV}
+  env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.Popen([sys.executable, "-m", "showo2_jax.testing.gcs_emulator", "--port", "0",
+                           "--bucket", "user-bucket"], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    line = proc.stdout.readline().strip()
+    assert line.startswith("export STORAGE_EMULATOR_HOST=http://127.0.0.1:"), (
+        line + proc.stderr.read() if proc.poll() is not None else line)
+    host = line.split("=", 1)[1]
+    assert not host.endswith(":0")
+    _orbax_round_trip(host, "gs://user-bucket/run", tmp_path)
+  finally:
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -58,10 +58,23 @@ def load_config(args, *, check_data_paths: bool = True):
     raise CliError(str(e)) from None
 
 
-def quiet_libraries() -> None:
+def _not_an_orbax_traceback(record: logging.LogRecord) -> bool:
+  """False for Orbax's logged tracebacks of a failed background save: the same
+  error reaches the trainer, and the CLI prints it as one line (-v shows them)."""
+  tb = record.exc_info[2] if record.exc_info else None
+  while tb is not None:
+    if f"{os.sep}orbax{os.sep}" in tb.tb_frame.f_code.co_filename:
+      return False
+    tb = tb.tb_next
+  return True
+
+
+def quiet_libraries(verbose: bool = False) -> None:
   """Orbax and absl log every save step at INFO, fsspec every read; keep ours readable."""
   for name in ("absl", "orbax", "fsspec"):
     logging.getLogger(name).setLevel(logging.WARNING)
+    if not verbose and _not_an_orbax_traceback not in logging.getLogger(name).filters:
+      logging.getLogger(name).addFilter(_not_an_orbax_traceback)
   # gcsfs warns on every bucket whose type it cannot look up (an emulator, no credentials).
   logging.getLogger("gcsfs").setLevel(logging.ERROR)
 
@@ -81,7 +94,7 @@ def fast_compile(config) -> None:
 
 
 def run(args) -> int:
-  quiet_libraries()
+  quiet_libraries(getattr(args, "verbose", False))
   config = load_config(args)
   if "train" not in config:
     raise CliError(f"config '{args.config}' has no train block; use a training config "
@@ -91,6 +104,14 @@ def run(args) -> int:
   fast_compile(config)
   from showo2_jax.train import distributed  # pylint: disable=import-outside-toplevel
   distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  from showo2_jax.train import checkpointing  # pylint: disable=import-outside-toplevel
+  try:
+    return _train(config, args)
+  except checkpointing.CheckpointSaveError as e:
+    raise CliError(str(e)) from None
+
+
+def _train(config, args) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   from showo2_jax.train import console as console_lib, trainer  # pylint: disable=import-outside-toplevel
   if "recipe" in config:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Optional
 
 import grain
@@ -95,6 +96,19 @@ def params_finite(params) -> bool:
   return bool(_all_finite(params))
 
 
+class CheckpointSaveError(Exception):
+  """Orbax could not write a checkpoint (storage refused it); one line: the
+  checkpoint directory and the cause."""
+
+
+def _save_error(directory: str, e: BaseException) -> CheckpointSaveError:
+  # tensorstore appends its whole JSON spec ("[tensorstore_spec='{...}']") to its errors.
+  text = re.sub(r"\s*\[tensorstore_spec=.*$", "", " ".join(str(e).split()), flags=re.S)
+  text = text if len(text) <= 400 else text[:400] + "..."
+  return CheckpointSaveError(f"checkpoint save to {directory} failed: "
+                             f"{type(e).__name__}: {text or type(e).__name__}")
+
+
 def _one_line(e: BaseException, limit: int = 200) -> str:
   text = " ".join(str(e).split()) or type(e).__name__
   text = text if len(text) <= limit else text[:limit] + "..."
@@ -148,7 +162,10 @@ class Checkpointer:
       args["data"] = grain.checkpoint.CheckpointSave(IteratorSnapshot(iterator))
       if self.layout is not None:
         args["layout"] = ocp.args.JsonSave(self.layout)
-    saved = self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    try:  # also raises a failure of the previous (asynchronous) save
+      saved = self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _save_error(self.directory, e) from e
     if saved:
       log.info("checkpoint: saving step %d to %s", step, self.directory)
     return saved
@@ -291,8 +308,12 @@ class Checkpointer:
     return self.manager.reached_preemption(step)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Blocks until the pending save is written; CheckpointSaveError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise _save_error(self.directory, e) from e
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()

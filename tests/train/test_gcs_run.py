@@ -57,3 +57,43 @@ def test_gs_workdir_kill9_resume_and_sigterm(gcs_emulator, gcs_bucket, tmp_path)
   assert {"config.json", "metrics.jsonl", "checkpoints"} <= set(names), names
   assert any(n.startswith("events.out.tfevents.") for n in names), names   # TensorBoard
   assert list(cwd.iterdir()) == []                            # nothing local (no ./gs:/)
+
+
+def _free_port() -> int:
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_failed_gs_save_is_one_line(tmp_path):
+  """A plain `gcp-storage-emulator` (no x-goog-generation header) makes Orbax's save
+  fail; `train` exits 1 with one line naming the checkpoint dir and the cause, and
+  none of Orbax's logged tracebacks."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  port = _free_port()
+  plain = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host",
+                            "127.0.0.1", "--port", str(port), "--in-memory",
+                            "--default-bucket", "bucket"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    time.sleep(3)
+    log = tmp_path / "log.txt"
+    run = gcs_runs.start("gs://bucket/run", f"http://127.0.0.1:{port}", tmp_path / "cwd", log,
+                         "--config.train.num_steps=1")
+    assert run.wait(400) == 1
+  finally:
+    plain.terminate()
+    plain.wait(30)
+  out = log.read_text()
+  # (A tensorstore callback racing Orbax's closed event loop may still print one
+  # "RuntimeError: Event loop is closed" traceback of its own; not the error.)
+  assert "ERROR absl" not in out and "_SignalingThread" not in out, out[-3000:]
+  errors = [l for l in out.splitlines() if "StorageGeneration" in l]
+  assert len(errors) == 1, out[-3000:]
+  assert errors[0].startswith(
+      "showo2-jax train: error: checkpoint save to gs://bucket/run/checkpoints failed:")
+  assert "Malformed StorageGeneration" in errors[0] and "tensorstore_spec" not in errors[0]
