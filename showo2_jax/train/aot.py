@@ -42,7 +42,7 @@ class CompileReport:
   temp_bytes: int
   alias_bytes: int
   code_bytes: int
-  xla_peak_bytes: int            # XLA's own peak (TPU: what it checks against HBM; 0 on CPU)
+  xla_peak_bytes: int            # XLA's own peak (TPU: what it checks against HBM; used on TPU/GPU only)
   flops: float                   # XLA cost analysis, per device (a scanned body counted once)
   model_flops: float             # flops.train_flops_per_step / devices (remat not counted)
   program_flops: float           # flops.jaxpr_matmul_flops / devices (scans x length, remat counted)
@@ -59,10 +59,17 @@ class CompileReport:
     return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
 
   @property
+  def xla_peak_is_meaningful(self) -> bool:
+    """XLA's `peak_memory_in_bytes` is what the TPU/GPU compiler plans device memory
+    by; the CPU backend reports a number too (jax 0.10: below its own temporaries),
+    which is not a device's peak."""
+    return bool(self.xla_peak_bytes) and self.platform.lower() in ("tpu", "gpu", "cuda", "rocm")
+
+  @property
   def peak_bytes(self) -> int:
-    """What must fit in one device's memory: XLA's peak where the backend reports
-    it (TPU), else the upper bound `sum_bytes`."""
-    return self.xla_peak_bytes or self.sum_bytes
+    """What must fit in one device's memory: XLA's peak on TPU/GPU, else the upper
+    bound `sum_bytes`."""
+    return self.xla_peak_bytes if self.xla_peak_is_meaningful else self.sum_bytes
 
   def lines(self) -> list[str]:
     hbm = HBM_BYTES.get(self.device_kind)
@@ -70,7 +77,8 @@ class CompileReport:
     if hbm:
       fit = f" of {_bytes(hbm)} HBM ({100 * self.peak_bytes / hbm:.0f}%)"
       fit += "" if self.peak_bytes <= hbm else ": DOES NOT FIT"
-    peak_src = "XLA peak_memory_in_bytes" if self.xla_peak_bytes else "args + outputs + temps - aliased"
+    peak_src = ("XLA peak_memory_in_bytes" if self.xla_peak_is_meaningful else
+                f"upper bound: args + outputs + temps - aliased; {self.platform} reports no real peak")
     return [
         f"devices: {self.devices} ({self.device_kind or self.platform}), mesh {self.mesh}",
         f"attention: {self.attention_impl or '?'} ({self.pallas_kernels} Pallas TPU kernel calls "

@@ -86,6 +86,27 @@ def test_tiny_train_step_compiles_for_a_tpu_slice_and_two_slices():
   assert len(coll) == 2 and all("all-gather" in l for l in coll), coll
 
 
+def _report(platform: str, device_kind: str = "") -> aot.CompileReport:
+  mib = 2 ** 20
+  return aot.CompileReport(
+      devices=8, mesh={"fsdp": 8}, platform=platform, device_kind=device_kind, params=1,
+      trainable=1, argument_bytes=4 * mib, output_bytes=4 * mib, temp_bytes=18 * mib,
+      alias_bytes=4 * mib, code_bytes=0, xla_peak_bytes=2 * mib, flops=1.0, model_flops=1.0,
+      program_flops=1.0, tokens_per_device=1.0, compile_seconds=1.0)
+
+
+def test_the_peak_is_xlas_on_tpu_and_the_upper_bound_on_cpu():
+  """The CPU backend reports a peak_memory_in_bytes below its own temporaries (jax
+  0.10); only TPU/GPU peaks are used, elsewhere the labelled upper bound."""
+  cpu = _report("cpu")
+  assert cpu.peak_bytes == cpu.sum_bytes == 22 * 2 ** 20
+  peak = next(l for l in cpu.lines() if l.startswith("per device peak"))
+  assert "upper bound: args + outputs + temps - aliased" in peak and "22" in peak, peak
+  tpu = _report("tpu", "TPU v5")
+  assert tpu.peak_bytes == 2 * 2 ** 20
+  assert any(l.startswith("per device peak (XLA peak_memory_in_bytes)") for l in tpu.lines())
+
+
 def test_collectives_are_counted_from_hlo_text():
   text = ("%a = f32[8] all-gather(%x)\n%b = f32[4] all-gather-start(%y)\n"
           "%c = f32[4] all-gather-done(%b)\n%d = f32[2] reduce-scatter(%z)\n")
