@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from showo2_jax.data import sequences
+from showo2_jax.data import sequences, tokenizer as tokenizer_lib
 from showo2_jax.sample.pipeline import FlowSampling
 from showo2_jax.serve.engine import ChatJob, Engine, ImageJob
 
@@ -56,10 +56,12 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 class RequestError(ValueError):
   """A bad request: answered with 400 and this message."""
 
-  def __init__(self, message: str, param: Optional[str] = None, status: int = 400):
+  def __init__(self, message: str, param: Optional[str] = None, status: int = 400,
+               code: Optional[str] = None):
     super().__init__(message)
     self.param = param
     self.status = status
+    self.code = code
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param=None, code=None) -> dict:
@@ -209,6 +211,7 @@ class Server:
     if pending_user is None:
       raise RequestError("the last message must be a user message", "messages")
     turns.append((pending_user, ""))
+    self._check_turn_lengths(turns)
     if len(images) > self.max_images:
       raise RequestError(f"{len(images)} images in one request; at most {self.max_images}",
                          "messages")
@@ -223,9 +226,11 @@ class Server:
       raise RequestError(f"max_tokens {max_tokens} is above this server's limit of "
                          f"{self.engine.max_new_tokens}", "max_tokens")
     if row["prompt_length"] + max_tokens > pipe.max_context:
-      raise RequestError(f"the prompt ({row['prompt_length']} tokens) plus max_tokens "
-                         f"({max_tokens}) exceeds the context of {pipe.max_context} tokens",
-                         "messages")
+      raise RequestError(f"This model's maximum context length is {pipe.max_context} tokens. "
+                         f"However, you requested {row['prompt_length'] + max_tokens} tokens "
+                         f"({row['prompt_length']} in the messages, {max_tokens} in the "
+                         "completion). Please reduce the length of the messages or completion.",
+                         "messages", code="context_length_exceeded")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > 4:
       raise RequestError("at most 4 stop sequences", "stop")
@@ -243,6 +248,21 @@ class Server:
                            f"{msg.role} messages", "messages")
       texts.append(part.text or "")
     return "\n".join(texts)
+
+  def _check_turn_lengths(self, turns) -> None:
+    """Refuses a user (or earlier assistant) turn the prompt layout would cut: the
+    stage-2c template keeps the first 512 tokens of each (spec 4.3), as the CLI's
+    `understand` refuses a longer question unless --truncate."""
+    for t, (user, answer) in enumerate(turns):
+      for role, text, limit in (("user", user, sequences.MMU_SOURCE_MAX_LEN),
+                                ("assistant", answer, sequences.MMU_TARGET_MAX_LEN - 1)):
+        n = len(tokenizer_lib.encode(self.pipe.tokenizer, text)) if text else 0
+        if n > limit:
+          raise RequestError(
+              f"This model's maximum context length is {limit} tokens per {role} message. "
+              f"However, {role} turn {t + 1} of your messages resulted in {n} tokens. "
+              "Please reduce the length of the messages.", "messages",
+              code="context_length_exceeded")
 
   def _user_text(self, msg: Message, i: int, images: list) -> str:
     """The user turn with one `<image>` per image part; appends the decoded images."""
@@ -318,12 +338,17 @@ def create_app(server: Server):
 
   @app.exception_handler(RequestError)
   async def _request_error(_, exc: RequestError):
-    return JSONResponse(error_body(str(exc), param=exc.param), status_code=exc.status)
+    return JSONResponse(error_body(str(exc), param=exc.param, code=exc.code),
+                        status_code=exc.status)
 
   @app.exception_handler(RequestValidationError)
   async def _validation_error(_, exc: RequestValidationError):
     errors = exc.errors()
     first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":  # loc ('body', <offset>): not a field
+      detail = (first.get("ctx") or {}).get("error") or first.get("msg", "")
+      return JSONResponse(error_body(f"request body is not valid JSON: {detail}"),
+                          status_code=400)
     loc = [str(x) for x in first.get("loc", ()) if x not in ("body",)]
     param = ".".join(loc) or None
     msg = first.get("msg", "invalid request")
@@ -352,7 +377,12 @@ def create_app(server: Server):
     return {"object": "list", "data": [{
         "id": server.model_name, "object": "model", "created": server.created,
         "owned_by": "showo2-jax", "image_sizes": server.sizes,
-        "max_context": server.pipe.max_context}]}
+        # Chat: prompt + completion positions, each user message at most 512 tokens
+        # (longer is a 400, context_length_exceeded); image prompts: max_seq_len's text part.
+        "max_context": server.pipe.max_context,
+        "max_message_tokens": sequences.MMU_SOURCE_MAX_LEN,
+        "max_image_prompt_tokens": server.pipe.max_text_len,
+        "max_seq_len": server.pipe.max_seq_len}]}
 
   @app.post("/v1/chat/completions")
   async def chat_completions(req: ChatCompletionRequest):

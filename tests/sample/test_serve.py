@@ -176,7 +176,9 @@ def test_bad_requests_are_openai_400s(server, client):
     assert err["type"] == "invalid_request_error" and "Traceback" not in r.text
   r = httpx.post(base + "/v1/chat/completions", content=b"{not json", timeout=60,
                  headers={"Content-Type": "application/json"})
-  assert r.status_code == 400 and "error" in r.json()
+  err = r.json()["error"]
+  assert r.status_code == 400 and err["param"] is None, r.text
+  assert err["message"].startswith("request body is not valid JSON: "), err
   for body, needle in [({"prompt": "x", "size": "3x3"}, "size"),
                        ({"prompt": "x", "response_format": "url"}, "b64_json"),
                        ({"prompt": "x", "n": 99}, "n="),
@@ -187,8 +189,32 @@ def test_bad_requests_are_openai_400s(server, client):
     client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}], n=3)
 
 
-def test_models_and_health(server, client):
+def test_an_over_long_message_is_a_context_length_400_not_a_silent_cut(server, client, pipe):
+  """Like `understand` without --truncate: a user message over the 512 tokens the
+  prompt layout keeps is refused (OpenAI's context_length_exceeded), never cut."""
+  _, base = server
+  long = "word " * 2000  # ~10,000 tokens of the test tokenizer
+  r = httpx.post(base + "/v1/chat/completions", timeout=60,
+                 json={"messages": [{"role": "user", "content": long}], "max_tokens": 2})
+  assert r.status_code == 400, r.text
+  err = r.json()["error"]
+  assert err["code"] == "context_length_exceeded" and err["param"] == "messages", err
+  assert "maximum context length is 512 tokens" in err["message"], err
+  with pytest.raises(openai.BadRequestError) as e:
+    client.chat.completions.create(model="x", messages=[{"role": "user", "content": long}])
+  assert e.value.code == "context_length_exceeded"
+  ok = httpx.post(base + "/v1/chat/completions", timeout=600,
+                  json={"messages": [{"role": "user", "content": "word " * 50}],
+                        "max_tokens": 2})
+  assert ok.status_code == 200, ok.text
+
+
+def test_models_and_health(server, client, pipe):
   assert [m.id for m in client.models.list().data] == ["show-o2-tiny"]
+  model = httpx.get(server[1] + "/v1/models", timeout=30).json()["data"][0]
+  assert model["max_context"] == pipe.max_context and model["max_message_tokens"] == 512
+  assert model["max_seq_len"] == pipe.max_seq_len == 50
+  assert model["max_image_prompt_tokens"] == pipe.max_text_len
   assert httpx.get(server[1] + "/health", timeout=30).json()["status"] == "ok"
 
 
