@@ -35,6 +35,19 @@ class CliError(Exception):
   """An error the user can fix; printed as one line, without a traceback."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse without prefix matching (`--dat` is not taken for `--data`), whose
+  errors (unknown or missing flags, bad values) are one line and exit 1, like the
+  commands' own errors. Subcommand parsers inherit it (argparse's parser_class)."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault("allow_abbrev", False)
+    super().__init__(*args, **kwargs)
+
+  def error(self, message):
+    self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 # Libraries that log routine INFO lines: Orbax (through absl) ~10 per checkpoint
 # load, JAX's backend probing ("Unable to initialize backend 'tpu'" on any host
 # with libtpu installed). `-v` shows them.
@@ -87,7 +100,7 @@ def main(argv=None) -> int:
   # TensorFlow (TFDS, TensorBoard writers) prints a oneDNN banner from C++ at import.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  parser = argparse.ArgumentParser(prog="showo2-jax", description=__doc__.splitlines()[0])
+  parser = ArgumentParser(prog="showo2-jax", description=__doc__.splitlines()[0])
   parser.add_argument("-v", "--verbose", action="store_true",
                       help="also show the libraries' INFO logs (Orbax, JAX backends) and tracebacks")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -99,7 +112,10 @@ def main(argv=None) -> int:
     if name == wanted:
       modules[name] = importlib.import_module(module_name)
       modules[name].add_arguments(p)
-  args = parser.parse_args(argv)
+  args, unknown = parser.parse_known_args(argv)
+  if unknown:
+    sub_parser = sub.choices.get(args.command, parser)
+    sub_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   if args.command is None:
     parser.print_help()
     return 2
