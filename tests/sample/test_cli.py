@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from showo2_jax.cli import main as cli
-from showo2_jax.convert import checkpoint_io, orbax_io, showo2_keys
+from showo2_jax.convert import orbax_io
 from showo2_jax.data import testing
 
-from tiny_model import random_params, tiny_config
+from tiny_model import random_params, tiny_config, write_original_dir
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +19,9 @@ def assets(tmp_path_factory, wan_vae_fixture_dir):
   """An original-layout Show-o2 directory of random tiny weights, a tokenizer, the VAE."""
   root = tmp_path_factory.mktemp("cli")
   ckpt = root / "showo2"
-  ckpt.mkdir()
   config = tiny_config()
-  for name, d in zip(("config.json", "llm_config.json", "siglip_config.json"),
-                     config.to_original_json()):
-    (ckpt / name).write_text(json.dumps(d))
   params = random_params(config)
-  checkpoint_io.save_safetensors(showo2_keys.params_to_state_dict(params),
-                                 str(ckpt / "model.safetensors"))
+  write_original_dir(ckpt, config, params)
   orbax_io.save_params(str(root / "orbax"), params, config)
   tok = testing.build_test_tokenizer(root / "tokenizer")
   image = root / "in.png"

@@ -8,22 +8,17 @@ from PIL import Image
 
 from showo2_jax import paths
 from showo2_jax.cli import main as cli
-from showo2_jax.convert import checkpoint_io, showo2_keys
+from showo2_jax.convert import checkpoint_io
 from showo2_jax.data import testing
 
-from tiny_model import random_params, tiny_config
+from tiny_model import random_params, tiny_config, write_original_dir
 
 
 @pytest.mark.slow
 def test_convert_to_gs_and_generate_from_gs(gcs_bucket, tmp_path, wan_vae_fixture_dir, capsys):
   original = tmp_path / "showo2"
-  original.mkdir()
   config = tiny_config()
-  for name, d in zip(("config.json", "llm_config.json", "siglip_config.json"),
-                     config.to_original_json()):
-    (original / name).write_text(json.dumps(d))
-  checkpoint_io.save_safetensors(showo2_keys.params_to_state_dict(random_params(config)),
-                                 str(original / "model.safetensors"))
+  write_original_dir(original, config, random_params(config))
   tok = testing.build_test_tokenizer(tmp_path / "tokenizer")
   remote = gcs_bucket + "/ckpt/showo2-orbax"
 
@@ -49,13 +44,8 @@ def test_every_input_and_output_in_the_bucket(gcs_bucket, tmp_path, wan_vae_fixt
   into gs:// (the weights equal the source's), and nothing appears on local disk
   under a folder named `gs:`."""
   original = tmp_path / "showo2"
-  original.mkdir()
   config = tiny_config()
-  for name, d in zip(("config.json", "llm_config.json", "siglip_config.json"),
-                     config.to_original_json()):
-    (original / name).write_text(json.dumps(d))
-  sd = showo2_keys.params_to_state_dict(random_params(config))
-  checkpoint_io.save_safetensors(sd, str(original / "model.safetensors"))
+  sd = write_original_dir(original, config, random_params(config))
   tok = testing.build_test_tokenizer(tmp_path / "tokenizer")
   paths.copy_from_local(original, gcs_bucket + "/in/showo2")
   paths.copy_from_local(tok, gcs_bucket + "/in/tokenizer")

@@ -29,3 +29,18 @@ def random_params(config: Showo2Config, seed: int = 0) -> dict:
       value = 0.2 * rng.standard_normal(leaf.shape) / np.sqrt(max(leaf.shape[0], 1))
     flat[path] = value.astype(np.float32)
   return showo2_keys.unflatten(flat)
+
+
+def write_original_dir(path, config: Showo2Config, params: dict) -> dict:
+  """Writes `params` as an original-layout Show-o2 directory at `path` (created):
+  config.json, llm_config.json, siglip_config.json and model.safetensors.
+  Returns the PyTorch state dict written."""
+  import json  # pylint: disable=import-outside-toplevel
+  from showo2_jax.convert import checkpoint_io  # pylint: disable=import-outside-toplevel
+  path.mkdir(parents=True, exist_ok=True)
+  for name, d in zip(("config.json", "llm_config.json", "siglip_config.json"),
+                     config.to_original_json()):
+    (path / name).write_text(json.dumps(d))
+  sd = showo2_keys.params_to_state_dict(params)
+  checkpoint_io.save_safetensors(sd, str(path / "model.safetensors"))
+  return sd
