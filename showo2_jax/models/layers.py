@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
+from showo2_jax.models import fsdp_matmul
+
 Dtype = Any
 KVCache = dict  # {"k": (B, S, Hkv, Dh), "v": (B, S, Hkv, Dh)}
 
@@ -64,8 +66,8 @@ class Dense(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
                         (x.shape[-1], self.features), self.param_dtype)
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
-                            (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    # Under FSDP the kernel's gradient is reduce-scattered, not all-reduced (fsdp_matmul.py).
+    y = fsdp_matmul.matmul(x, kernel, self.dtype, self.axes)
     if self.use_bias:
       bias_init = self.bias_init
       if isinstance(bias_init, str) and bias_init == TORCH_LINEAR_BIAS:
