@@ -23,7 +23,7 @@ def get_config(arg=None):
     c.train.log_every, c.checkpoint.every_steps = 10, 100
   elif size == "so400m":
     c = common.base_config()
-    c.model = tc.bf16_training(models.showo2_1p5b(tokens_per_side=27))
+    c.model = tc.bf16_training(models.showo2_1p5b(tokens_per_side=27), remat_policy="full")
     c.vae = models.wan_vae()
     c.resolution = 432
     tc.add_training(c, num_steps=100_000, global_batch_size=256)

@@ -23,7 +23,7 @@ def get_config(arg=None):
   if phase not in ("frozen", "full"):
     raise ValueError(f"mixed_modality_1p5b: phase must be frozen or full, got {phase!r}")
   c = common.base_config()
-  c.model = tc.bf16_training(models.showo2_1p5b(tokens_per_side=27))
+  c.model = tc.bf16_training(models.showo2_1p5b(tokens_per_side=27), remat_policy="full")
   c.vae = models.wan_vae()
   c.resolution, c.max_seq_len = 432, 4352
   tc.add_training(c, num_steps=40_000 if phase == "frozen" else 50_000, global_batch_size=2 * GPUS,

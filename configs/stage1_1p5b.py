@@ -33,7 +33,7 @@ def get_config(arg=None):
   if sub not in ("a", "b"):
     raise ValueError(f"stage1_1p5b: sub-stage must be a or b, got {sub!r}")
   c = common.base_config()
-  c.model = tc.bf16_training(models.showo2_1p5b(tokens_per_side=27))
+  c.model = tc.bf16_training(models.showo2_1p5b(tokens_per_side=27), remat_policy="full")
   c.vae = models.wan_vae()
   c.resolution, c.max_seq_len = 432, 1024
   seed = 10086 if sub == "a" else 10000

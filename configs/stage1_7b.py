@@ -19,7 +19,7 @@ GPUS = 128
 
 def get_config(arg=None):
   c = stage1_1p5b.get_config(arg)
-  c.model = tc.bf16_training(models.showo2_7b(tokens_per_side=27))
+  c.model = tc.bf16_training(models.showo2_7b(tokens_per_side=27), remat_policy="full")
   c.train.global_batch_size = 8 * GPUS
   if (arg or "a") == "a":
     excluded = tc.TRANSFER_1P5B_TO_7B_EXCLUDE

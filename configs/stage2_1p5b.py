@@ -37,7 +37,7 @@ def get_config(arg=None, model=None, rows=(ROWS_T2I, ROWS_MMU)):
   if sub not in ("a", "b", "c"):
     raise ValueError(f"stage 2: sub-stage must be a, b or c, got {sub!r}")
   c = common.base_config()
-  c.model = model or tc.bf16_training(models.showo2_1p5b(tokens_per_side=27))
+  c.model = model or tc.bf16_training(models.showo2_1p5b(tokens_per_side=27), remat_policy="full")
   c.vae = models.wan_vae()
   c.resolution, c.max_seq_len = 432, 1024
   steps = MMU_SAMPLES[sub] // (rows[1] * GPUS) if sub in MMU_SAMPLES else STEPS_2B

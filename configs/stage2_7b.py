@@ -5,5 +5,5 @@ from configs import models, stage2_1p5b
 
 
 def get_config(arg=None):
-  return stage2_1p5b.get_config(arg, model=tc.bf16_training(models.showo2_7b(tokens_per_side=27)),
-                                rows=(2, 2))
+  model = tc.bf16_training(models.showo2_7b(tokens_per_side=27), remat_policy="full")
+  return stage2_1p5b.get_config(arg, model=model, rows=(2, 2))

@@ -264,6 +264,8 @@ class GQAttention(nn.Module):
     # Heads over `tensor` (query heads and the output; kv heads are few, replicated).
     q = nn.with_logical_constraint(q, ATTN_Q)
     k, v = (nn.with_logical_constraint(x, ATTN_KV) for x in (k, v))
+    # Names the remat policies `save_qkv_proj` and `save_attn` keep (remat_policy).
+    q, k, v = (checkpoint_name(t, n) for t, n in ((q, "query_proj"), (k, "key_proj"), (v, "value_proj")))
     from showo2_jax.models import attention  # pylint: disable=import-outside-toplevel
     out = attention.attention(q, k, v, mask, self.head_dim ** -0.5, impl=self.attention_impl,
                               chunk_size=self.attention_chunk_size)
@@ -276,12 +278,31 @@ class GQAttention(nn.Module):
 
 # --------------------------------------------------------------------------- remat
 def remat_policy(name: str):
-  """Config string -> jax.checkpoint policy (None means no remat)."""
+  """Config string (`model.remat_policy`) -> jax.checkpoint policy (None: no remat).
+
+  What the backward pass keeps from each layer's forward (the rest is recomputed),
+  from most memory to least (MaxText's names where they exist):
+  - `none`: everything (no remat).
+  - `dots`: every matmul output, attention scores included
+    (`checkpoint_dots`); only elementwise work is recomputed.
+  - `dots_with_no_batch_dims`: the projections' outputs (q/k/v, o_proj, MLP),
+    not the (B, H, L, L) attention scores; attention is recomputed.
+  - `save_attn`: q, k, v (after RoPE) and the attention output; the MLP and
+    the attention's scores are recomputed.
+  - `save_qkv_proj`: q, k, v (after RoPE).
+  - `save_attn_out`: the attention output only.
+  - `full`: nothing but the layer's input (`nothing_saveable`): a whole
+    forward pass recomputed per layer.
+  Raises ValueError for other names.
+  """
+  qkv = ("query_proj", "key_proj", "value_proj")
   policies = {
       "none": None,
       "full": jax.checkpoint_policies.nothing_saveable,
       "dots": jax.checkpoint_policies.checkpoint_dots,
       "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+      "save_attn": jax.checkpoint_policies.save_only_these_names(*qkv, "attn_out"),
+      "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(*qkv),
       "save_attn_out": jax.checkpoint_policies.save_only_these_names("attn_out"),
   }
   if name not in policies:

@@ -95,8 +95,8 @@ def test_fsdp_step_reduce_scatters_kernel_gradients_and_temps_do_not_grow_with_d
   """tiny_train, fsdp over every device, 2 rows per device: every Dense kernel's
   gradient is reduce-scattered; what is still all-reduced (the token embedding,
   SigLIP's patch convolutions, params fsdp does not split, norms, biases,
-  scalars) is under a quarter of the params' elements. 8 and 16 devices at the same rows per device: temporaries equal
-  within 5% (no buffer sized by the global batch)."""
+  scalars) is under a quarter of the params' elements. 8 and 16 devices at the
+  same rows per device: temporaries equal within 5% (no buffer sized by the global batch)."""
   r8 = _step(8, 2, collectives=True)
   assert r8["collectives"].get("reduce-scatter", 0) >= 40, r8
   # Without fsdp_matmul every gradient is all-reduced whole (>= 1x the params).
