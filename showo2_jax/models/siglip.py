@@ -2,9 +2,10 @@
 
 `und_trans` in the original: pre-LN transformer blocks, bidirectional attention,
 gelu(tanh) MLP, fp32 LayerNorm, no final norm. The 2x2 patch embed on latents and
-the (interpolated) SigLIP position table live in `showo2.py`. The attention core is
-the model's `attention_impl` (models/attention.py) with no mask: `chunked` runs the
-same heads-major loop and FlashAttention-2 backward as the LLM's.
+the (interpolated) SigLIP position table live in `showo2.py`. The attention core has
+no mask; with the model's `attention_impl="chunked"` (models/attention.py) it runs
+the same heads-major loop and FlashAttention-2 backward as the LLM's, otherwise
+`dense`.
 """
 from __future__ import annotations
 
@@ -34,7 +35,10 @@ class SiglipAttention(nn.Module):
     q = layers.dense(d, ("embed", "heads"), name="q_proj", **kw)(x).reshape(b, l, c.num_heads, hd)
     k = layers.dense(d, ("embed", "heads"), name="k_proj", **kw)(x).reshape(b, l, c.num_heads, hd)
     v = layers.dense(d, ("embed", "heads"), name="v_proj", **kw)(x).reshape(b, l, c.num_heads, hd)
-    out = attention.attention(q, k, v, None, hd ** -0.5, impl=self.attention_impl,
+    # `splash` stays `dense` here: an unmasked block has no empty blocks to skip, and
+    # the kernel's TPU sharding is verified for the LLM and flow head only.
+    impl = "chunked" if self.attention_impl == "chunked" else "dense"
+    out = attention.attention(q, k, v, None, hd ** -0.5, impl=impl,
                               chunk_size=self.attention_chunk_size).reshape(b, l, d)
     return layers.dense(d, ("heads", "embed"), name="out_proj", **kw)(out)
 
@@ -63,8 +67,9 @@ class SiglipEncoderLayer(nn.Module):
   def __call__(self, x, unused=None):
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = x + SiglipAttention(c, name="self_attn", attention_impl=self.attention_impl,
-                            attention_chunk_size=self.attention_chunk_size, **kw)(layers.LayerNorm(c.layer_norm_eps, name="layer_norm1", **kw)(x))
+    attn = SiglipAttention(c, name="self_attn", attention_impl=self.attention_impl,
+                           attention_chunk_size=self.attention_chunk_size, **kw)
+    x = x + attn(layers.LayerNorm(c.layer_norm_eps, name="layer_norm1", **kw)(x))
     x = x + SiglipMLP(c, name="mlp", **kw)(layers.LayerNorm(c.layer_norm_eps, name="layer_norm2", **kw)(x))
     return nn.with_logical_constraint(x, layers.ACT), None
 
