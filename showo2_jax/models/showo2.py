@@ -133,7 +133,7 @@ class Showo2(nn.Module):
     self.position_embedding = nn.Embed(
         c.siglip.position_grid ** 2, c.siglip.hidden_size, **kw,
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("pos", "embed")))
-    self.und_trans = SiglipEncoder(c.siglip, **kw, **stack)
+    self.und_trans = SiglipEncoder(c.siglip, **kw, **stack, **attn)
     self.fusion_proj = FusionProj(c.hidden_size, c.fusion_norm_eps, **kw)
     self.time_embed = fh.TimestepEmbedder(c.flow_head.hidden_size, c.time_embed_dim, **kw)
     if c.has_projections:

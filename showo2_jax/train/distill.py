@@ -55,7 +55,9 @@ class SemanticLayers(nn.Module):
                      name="position_embedding").embedding
     pos = resize_position_table(table, c.siglip.position_grid, h, w)
     return SiglipEncoder(c.siglip, dtype=dtype, param_dtype=pdt, scan_layers=c.scan_layers,
-                         remat_policy=c.remat_policy, name="und_trans")(tokens + pos.astype(dtype)[None])
+                         remat_policy=c.remat_policy, attention_impl=c.attention_impl,
+                         attention_chunk_size=c.attention_chunk_size,
+                         name="und_trans")(tokens + pos.astype(dtype)[None])
 
 
 def cosine_distill_loss(student: jax.Array, teacher: jax.Array) -> jax.Array:
