@@ -21,8 +21,8 @@ with fsdp=1, or when the rows do not split over (data, fsdp), it is the plain
 matmul (parity paths never take the custom gradient).
 
 On TPU the compiler may still lower a reduce-scatter as an all-reduce: libtpu's
-reduce-scatter decomposer does so on v5p for an fsdp group that spans all three
-torus axes (kept on a v5e 2-D torus); see docs/training.md.
+reduce-scatter decomposer does so for some v5p layouts (v5p:2x2x2 with fsdp=8;
+kept on v5p-8 with fsdp=2 and on v5e:2x4); see docs/training.md.
 """
 from __future__ import annotations
 
