@@ -21,7 +21,6 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from showo2_jax import paths
 from showo2_jax.convert import orbax_io
