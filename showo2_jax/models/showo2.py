@@ -124,7 +124,8 @@ def semantic_modules(c: Showo2Config):
           nn.Embed(c.siglip.position_grid ** 2, c.siglip.hidden_size, **kw,
                    embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                ("pos", "embed"))),
-          SiglipEncoder(c.siglip, **kw, scan_layers=c.scan_layers, remat_policy=c.remat_policy))
+          SiglipEncoder(c.siglip, **kw, scan_layers=c.scan_layers, remat_policy=c.remat_policy,
+                        attention_impl=c.attention_impl, attention_chunk_size=c.attention_chunk_size))
 
 
 def semantic_features(module: nn.Module, x: jax.Array) -> jax.Array:

@@ -2,7 +2,10 @@
 
 `und_trans` in the original: pre-LN transformer blocks, bidirectional attention,
 gelu(tanh) MLP, fp32 LayerNorm, no final norm. The 2x2 patch embed on latents and
-the (interpolated) SigLIP position table live in `showo2.py`.
+the (interpolated) SigLIP position table live in `showo2.py`. The attention core has
+no mask; with the model's `attention_impl="chunked"` (models/attention.py) it runs
+the same heads-major loop and FlashAttention-2 backward as the LLM's, otherwise
+`dense`.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from showo2_jax.models import layers
+from showo2_jax.models import attention, layers
 from showo2_jax.models.config import SiglipConfig
 
 
@@ -20,6 +23,8 @@ class SiglipAttention(nn.Module):
   config: SiglipConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention_impl: str = "dense"          # models/attention.py
+  attention_chunk_size: int = attention.DEFAULT_CHUNK_SIZE
 
   @nn.compact
   def __call__(self, x):
@@ -30,7 +35,11 @@ class SiglipAttention(nn.Module):
     q = layers.dense(d, ("embed", "heads"), name="q_proj", **kw)(x).reshape(b, l, c.num_heads, hd)
     k = layers.dense(d, ("embed", "heads"), name="k_proj", **kw)(x).reshape(b, l, c.num_heads, hd)
     v = layers.dense(d, ("embed", "heads"), name="v_proj", **kw)(x).reshape(b, l, c.num_heads, hd)
-    out = layers.dot_product_attention(q, k, v, None, hd ** -0.5).reshape(b, l, d)
+    # `splash` stays `dense` here: an unmasked block has no empty blocks to skip, and
+    # the kernel's TPU sharding is verified for the LLM and flow head only.
+    impl = "chunked" if self.attention_impl == "chunked" else "dense"
+    out = attention.attention(q, k, v, None, hd ** -0.5, impl=impl,
+                              chunk_size=self.attention_chunk_size).reshape(b, l, d)
     return layers.dense(d, ("heads", "embed"), name="out_proj", **kw)(out)
 
 
@@ -51,12 +60,16 @@ class SiglipEncoderLayer(nn.Module):
   config: SiglipConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention_impl: str = "dense"
+  attention_chunk_size: int = attention.DEFAULT_CHUNK_SIZE
 
   @nn.compact
   def __call__(self, x, unused=None):
     c = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = x + SiglipAttention(c, name="self_attn", **kw)(layers.LayerNorm(c.layer_norm_eps, name="layer_norm1", **kw)(x))
+    attn = SiglipAttention(c, name="self_attn", attention_impl=self.attention_impl,
+                           attention_chunk_size=self.attention_chunk_size, **kw)
+    x = x + attn(layers.LayerNorm(c.layer_norm_eps, name="layer_norm1", **kw)(x))
     x = x + SiglipMLP(c, name="mlp", **kw)(layers.LayerNorm(c.layer_norm_eps, name="layer_norm2", **kw)(x))
     return nn.with_logical_constraint(x, layers.ACT), None
 
@@ -68,11 +81,14 @@ class SiglipEncoder(nn.Module):
   param_dtype: Any = jnp.float32
   scan_layers: bool = False
   remat_policy: str = "none"
+  attention_impl: str = "dense"          # models/attention.py
+  attention_chunk_size: int = attention.DEFAULT_CHUNK_SIZE
 
   def setup(self):
     self.layers = layers.make_layer_stack(
         SiglipEncoderLayer, self.config.num_layers, scan=self.scan_layers, remat=self.remat_policy,
-        num_args=1, cache_argnum=0, config=self.config, dtype=self.dtype, param_dtype=self.param_dtype)
+        num_args=1, cache_argnum=0, config=self.config, dtype=self.dtype, param_dtype=self.param_dtype,
+        attention_impl=self.attention_impl, attention_chunk_size=self.attention_chunk_size)
 
   def __call__(self, x):
     x, _ = layers.call_layer_stack(self.layers, x, None, cache_argnum=0)

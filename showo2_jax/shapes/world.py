@@ -14,14 +14,21 @@ same labels and `render(scene, size)` the same pixels, on every machine.
 docs/data.md:
   images/NNNNNN.png      RGB PNGs
   t2i.jsonl              {"path", "prompt"}        (generation, stage 1 and 2)
-  captions.jsonl         {"path", "prompt"}        (captioning, stage 1)
+  captions.jsonl         {"path", "prompt"}        (captioning of the question images, stage 1)
+  images/qNNNNNN.png     the question images (any combination, see below)
   llava.json             LLaVA conversations       (questions and answers, stage 2)
   videos/NNNNNN.gif      short clips of a shape moving left to right
   video.jsonl            {"path", "prompt"}        (video paths)
   heldout.json           the held-out scenes eval-shapes uses (never in the files above)
 Held-out: every combination (size, colour, shape, position) listed by
-`heldout_combos` is left out of all training files, so evaluation prompts and
-images are unseen as a whole, while each word is seen in other combinations.
+`heldout_combos` is left out of the generation file, and its full caption out of
+every file, so the evaluation's prompts are unseen as a whole, while each word is
+seen in other combinations. The understanding images (captions.jsonl, llava.json)
+are drawn from every combination (a held-out one captioned only "a red circle"):
+with a combination held out, the training images of its (size, colour, position)
+would show only the other two shapes, and a model can answer the shape question
+from colour, size and position alone (it did: below chance on held-out images).
+The evaluation's images are new renders in any case (their own random stream).
 """
 from __future__ import annotations
 
@@ -54,6 +61,10 @@ QUESTIONS = {
     "shape": "What shape is it?",
     "position": "Where is the shape?",
 }
+
+# The kinds of question llava.json asks, in turn (shape is the hardest to read
+# at 8x8 latents, so it gets half of them).
+QUESTION_CYCLE = ("colour", "shape", "position", "shape")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,15 +106,17 @@ def all_combos() -> list[tuple[str, str, str, str]]:
 
 
 def heldout_combos() -> list[tuple[str, str, str, str]]:
-  """One combination per (colour, shape): 12 of the 72, never trained on.
+  """One combination per (colour, shape): 12 of the 72, never in a generation or
+  captioning file.
 
   The position and size cycle so that every position and size is held out
-  somewhere, and every (colour, shape) still appears in training at the
-  other 5 (size, position) pairs.
+  somewhere, each shape at every position (so position does not tell the
+  held-out shapes apart), and every (colour, shape) still appears in training
+  at the other 5 (size, position) pairs.
   """
   out = []
   for k, (colour, shape) in enumerate(itertools.product(COLOURS, SHAPES)):
-    out.append((SIZES[k % 2], colour, shape, POSITIONS[k % 3]))
+    out.append((SIZES[k % 2], colour, shape, POSITIONS[(k + k // 3) % 3]))
   return out
 
 
@@ -115,26 +128,32 @@ def random_scene(rng: np.random.Generator, combos: Sequence[tuple[str, str, str,
   size, colour, shape, position = combos[int(rng.integers(len(combos)))]
   return Scene(colour=colour, shape=shape, position=position, size=size,
                background=int(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]),
-               dx=float(rng.uniform(-0.04, 0.04)), dy=float(rng.uniform(-0.08, 0.08)),
+               dx=float(rng.uniform(-0.03, 0.03)), dy=float(rng.uniform(-0.06, 0.06)),
                phrasing=int(rng.choice(3, p=(0.5, 0.25, 0.25))))
 
 
-TRAIN, HELDOUT = 0, 1
+TRAIN, HELDOUT, QUESTION = 0, 1, 2
 
 
 def scene(seed: int, index: int, split: int = TRAIN) -> Scene:
   """Scene `index` of a split (TRAIN: every combination but the held-out ones;
-  HELDOUT: only those). Deterministic in (seed, index, split)."""
+  HELDOUT: only those; QUESTION: any combination). Deterministic in
+  (seed, index, split); each split has its own random stream."""
   held = heldout_combos()
-  combos = held if split == HELDOUT else [c for c in all_combos() if c not in held]
+  if split == HELDOUT:
+    combos = held
+  elif split == QUESTION:
+    combos = all_combos()
+  else:
+    combos = [c for c in all_combos() if c not in held]
   return random_scene(_rng(seed, index, split), combos)
 
 
 def geometry(s: Scene, size: int, shift: float = 0.0) -> tuple[float, float, float]:
   """(centre x, centre y, radius) in pixels; `shift` moves the centre right (clips)."""
-  cx = {"left": 0.25, "center": 0.5, "right": 0.75}[s.position] + s.dx + shift
+  cx = {"left": 0.28, "center": 0.5, "right": 0.72}[s.position] + s.dx + shift
   cy = 0.5 + s.dy
-  radius = {"small": 0.13, "large": 0.21}[s.size]
+  radius = {"small": 0.16, "large": 0.23}[s.size]
   return cx * size, cy * size, radius * size
 
 
@@ -200,22 +219,26 @@ def write_world(root: str, *, num_images: int, num_clips: int, image_size: int, 
                 num_heldout: int = 64) -> WorldFiles:
   """Writes the world's training files under `root` (see the module docstring).
 
-  Image i has scene `scene(seed, i)`. LLaVA samples ask one question per image
-  (colour, shape or position in turn, so each kind sees a third of the images)
-  as the original's LLaVA data: `"<image>\\n" + question`, answer from gpt.
+  Image i has scene `scene(seed, i)`; question image i (`images/qNNNNNN.png`)
+  has `scene(seed, i, QUESTION)`. LLaVA samples ask one question per image
+  (in turn `QUESTION_CYCLE`: half ask the shape, the hardest to read) as the
+  original's LLaVA data: `"<image>\\n" + question`, answer from gpt.
   Rewriting an existing world with the same arguments gives the same files.
   """
   os.makedirs(os.path.join(root, "images"), exist_ok=True)
   os.makedirs(os.path.join(root, "videos"), exist_ok=True)
   t2i, caps, llava = [], [], []
-  kinds = list(QUESTIONS)
+  held = set(heldout_combos())
   for i in range(num_images):
     s = scene(seed, i)
     rel = f"images/{i:06d}.png"
     Image.fromarray(render(s, image_size)).save(os.path.join(root, rel))
     t2i.append({"path": rel, "prompt": s.caption()})
-    caps.append({"path": rel, "prompt": s.caption(0)})
-    kind = kinds[i % len(kinds)]
+    s = scene(seed, i, QUESTION)
+    rel = f"images/q{i:06d}.png"
+    Image.fromarray(render(s, image_size)).save(os.path.join(root, rel))
+    caps.append({"path": rel, "prompt": s.caption(2 if s.combo in held else 0)})
+    kind = QUESTION_CYCLE[i % len(QUESTION_CYCLE)]
     llava.append({"id": f"{i:06d}", "image": rel, "conversations": [
         {"from": "human", "value": "<image>\n" + QUESTIONS[kind]},
         {"from": "gpt", "value": s.answer(kind)}]})

@@ -90,6 +90,29 @@ def test_unknown_impl_is_a_config_error():
     s2.Showo2Config(attention_impl="flashy")
 
 
+def test_semantic_layers_gradients_match_dense_with_chunked_attention():
+  """SigLIP's unmasked attention through `chunked` (11 tokens, chunks of 4)."""
+  from showo2_jax.models import siglip  # pylint: disable=import-outside-toplevel
+  from showo2_jax.models.config import SiglipConfig  # pylint: disable=import-outside-toplevel
+  cfg = SiglipConfig(hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2, position_grid=4)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 11, 16))
+  dense = siglip.SiglipEncoder(cfg)
+  chunked = siglip.SiglipEncoder(cfg, attention_impl="chunked", attention_chunk_size=4)
+  params = dense.init(jax.random.PRNGKey(1), x)["params"]
+  w = jax.random.normal(jax.random.PRNGKey(2), (2, 11, 16))
+
+  def loss(model, p, x):
+    return jnp.sum(model.apply({"params": p}, x) * w)
+  (l_d, g_d), (l_c, g_c) = (jax.value_and_grad(lambda p, x, m=m: loss(m, p, x), argnums=(0, 1))(params, x)
+                            for m in (dense, chunked))
+  assert abs(float(l_c) - float(l_d)) <= 1e-5 * abs(float(l_d))
+  # Against the whole gradient's norm: k_proj's bias has a zero gradient (softmax is
+  # shift-invariant per row), so its own relative error is round-off over round-off.
+  total = float(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(g_d))))
+  for gc, gd in zip(jax.tree.leaves(g_c), jax.tree.leaves(g_d)):
+    assert float(jnp.linalg.norm(gc - gd)) / total < 1e-5
+
+
 @pytest.mark.slow
 def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_dir):
   """The training path (omni mask, both losses) with queries in chunks of 7."""

@@ -80,6 +80,9 @@ def test_semantic_layers_match_hf_siglip_encoder_minus_last_layer():
   params = subtree_params(encoder, "und_trans", "und_trans.", sd, (x,))
   ours = encoder.apply({"params": params}, x)
   assert rel(ours, hidden[cfg.num_layers].numpy()) < 1e-5
+  # The `chunked` attention core (16 tokens in query chunks of 5, the last padded).
+  chunked = siglip.SiglipEncoder(cfg, attention_impl="chunked", attention_chunk_size=5)
+  assert rel(chunked.apply({"params": params}, x), hidden[cfg.num_layers].numpy()) < 1e-5
 
 
 def test_position_table_resize_matches_torch_bicubic():

@@ -41,6 +41,10 @@ def test_heldout_combinations_never_trained():
   assert len(held) == len(world.COLOURS) * len(world.SHAPES)
   assert all(world.scene(0, i).combo not in held for i in range(500))
   assert all(world.scene(0, i, world.HELDOUT).combo in held for i in range(50))
+  # Position does not tell the held-out shapes apart.
+  assert {(c[2], c[3]) for c in held} == {(s, p) for s in world.SHAPES for p in world.POSITIONS}
+  # Question images cover every combination (the shape is not implied by the rest).
+  assert {world.scene(0, i, world.QUESTION).combo for i in range(2000)} == set(world.all_combos())
   # Every word is still trained on in other combinations.
   train = {world.scene(0, i).combo for i in range(2000)}
   for size, colour, shape, position in held:
@@ -63,14 +67,19 @@ def test_write_world_files(tmp_path):
   caps = [json.loads(l) for l in open(files.captions)]
   llava = json.load(open(files.llava))
   assert len(t2i) == len(caps) == len(llava) == 12
+  kinds = collections.Counter()
   for i, (row, cap, conv) in enumerate(zip(t2i, caps, llava)):
     s = world.scene(0, i)
-    assert row["prompt"] == s.caption() and cap["prompt"] == s.caption(0)
-    assert os.path.exists(tmp_path / row["path"]) and conv["image"] == row["path"]
+    q = world.scene(0, i, world.QUESTION)
+    assert row["prompt"] == s.caption() and cap["path"] == conv["image"] != row["path"]
+    assert cap["prompt"] == q.caption(2 if q.combo in world.heldout_combos() else 0)
+    assert os.path.exists(tmp_path / row["path"]) and os.path.exists(tmp_path / conv["image"])
     human, gpt = conv["conversations"]
     assert human["value"].startswith("<image>\n")
     kind = {q: k for k, q in world.QUESTIONS.items()}[human["value"].split("\n", 1)[1]]
-    assert gpt["value"] == s.answer(kind)
+    assert gpt["value"] == q.answer(kind)
+    kinds[kind] += 1
+  assert kinds == {"colour": 3, "shape": 6, "position": 3}
   from PIL import Image
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / t2i[0]["path"])),
                                 world.render(world.scene(0, 0), 32))
@@ -120,3 +129,16 @@ def test_pipeline_lays_out_the_vae_stride_grid(tmp_path):
   config.resolution = 64
   with pytest.raises(ValueError, match="config.resolution 64 gives a 8x8 patch grid"):
     train_data.visual_grid(config)
+
+
+def test_heldout_captions_in_no_file(tmp_path):
+  """No training file says a held-out scene's full caption (the evaluation's prompt),
+  and the generation file has no held-out image; the understanding files do."""
+  files = world.write_world(str(tmp_path), num_images=240, num_clips=0, image_size=32, seed=0,
+                            num_heldout=4)
+  held = world.heldout_combos()
+  prompts = {world.Scene(c, sh, p, sz, 128, 0.0, 0.0, 0).caption(0) for sz, c, sh, p in held}
+  text = open(files.t2i).read() + open(files.captions).read() + open(files.llava).read()
+  assert not any(p in text for p in prompts)
+  assert not any(world.scene(0, i).combo in held for i in range(240))
+  assert any(world.scene(0, i, world.QUESTION).combo in held for i in range(240))
