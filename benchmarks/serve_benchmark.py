@@ -39,7 +39,8 @@ from showo2_jax.config_lib import load_config  # pylint: disable=wrong-import-po
 from showo2_jax.data import testing  # pylint: disable=wrong-import-position
 from showo2_jax.data import tokenizer as tokenizer_lib  # pylint: disable=wrong-import-position
 from showo2_jax.models.config import Showo2Config  # pylint: disable=wrong-import-position
-from showo2_jax.sample import loading, pipeline  # pylint: disable=wrong-import-position
+from showo2_jax.convert import loading  # pylint: disable=wrong-import-position
+from showo2_jax.sample import pipeline  # pylint: disable=wrong-import-position
 from showo2_jax.serve import api, engine as engine_lib  # pylint: disable=wrong-import-position
 
 DEFAULT_VAE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "wan_vae")

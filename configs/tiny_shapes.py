@@ -78,8 +78,8 @@ def get_config(arg=None):
   c.recipe = ml_collections.ConfigDict(dict(
       world=dict(num_images=3000, num_clips=32, num_heldout=64, seed=0),
       vae=dict(num_steps=600, batch_size=32, learning_rate=3e-3, kl_weight=1e-6, mse_weight=4.0),
-      stage1=dict(num_steps=600, t2i_rows=12, mmu_rows=4, learning_rate=1e-3, warmup_steps=50),
-      stage2=dict(num_steps=1000, t2i_rows=8, mmu_rows=8, learning_rate=1e-3, ve_learning_rate=5e-4),
+      stage1=dict(num_steps=800, t2i_rows=12, mmu_rows=4, learning_rate=1e-3, warmup_steps=50),
+      stage2=dict(num_steps=1200, t2i_rows=8, mmu_rows=8, learning_rate=1e-3, ve_learning_rate=5e-4),
       report=dict(num_eval=48, samples_per_prompt=1),
   ))
   return c

@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
   for name in ("absl", "orbax"):   # checkpoint loading chatter
     logging.getLogger(name).setLevel(logging.WARNING)
-  from showo2_jax.sample import loading  # pylint: disable=import-outside-toplevel
+  from showo2_jax.convert import loading  # pylint: disable=import-outside-toplevel
   heldout = paths.join(args.workdir, "world", "heldout.json")
   if not paths.exists(heldout):
     raise CliError(f"--workdir: '{args.workdir}' has no world/heldout.json (not a shapes run; "

@@ -11,14 +11,10 @@ Rerunning skips finished shards; on several hosts each writes its own shards.
 """
 from __future__ import annotations
 
-import logging
-
-import numpy as np
-
 from showo2_jax import paths
 from showo2_jax.cli.main import CliError
-
-log = logging.getLogger(__name__)
+# The encoders live with the job (train/latents.py); tests and benchmarks reach them here too.
+from showo2_jax.train.latents import pool_encoder, wan_encoder, with_teacher  # noqa: F401  pylint: disable=unused-import
 
 KINDS = ("image_text", "llava", "vist", "video_text")
 
@@ -81,69 +77,15 @@ def check_arguments(args) -> None:
 def run(args) -> int:
   check_arguments(args)
   from showo2_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from showo2_jax.data import build, precompute, tasks  # pylint: disable=g-import-not-at-top
-  cfg = config_lib.load_config(args.config)
-  resolution = args.resolution or cfg.resolution
-  log.info("precompute-latents: %s px, encoder %s%s", resolution, args.encoder,
-           " (RANDOM weights: dry run)" if args.random_vae else "")
-  records = build.load_records(args.kind, args.source, args.data, args.media_root)
-  load = tasks.pixel_loader(args.kind, resolution, min_res=args.min_res, num_frames=args.num_frames)
-  encode = pool_encoder if args.encoder == "pool" else wan_encoder(
-      cfg, args.vae_weights, deterministic=args.deterministic, seed=args.seed)
-  if args.teacher:
-    encode = with_teacher(encode, args.teacher, args.teacher_layer)
-  result = precompute.precompute_latents(
-      precompute.with_pixels(records, load), encode, args.out, batch_size=args.batch_size,
-      num_shards=args.num_shards, records_per_shard=args.records_per_shard,
-      process_index=args.process_index, process_count=args.process_count,
-      read_threads=args.threads, progress=not args.no_progress)
-  print(f"wrote {result.num_records} records to {len(result.shards_written)} shards in {args.out} "
-        f"({len(result.shards_skipped)} shards already done, {result.num_skipped} records skipped)")
+  from showo2_jax.train import latents  # pylint: disable=g-import-not-at-top
+  result = latents.precompute(
+      config_lib.load_config(args.config), kind=args.kind, data=args.data, out=args.out,
+      source=args.source, media_root=args.media_root, encoder=args.encoder,
+      vae_weights=args.vae_weights, random_vae=args.random_vae, teacher=args.teacher,
+      teacher_layer=args.teacher_layer, deterministic=args.deterministic,
+      resolution=args.resolution, min_res=args.min_res, num_frames=args.num_frames,
+      batch_size=args.batch_size, records_per_shard=args.records_per_shard,
+      num_shards=args.num_shards, threads=args.threads, process_index=args.process_index,
+      process_count=args.process_count, seed=args.seed, progress=not args.no_progress)
+  print(latents.summary(result, args.out))
   return 0
-
-
-def with_teacher(encode, siglip_dir: str, layer: int = -1):
-  """encode_fn that adds `latents_teacher`: SigLIP pixel-tower features of each image."""
-  from showo2_jax.convert import hf  # pylint: disable=g-import-not-at-top
-  from showo2_jax.models import siglip_vision  # pylint: disable=g-import-not-at-top
-  teacher = siglip_vision.teacher_encoder(*hf.load_siglip_vision(siglip_dir), layer)
-
-  def both(pixels):
-    out = encode(pixels)
-    out = dict(out) if isinstance(out, dict) else {"latents": out}
-    out["latents_teacher"] = teacher(pixels)
-    return out
-  return both
-
-
-def pool_encoder(pixels: np.ndarray, stride: int = 8, channels: int = 16) -> np.ndarray:
-  """(B, 3, [F,] H, W) -> (B, 16, [F',] H/8, W/8): a cheap deterministic stand-in for the VAE."""
-  if pixels.ndim == 5:  # video: keep frames 0, 4, 8, ... like the 4x temporal compression
-    pixels = pixels[:, :, ::4]
-  *lead, h, w = pixels.shape
-  pooled = pixels.reshape(*lead, h // stride, stride, w // stride, stride).mean(axis=(-3, -1))
-  return np.concatenate([pooled] * (-(-channels // 3)), axis=1)[:, :channels]
-
-
-def wan_encoder(cfg, weights: str | None, *, deterministic: bool, seed: int = 0):
-  """pixels -> {"latents": normalised posterior mean, "latents_logvar"} with the Wan VAE."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
-  from showo2_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
-  from showo2_jax.sample import loading as sample_loading  # pylint: disable=g-import-not-at-top
-  if weights and orbax_io.is_orbax_dir(weights):
-    # An Orbax wan_vae checkpoint carries its own architecture and latent statistics.
-    vae = sample_loading.load_vae(weights)
-    vae_cfg, params = vae.config, vae.params
-  else:
-    vae_cfg = wan.WanVAEConfig.from_config_dict(cfg.vae)
-    params = (loading.load_wan_vae_params(weights, vae_cfg) if weights
-              else wan.init_params(jax.random.PRNGKey(seed), vae_cfg))
-
-  def encode(pixels):
-    mu, logvar = wan.encode_posterior(params, pixels, vae_cfg)
-    out = {"latents": np.asarray(mu)}
-    if not deterministic:
-      out["latents_logvar"] = np.asarray(logvar)
-    return out
-  return encode

@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from showo2_jax import paths
+from showo2_jax import param_mapping, paths
 from showo2_jax.convert import checkpoint_io, showo2_keys
 from showo2_jax.models import config as model_config
 from showo2_jax.models import siglip_vision
@@ -112,8 +112,8 @@ def load_siglip_vision(path: str, dtype=np.float32) -> tuple[siglip_vision.Sigli
     p = siglip_prefix(sd.keys())
     get = lambda k: np.asarray(sd[p + k], dtype)
     params: dict = {
-        "patch_embedding": {"kernel": showo2_keys.to_flax_layout(get("embeddings.patch_embedding.weight"),
-                                                                 "conv2d").astype(dtype),
+        "patch_embedding": {"kernel": param_mapping.to_flax_layout(get("embeddings.patch_embedding.weight"),
+                                                                 "conv").astype(dtype),
                             "bias": get("embeddings.patch_embedding.bias")},
         "position_embedding": get("embeddings.position_embedding.weight"),
         "post_layernorm": {"scale": get("post_layernorm.weight"), "bias": get("post_layernorm.bias")},
@@ -125,7 +125,7 @@ def load_siglip_vision(path: str, dtype=np.float32) -> tuple[siglip_vision.Sigli
         parts = flax_leaf.split("/")
         for part in parts[:-1]:
           node = node.setdefault(part, {})
-        node[parts[-1]] = showo2_keys.to_flax_layout(get(key), layout).astype(dtype)
+        node[parts[-1]] = param_mapping.to_flax_layout(get(key), layout).astype(dtype)
       params[f"layers_{i}"] = layer
   return siglip_vision.SiglipVisionTower(config), params
 

@@ -1,7 +1,17 @@
-"""Orbax checkpoints of parameter trees, with the model config written alongside.
+"""The one Orbax layer: every checkpoint the package writes or reads goes through here.
 
-This is the one place that reads and writes our parameter checkpoints, so that
-training, inference and the converters agree on a layout:
+Two kinds of checkpoint, one module (no other module imports `orbax`; a test
+checks it):
+
+- parameter checkpoints (converted weights, exported runs), with the model config
+  written alongside (below);
+- a training run's steps, `<workdir>/checkpoints/<step>/{state, data, layout}`
+  (`RunCheckpoints`: Orbax's CheckpointManager, used by `train.checkpointing`,
+  which owns the policy: finiteness, damaged steps, data positions), and the params
+  alone of one of its steps (`restore_run_params`, how stage 2, `generate
+  --checkpoint WORKDIR` and `convert export-run` start).
+
+Parameter checkpoints, the layout training, inference and the converters agree on:
 
   ORBAX_DIR/                 an Orbax (v1) PyTree checkpoint of the params
     state/ ...               tensorstore data, one array per leaf
@@ -32,8 +42,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
-from showo2_jax import paths
-from showo2_jax.convert import showo2_keys
+from showo2_jax import param_mapping, paths
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,12 @@ class OrbaxCheckpointError(ValueError):
 def _ocp():
   # Imported lazily: orbax pulls in tensorstore and friends, which `--help` must not pay for.
   import orbax.checkpoint.experimental.v1 as ocp  # pylint: disable=import-outside-toplevel
+  return ocp
+
+
+def _ocp_v0():
+  """Orbax's CheckpointManager API (training runs are written with it)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   return ocp
 
 
@@ -142,7 +157,7 @@ def read_meta(path: str) -> dict:
 
 def stored_leaves(path: str) -> dict[str, Any]:
   """Flat {'a/b/c': Orbax leaf metadata (shape, dtype)} of the stored tree."""
-  return showo2_keys.flatten(_ocp().metadata(paths.as_str(path)).metadata)
+  return param_mapping.flatten(_ocp().metadata(paths.as_str(path)).metadata)
 
 
 def _write_sidecar(path: str, meta: dict) -> None:
@@ -235,7 +250,7 @@ class ParamWriter:
   def flush(self) -> None:
     if not self._pending:
       return
-    tree = showo2_keys.unflatten(self._pending)
+    tree = param_mapping.unflatten(self._pending)
     log.info("writing %d leaves (%.1f MB) to %s", len(self._pending), self._pending_bytes / 1e6, self.path)
     with _save_context():
       _ocp().partial.save(self.path, tree, custom_metadata=self.meta if self._saves == 0 else None)
@@ -311,19 +326,21 @@ def _flat_shardings(shardings, stored: Mapping[str, Any], path: str) -> dict:
   from jax.sharding import Sharding  # pylint: disable=import-outside-toplevel
   if isinstance(shardings, Sharding):
     return {k: shardings for k in stored}
-  flat = showo2_keys.flatten(shardings)
+  flat = param_mapping.flatten(shardings)
   missing = sorted(set(stored) - set(flat))
   unexpected = sorted(set(flat) - set(stored))
   if missing or unexpected:
     hint = ("; decoder layers are stacked in this checkpoint" if any("/layers/" in k for k in stored)
             else "; decoder layers are unrolled (layers_N) in this checkpoint")
-    raise showo2_keys.KeyMismatchError(missing, unexpected,
+    raise param_mapping.KeyMismatchError(missing, unexpected,
                                        source=f"{path} (target shardings{hint})")
   return flat
 
 
-def restore_params(path: str, shardings=None, *, mesh=None, dtype=None):
+def restore_params(path: str, shardings=None, *, mesh=None, dtype=None, kind: Optional[str] = None):
   """Restores (kind, config, params) from a checkpoint written by this module.
+
+  `kind`: the kind the caller needs; another raises OrbaxCheckpointError.
 
   - no `shardings`/`mesh`: params are host numpy arrays, in their stored dtypes;
   - `shardings`: a tree of `jax.sharding.Sharding` matching the stored tree (or
@@ -336,6 +353,8 @@ def restore_params(path: str, shardings=None, *, mesh=None, dtype=None):
   from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
   path = paths.as_str(path)
   meta = read_meta(path)
+  if kind is not None and meta["kind"] != kind:
+    raise OrbaxCheckpointError(f"{path}: an Orbax '{meta['kind']}' checkpoint, expected '{kind}'")
   kind, scan = meta["kind"], bool(meta.get("scan_layers", False))
   config = config_from_dict(kind, meta["config"])
   stored = stored_leaves(path)
@@ -345,7 +364,7 @@ def restore_params(path: str, shardings=None, *, mesh=None, dtype=None):
       shardings = NamedSharding(mesh, PartitionSpec())
   ocp = _ocp()
   if shardings is None:
-    params = ocp.load(path, showo2_keys.unflatten(stored))
+    params = ocp.load(path, param_mapping.unflatten(stored))
     if dtype is not None:
       params = jax.tree.map(lambda a: np.asarray(a).astype(dtype), params)
     return kind, config, params
@@ -353,7 +372,7 @@ def restore_params(path: str, shardings=None, *, mesh=None, dtype=None):
   abstract = {}
   for k, m in stored.items():
     abstract[k] = jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(dtype or m.dtype), sharding=flat_shardings[k])
-  return kind, config, ocp.load(path, showo2_keys.unflatten(abstract))
+  return kind, config, ocp.load(path, param_mapping.unflatten(abstract))
 
 
 def load_partial(path: str) -> tuple[str, dict, dict]:
@@ -376,7 +395,144 @@ def load_leaves(path: str, flat_paths, stored: Optional[Mapping[str, Any]] = Non
   ctx = ocp.Context()
   ctx.pytree.loading.partial_load = True
   with ctx:
-    tree = ocp.load(paths.as_str(path), showo2_keys.unflatten(wanted))
+    tree = ocp.load(paths.as_str(path), param_mapping.unflatten(wanted))
   _trim_heap()
-  flat = showo2_keys.flatten(tree)
+  flat = param_mapping.flatten(tree)
   return {p: flat[p] for p in wanted}
+
+
+# ------------------------------------------------------------------ training runs
+# Orbax writes this file last in a step dir: a step without it never finished saving.
+STEP_METADATA = "_CHECKPOINT_METADATA"
+
+
+class RunCheckpoints:
+  """A training run's checkpoints dir: Orbax's CheckpointManager with the items
+  `state` (a TrainState pytree, sharded), `data` (Grain's per-process iterator
+  state) and `layout` (a small JSON dict). Saves are asynchronous when `async_save`;
+  unfinished saves are cleaned up on start (`cleanup_tmp_directories`)."""
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
+    import grain  # pylint: disable=import-outside-toplevel
+    ocp = _ocp_v0()
+    self.directory = paths.as_str(directory)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(int(every_steps), 1), max_to_keep=int(keep) if keep else None,
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler(),
+                       "layout": ocp.JsonCheckpointHandler()})
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    return self.manager.should_save(step)
+
+  def save(self, step: int, state, *, data=None, layout: Optional[dict] = None,
+           force: bool = False) -> bool:
+    """`data`: an object with `get_state()` (bytes or a JSON-able dict), saved with
+    Grain's handler. Raises what Orbax raises (also a failure of the previous save)."""
+    import grain  # pylint: disable=import-outside-toplevel
+    ocp = _ocp_v0()
+    args = {"state": ocp.args.StandardSave(state)}
+    if data is not None:
+      args["data"] = grain.checkpoint.CheckpointSave(data)
+    if layout is not None:
+      args["layout"] = ocp.args.JsonSave(layout)
+    return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+  def restore(self, step: int, abstract_state=None, *, data=None, layout: bool = False) -> dict:
+    """The items asked for: `state` into `abstract_state`'s shapes, dtypes and
+    shardings; `data` restored into the iterator `data`; `layout` (a dict)."""
+    import grain  # pylint: disable=import-outside-toplevel
+    ocp = _ocp_v0()
+    args = {}
+    if abstract_state is not None:
+      args["state"] = ocp.args.StandardRestore(abstract_state)
+    if data is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data)
+    if layout:
+      args["layout"] = ocp.args.JsonRestore()
+    out = self.manager.restore(step, args=ocp.args.Composite(**args))
+    return {k: out[k] for k in args}
+
+  def reload(self) -> None:
+    self.manager.reload()
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  def wait_until_finished(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def find_step_dir(path: str) -> tuple[str, Optional[int]]:
+  """`path` = a run's workdir, its checkpoints dir, or one step dir -> (checkpoints dir, step)."""
+  path = paths.as_str(path)
+  base = paths.name(path)
+  if base.isdigit() and paths.isdir(paths.join(path, "state")):
+    return paths.parent(path), int(base)
+  for candidate in (paths.join(path, "checkpoints"), path):
+    if paths.isdir(candidate) and any(d.isdigit() for d in paths.listdir(candidate)):
+      return candidate, None
+  raise FileNotFoundError(f"no checkpoints under {path}")
+
+
+def _run_state_dir(path: str) -> str:
+  """The `state` item of `path`'s step (or its newest complete step)."""
+  directory, step = find_step_dir(path)
+  if step is None:
+    steps = sorted(int(d) for d in paths.listdir(directory)
+                   if d.isdigit() and paths.exists(paths.join(directory, d, STEP_METADATA)))
+    if not steps:
+      raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    step = steps[-1]
+  return paths.join(directory, str(step), "state")
+
+
+def restore_run_params(path: str, abstract: Any) -> Any:
+  """Only the params of a saved TrainState, into `abstract`'s shapes, dtypes and shardings.
+
+  `path` is a run's workdir, its checkpoints dir (latest complete step) or a step
+  dir. Optimizer state, step and data position are left behind.
+  """
+  ocp = _ocp_v0()
+  item_dir = _run_state_dir(path)
+  target = {"params": abstract}
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    out = ckptr.restore(item_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  log.info("params restored from %s", item_dir)
+  return out["params"]
+
+
+def run_params_shapes(path: str) -> dict[tuple, tuple]:
+  """{param path tuple: shape} stored in `path`'s step (newest if not a step dir),
+  read from the metadata only."""
+  directory, step = find_step_dir(path)
+  if step is None:
+    step = max(int(d) for d in paths.listdir(directory) if d.isdigit())
+  with _ocp_v0().PyTreeCheckpointer() as ckptr:
+    meta = ckptr.metadata(paths.join(directory, str(step), "state"))
+  tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
+  stored = {}
+
+  def walk(node, prefix):
+    if hasattr(node, "keys") and not hasattr(node, "shape"):
+      for k in node.keys():
+        walk(node[k], prefix + (k,))
+    else:
+      stored[prefix] = tuple(getattr(node, "shape", ()) or ())
+  if hasattr(tree, "keys") and "params" in tree.keys():
+    walk(tree["params"], ())
+  return stored

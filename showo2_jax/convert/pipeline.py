@@ -26,8 +26,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from showo2_jax import paths
-from showo2_jax.convert import checkpoint_io, orbax_io, showo2_keys, sources
+from showo2_jax import param_mapping, paths
+from showo2_jax.convert import checkpoint_io, orbax_io, sources
 from showo2_jax.convert import plan as plan_lib
 
 log = logging.getLogger(__name__)
@@ -104,15 +104,15 @@ def _to_orbax(src, local_src, out, *, kind, dtype, cast, scan_layers, resize_voc
       record["path"] = paths.as_str(src)
     meta = orbax_io.make_meta(source.kind, source.config, scan_layers=scan_layers, source=record)
     if source.kind == "wan_vae":
-      params = showo2_keys.flatten(sources.vae_to_flax(sd, source.config, cast))
+      params = param_mapping.flatten(sources.vae_to_flax(sd, source.config, cast))
       with orbax_io.ParamWriter(out, meta, chunk_bytes=chunk_bytes, overwrite=overwrite) as w:
         for path, value in params.items():
           w.add(path, value)
       tensors = len(params)
     else:
-      match = plan_lib.match(source.plan, sd)
+      match = param_mapping.match(source.plan, sd)
       match.raise_if_bad(src)
-      _warn_untied_copies(sd, source.plan, match)
+      param_mapping.warn_untied_copies(sd, source.plan, match, src)
       with orbax_io.ParamWriter(out, meta, chunk_bytes=chunk_bytes, overwrite=overwrite) as w:
         for leaf, entries in source.plan.by_leaf().items():
           w.add(leaf, _build_leaf(sd, match, entries, source.plan.leaves[leaf], cast))
@@ -127,10 +127,10 @@ def _to_orbax(src, local_src, out, *, kind, dtype, cast, scan_layers, resize_voc
 def _build_leaf(sd, match, entries, full_shape, cast) -> np.ndarray:
   if entries[0].layer is None:
     e = entries[0]
-    return plan_lib.read_flax(sd, match.source_key[e.key], e, cast)
+    return param_mapping.read_flax(sd, match.source_key[e.key], e, cast)
   leaf = None
   for e in entries:  # stacked layers: fill one preallocated array, a layer at a time
-    x = plan_lib.read_flax(sd, match.source_key[e.key], e, cast)
+    x = param_mapping.read_flax(sd, match.source_key[e.key], e, cast)
     if leaf is None:
       leaf = np.empty(full_shape, x.dtype)
     elif x.dtype != leaf.dtype:
@@ -138,17 +138,6 @@ def _build_leaf(sd, match, entries, full_shape, cast) -> np.ndarray:
                             "pass --dtype to convert a mixed-dtype checkpoint with stacked layers")
     leaf[e.layer] = x
   return leaf
-
-
-def _warn_untied_copies(sd, plan, match) -> None:
-  """A tied LM head is stored once; say so if the file's copy was not a copy."""
-  for alias in match.tied_copies:
-    target = plan.aliases[alias]
-    if not np.array_equal(np.asarray(sd[alias]), np.asarray(sd[match.source_key[target]])):
-      log.warning("%s differs from %s, but the embeddings are tied: the model uses %s and "
-                  "%s is not stored (a round trip will write the embedding in its place)",
-                  alias, target, target, alias)
-    sd.release(alias)
 
 
 # ------------------------------------------------------------------ leaf reading
@@ -199,21 +188,21 @@ class _LazyTensor:
 
   def __array__(self, dtype=None, copy=None):
     del copy
-    x = plan_lib.to_torch(self.reader.take(self.entry.leaf), self.entry)
+    x = param_mapping.to_torch(self.reader.take(self.entry.leaf), self.entry)
     return x.astype(dtype or self.dtype, copy=False)
 
 
-def check_stored(plan: plan_lib.Plan, stored: dict, path: str) -> None:
+def check_stored(plan: param_mapping.Plan, stored: dict, path: str) -> None:
   """Every leaf of the plan is in the checkpoint, with its shape."""
   missing = sorted(set(plan.leaves) - set(stored))
   unexpected = sorted(set(stored) - set(plan.leaves))
   wrong = [f"{k} {tuple(stored[k].shape)} (expected {tuple(s)})" for k, s in plan.leaves.items()
            if k in stored and tuple(stored[k].shape) != tuple(s)]
   if missing or unexpected or wrong:
-    raise showo2_keys.KeyMismatchError(missing, unexpected, wrong, f"{path} (Orbax, {plan.kind})")
+    raise param_mapping.KeyMismatchError(missing, unexpected, wrong, f"{path} (Orbax, {plan.kind})")
 
 
-def leaf_major(plan: plan_lib.Plan, keys: list[str]) -> list[str]:
+def leaf_major(plan: param_mapping.Plan, keys: list[str]) -> list[str]:
   """`keys` reordered so each leaf's tensors are consecutive (stacked leaves are
   then loaded once, not once per layer)."""
   rank = {}
@@ -222,7 +211,7 @@ def leaf_major(plan: plan_lib.Plan, keys: list[str]) -> list[str]:
   return sorted(keys, key=lambda k: (rank[plan.entry(k).leaf], plan.entry(k).layer or 0))
 
 
-def plan_from_meta(meta: dict) -> tuple[Any, Optional[plan_lib.Plan]]:
+def plan_from_meta(meta: dict) -> tuple[Any, Optional[param_mapping.Plan]]:
   kind = meta["kind"]
   config = orbax_io.config_from_dict(kind, meta["config"])
   if kind == "wan_vae":
@@ -284,7 +273,7 @@ def _prepare_out(out: str, overwrite: bool) -> None:
   paths.makedirs(out)
 
 
-def _output_keys(plan: plan_lib.Plan, record: dict) -> list[str]:
+def _output_keys(plan: param_mapping.Plan, record: dict) -> list[str]:
   if not record.get("tensors"):
     return plan.default_keys()
   keys = [k for k, _, _ in record["tensors"] if k in plan.by_key or k in plan.aliases]

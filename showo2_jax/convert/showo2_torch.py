@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from showo2_jax import paths
+from showo2_jax import param_mapping, paths
 from showo2_jax.convert import checkpoint_io, showo2_keys
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import Showo2, init_params
@@ -34,7 +34,7 @@ def expected_shapes(config: Showo2Config) -> dict[str, tuple]:
   is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
   values = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x,
                         abstract_params(config), is_leaf=is_box)
-  flat = showo2_keys.flatten(values)
+  flat = param_mapping.flatten(values)
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any, Optional
 
-from showo2_jax import paths
+from showo2_jax import param_mapping, paths
 from showo2_jax.convert import checkpoint_io, hf
 from showo2_jax.convert import plan as plan_lib
 from showo2_jax.models import config as model_config
@@ -45,7 +45,7 @@ class Source:
   path: str
   state_dict: checkpoint_io.StateDict
   config: Any                         # Showo2Config | Qwen2Config | SiglipConfig | WanVAEConfig
-  plan: Optional[plan_lib.Plan]       # None for wan_vae (converted by the VAE module)
+  plan: Optional[param_mapping.Plan]  # None for wan_vae (converted by the VAE module)
   record: dict
 
 

@@ -2,16 +2,17 @@
 
 A run's workdir holds `config.json` (the whole ml_collections config) and
 `checkpoints/<step>/state` (params, optimizer state, step, rng), written by
-`train.checkpointing.Checkpointer`. `restore_params` reads only the params (how
-stage 2, `generate --checkpoint WORKDIR` and `convert export-run` start);
-`export_run` writes them, with the model config, in the format `convert to-torch`
-and the inference commands read.
+`train.checkpointing.Checkpointer` through `orbax_io.RunCheckpoints`.
+`restore_params` (`orbax_io.restore_run_params`) reads only the params (how stage 2,
+`generate --checkpoint WORKDIR` and `convert export-run` start); `export_run` writes
+them, with the model config, in the format `convert to-torch` and the inference
+commands read.
 """
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -23,8 +24,10 @@ from showo2_jax.models.config import Showo2Config
 
 log = logging.getLogger(__name__)
 
-# Orbax writes this file last in a step dir: a step without it never finished saving.
-STEP_METADATA = "_CHECKPOINT_METADATA"
+# A run's params and step dirs, as the Orbax layer reads them.
+STEP_METADATA = orbax_io.STEP_METADATA
+find_step_dir = orbax_io.find_step_dir
+restore_params = orbax_io.restore_run_params
 # A multi-phase run (shapes/recipe.py, `tiny_shapes`) records its phases here.
 PHASES_FILE = "phases.json"
 
@@ -59,40 +62,3 @@ def export_run(workdir: str, out: str, step: Optional[int] = None, *, overwrite:
   count = sum(int(x.size) for x in jax.tree.leaves(params))
   log.info("exported %d params from %s to %s", count, source, out)
   return {"out": out, "source": source, "params": count}
-
-
-def restore_params(path: str, abstract: Any) -> Any:
-  """Only the params of a saved TrainState, into `abstract`'s shapes, dtypes and shardings.
-
-  `path` is a run's workdir, its checkpoints dir (latest step) or a step dir. This
-  is how stage 2 starts from stage 1: optimizer state, step and data position are
-  left behind.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel  (see orbax_io._ocp)
-  directory, step = find_step_dir(path)
-  if step is None:
-    steps = sorted(int(d) for d in paths.listdir(directory)
-                   if d.isdigit() and paths.exists(paths.join(directory, d, STEP_METADATA)))
-    if not steps:
-      raise FileNotFoundError(f"no complete checkpoint in {directory}")
-    step = steps[-1]
-  item_dir = paths.join(directory, str(step), "state")
-  target = {"params": abstract}
-  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-  with ocp.PyTreeCheckpointer() as ckptr:
-    out = ckptr.restore(item_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
-  log.info("params restored from %s", item_dir)
-  return out["params"]
-
-
-def find_step_dir(path: str) -> tuple[str, Optional[int]]:
-  """`path` = a run's workdir, its checkpoints dir, or one step dir -> (checkpoints dir, step)."""
-  path = paths.as_str(path)
-  base = paths.name(path)
-  if base.isdigit() and paths.isdir(paths.join(path, "state")):
-    return paths.parent(path), int(base)
-  for candidate in (paths.join(path, "checkpoints"), path):
-    if paths.isdir(candidate) and any(d.isdigit() for d in paths.listdir(candidate)):
-      return candidate, None
-  raise FileNotFoundError(f"no checkpoints under {path}")

@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import numpy as np
 
+from showo2_jax import param_mapping
 from showo2_jax.convert import checkpoint_io, hf, orbax_io, pipeline, sources
 from showo2_jax.convert import plan as plan_lib
 
@@ -100,7 +101,7 @@ def verify(torch_path: str, orbax_dir: str, *,
                           resize_vocab=record.get("resize_vocab"))
     stored = orbax_io.stored_leaves(orbax_dir)
     pipeline.check_stored(plan, stored, orbax_dir)
-    m = plan_lib.match(plan, sd)
+    m = param_mapping.match(plan, sd)
     report.missing, report.unexpected, report.wrong_shape = m.missing, m.unexpected, m.wrong_shape
     report.ignored, report.tied_copies = len(m.ignored), m.tied_copies
     keys = pipeline.leaf_major(plan, list(m.source_key) + m.tied_copies)
@@ -111,7 +112,7 @@ def verify(torch_path: str, orbax_dir: str, *,
       src = sd[src_key]
       if entry.rows is not None:
         src = src[:entry.rows]
-      _compare(report, key, src, plan_lib.to_torch(reader.take(entry.leaf), entry))
+      _compare(report, key, src, param_mapping.to_torch(reader.take(entry.leaf), entry))
       sd.release(src_key)
   return report
 

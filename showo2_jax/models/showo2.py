@@ -114,6 +114,43 @@ class DiffProj(nn.Module):
     return layers.dense(self.hidden_size, ("mlp", "embed_out"), name="fc2", **kw)(layers.gelu(x, approximate=False))
 
 
+def semantic_modules(c: Showo2Config):
+  """The understanding path's modules (spec 1.3): 2x2 patch embedder on latents,
+  SigLIP's position table, the semantic layers. Assign them in a `setup` as
+  `image_embedder_und`, `position_embedding`, `und_trans` (their param names in
+  Show-o2's tree and in `SemanticLayers`')."""
+  kw = dict(dtype=to_dtype(c.dtype), param_dtype=to_dtype(c.param_dtype))
+  return (PatchEmbed(c.siglip.hidden_size, c.patch_size, **kw),
+          nn.Embed(c.siglip.position_grid ** 2, c.siglip.hidden_size, **kw,
+                   embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                               ("pos", "embed"))),
+          SiglipEncoder(c.siglip, **kw, scan_layers=c.scan_layers, remat_policy=c.remat_policy,
+                        attention_impl=c.attention_impl, attention_chunk_size=c.attention_chunk_size))
+
+
+def semantic_features(module: nn.Module, x: jax.Array) -> jax.Array:
+  """S(x) of `module`'s `semantic_modules`: x (B, H, W, C) channel-last latents in the
+  compute dtype -> (B, H/p * W/p, D_siglip)."""
+  c = module.config
+  h, w = x.shape[1] // c.patch_size, x.shape[2] // c.patch_size
+  und = module.image_embedder_und(x)
+  pos = resize_position_table(module.position_embedding.embedding, c.siglip.position_grid, h, w)
+  return module.und_trans(und + pos.astype(und.dtype)[None])
+
+
+class SemanticLayers(nn.Module):
+  """Show-o2's understanding path alone: latents (K, C, H, W) -> (K, N, D_siglip),
+  with Show-o2's param names (semantic-layer distillation, train/distill.py)."""
+  config: Showo2Config
+
+  def setup(self):
+    self.image_embedder_und, self.position_embedding, self.und_trans = semantic_modules(self.config)
+
+  def __call__(self, latents):
+    x = jnp.transpose(latents, (0, 2, 3, 1)).astype(to_dtype(self.config.dtype))
+    return semantic_features(self, x)
+
+
 class Showo2(nn.Module):
   config: Showo2Config
   # The original writes an empty (0, 0) slot's time token over position 0 (spec
@@ -128,12 +165,8 @@ class Showo2(nn.Module):
     rope = dict(rope_inv_freq_dtype=c.rope_inv_freq_dtype)
     attn = dict(attention_impl=c.attention_impl, attention_chunk_size=c.attention_chunk_size)
     self.showo = Qwen2ForCausalLM(c.llm, **kw, **stack, **rope, **attn)
-    self.image_embedder_und = PatchEmbed(c.siglip.hidden_size, c.patch_size, **kw)
+    self.image_embedder_und, self.position_embedding, self.und_trans = semantic_modules(c)
     self.image_embedder_gen = PatchEmbed(c.hidden_size, c.patch_size, **kw)
-    self.position_embedding = nn.Embed(
-        c.siglip.position_grid ** 2, c.siglip.hidden_size, **kw,
-        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("pos", "embed")))
-    self.und_trans = SiglipEncoder(c.siglip, **kw, **stack, **attn)
     self.fusion_proj = FusionProj(c.hidden_size, c.fusion_norm_eps, **kw)
     self.time_embed = fh.TimestepEmbedder(c.flow_head.hidden_size, c.time_embed_dim, **kw)
     if c.has_projections:
@@ -162,9 +195,7 @@ class Showo2(nn.Module):
       raise ValueError(f"latent H, W ({hh}, {ww}) must be multiples of the patch size {p}")
     h, w = hh // p, ww // p
     x = jnp.transpose(latents, (0, 2, 3, 4, 1)).reshape(k * frames, hh, ww, ch).astype(dtype)
-    und = self.image_embedder_und(x)                                  # (K*T, N, 1152)
-    pos = resize_position_table(self.position_embedding.embedding, c.siglip.position_grid, h, w)
-    und = self.und_trans(und + pos.astype(und.dtype)[None])
+    und = semantic_features(self, x)                                  # (K*T, N, 1152)
     gen = self.image_embedder_gen(x)                                  # (K*T, N, D)
     fused = self.fusion_proj(jnp.concatenate([und, gen], axis=-1))
     fused = fused.reshape(k, frames * h * w, c.hidden_size)

@@ -13,7 +13,7 @@ import math
 import jax
 
 from showo2_jax import paths
-from showo2_jax.sample import loading
+from showo2_jax.convert import loading
 from showo2_jax.sample.pipeline import Pipeline
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from showo2_jax.data import tokenizer as tokenizer_lib
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import Showo2
 from showo2_jax.flow import transport
-from showo2_jax.sample import decode, loading, media, progress, understanding, visual
+from showo2_jax.convert import loading
+from showo2_jax.sample import decode, media, progress, understanding, visual
 from showo2_jax.sample import prefix as prefix_lib
 from showo2_jax.sample.tokens import GREEDY, TokenSampling
 

@@ -19,7 +19,6 @@ metrics.jsonl and its config.json in its own folder, like a pod run.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -243,19 +242,18 @@ def export_vae(config, paths: Paths):
 
 
 def phase_latents(config, paths: Paths) -> dict:
-  from showo2_jax.cli import precompute as precompute_cli  # pylint: disable=import-outside-toplevel
+  from showo2_jax import config_lib  # pylint: disable=import-outside-toplevel
+  from showo2_jax.train import latents  # pylint: disable=import-outside-toplevel
   jobs = (("t2i", "image_text", "t2i.jsonl"), ("captions", "image_text", "captions.jsonl"),
           ("llava", "llava", "llava.json"))
-  parser = argparse.ArgumentParser()
-  precompute_cli.add_arguments(parser)  # every flag with its default, as the command has it
+  model_config = config_lib.load_config(config.get("config_name", "tiny_shapes"))
   for name, kind, file in jobs:
-    args = parser.parse_args([
-        "--config", config.get("config_name", "tiny_shapes"), "--kind", kind,
-        "--data", os.path.join(paths.world, file), "--out", os.path.join(paths.latents, name),
-        "--encoder", "wan", "--vae-weights", paths.vae_export,
-        "--resolution", str(int(config.resolution)), "--batch-size", "64",
-        "--records-per-shard", "100000", "--threads", "2", "--seed", "0"])
-    precompute_cli.run(args)
+    out = os.path.join(paths.latents, name)
+    result = latents.precompute(
+        model_config, kind=kind, data=os.path.join(paths.world, file), out=out, encoder="wan",
+        vae_weights=paths.vae_export, resolution=int(config.resolution), batch_size=64,
+        records_per_shard=100000, threads=2, seed=0)
+    print(latents.summary(result, out))
   return {}
 
 

@@ -31,7 +31,7 @@ CHANCE = {"gen_colour": 1 / len(world.COLOURS), "gen_shape": 1 / len(world.SHAPE
 
 def load_pipeline(run_dir: str, tokenizer: Optional[str] = None, vae: Optional[str] = None):
   """The inference Pipeline of a training workdir (or a recipe run's final phase)."""
-  from showo2_jax.sample import loading  # pylint: disable=import-outside-toplevel
+  from showo2_jax.convert import loading  # pylint: disable=import-outside-toplevel
   from showo2_jax.sample.pipeline import Pipeline  # pylint: disable=import-outside-toplevel
   run = loading.resolve_training_run(run_dir)
   if run is None:

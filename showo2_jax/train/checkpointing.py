@@ -43,12 +43,13 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from showo2_jax import paths
-# restore_params / find_step_dir read a run's params outside training too (convert, sample):
-# they live in convert/training_run and are re-exported here for the training code.
-from showo2_jax.convert.training_run import STEP_METADATA, find_step_dir, restore_params  # pylint: disable=unused-import
+from showo2_jax.convert import orbax_io
+# A run's params are read outside training too (convert, sample): the Orbax layer owns
+# that; these names are kept here for the training code.
+from showo2_jax.convert.orbax_io import STEP_METADATA, find_step_dir  # pylint: disable=unused-import
+from showo2_jax.convert.orbax_io import restore_run_params as restore_params  # pylint: disable=unused-import
 from showo2_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,8 @@ class Checkpointer:
     self.directory = paths.as_str(directory)
     self.layout = dict(layout) if layout else None
     self.every_steps = max(int(every_steps), 1)
-    options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(int(every_steps), 1), max_to_keep=int(keep) if keep else None,
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler(),
-                       "layout": ocp.JsonCheckpointHandler()})
+    self.manager = orbax_io.RunCheckpoints(self.directory, every_steps=every_steps, keep=keep,
+                                           async_save=async_save)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -157,13 +152,10 @@ class Checkpointer:
       return False
     if not params_finite(state.params):
       raise NonFiniteParamsError(f"params hold NaN/Inf at step {step}; not saved")
-    args = {"state": ocp.args.StandardSave(state)}
-    if iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointSave(IteratorSnapshot(iterator))
-      if self.layout is not None:
-        args["layout"] = ocp.args.JsonSave(self.layout)
+    data = IteratorSnapshot(iterator) if iterator is not None else None
+    layout = self.layout if iterator is not None else None
     try:  # also raises a failure of the previous (asynchronous) save
-      saved = self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+      saved = self.manager.save(step, state, data=data, layout=layout, force=force)
     except Exception as e:  # pylint: disable=broad-except
       raise _save_error(self.directory, e) from e
     if saved:
@@ -174,7 +166,7 @@ class Checkpointer:
     """The `layout` item of step `step`, or None if it has none."""
     if not paths.exists(paths.join(self.directory, str(step), "layout")):
       return None
-    return self.manager.restore(step, args=ocp.args.Composite(layout=ocp.args.JsonRestore()))["layout"]
+    return self.manager.restore(step, layout=True)["layout"]
 
   def check_layout(self, step: int) -> None:
     """Raises DataLayoutError if step `step`'s data position is not elastic (an older
@@ -197,10 +189,7 @@ class Checkpointer:
             f"new --workdir with --config.init.from_checkpoint={step_dir} (the data starts over)")
 
   def restore(self, step: int, abstract_state: TrainState, iterator=None) -> TrainState:
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(iterator)
-    out = self.manager.restore(step, args=ocp.args.Composite(**args))
+    out = self.manager.restore(step, abstract_state, data=iterator)
     log.info("checkpoint: restored step %d from %s", step, self.directory)
     return out["state"]
 
@@ -227,8 +216,7 @@ class Checkpointer:
       state = None
       if problem is None:
         try:  # a failure here is the files' fault: the state's structure is checked up front
-          state = self.manager.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state)))["state"]
+          state = self.manager.restore(step, abstract_state)["state"]
         except Exception as e:  # pylint: disable=broad-except
           problem = _one_line(e)
       if _all_hosts_true(problem is None):

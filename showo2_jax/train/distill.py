@@ -24,41 +24,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from showo2_jax.models.config import Showo2Config
-from showo2_jax.models.showo2 import PatchEmbed, to_dtype
-from showo2_jax.models.siglip import SiglipEncoder, resize_position_table
+from showo2_jax.models.showo2 import SemanticLayers
 from showo2_jax.flow import transport
 from showo2_jax.train import data as data_lib
 from showo2_jax.train import objective as objective_lib
 from showo2_jax.train import synthetic
-
-class SemanticLayers(nn.Module):
-  """Show-o2's understanding path alone: latents (K, C, H, W) -> (K, N, D_siglip)."""
-  config: Showo2Config
-
-  @nn.compact
-  def __call__(self, latents):
-    c = self.config
-    dtype, pdt = to_dtype(c.dtype), to_dtype(c.param_dtype)
-    x = jnp.transpose(latents, (0, 2, 3, 1)).astype(dtype)
-    h, w = x.shape[1] // c.patch_size, x.shape[2] // c.patch_size
-    tokens = PatchEmbed(c.siglip.hidden_size, c.patch_size, dtype=dtype, param_dtype=pdt,
-                        name="image_embedder_und")(x)
-    table = nn.Embed(c.siglip.position_grid ** 2, c.siglip.hidden_size, dtype=dtype, param_dtype=pdt,
-                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                                 ("pos", "embed")),
-                     name="position_embedding").embedding
-    pos = resize_position_table(table, c.siglip.position_grid, h, w)
-    return SiglipEncoder(c.siglip, dtype=dtype, param_dtype=pdt, scan_layers=c.scan_layers,
-                         remat_policy=c.remat_policy, attention_impl=c.attention_impl,
-                         attention_chunk_size=c.attention_chunk_size,
-                         name="und_trans")(tokens + pos.astype(dtype)[None])
-
 
 def cosine_distill_loss(student: jax.Array, teacher: jax.Array) -> jax.Array:
   """mean over tokens of -log(clamp(cos(student, teacher), 1e-4, 0.9999)), fp32."""

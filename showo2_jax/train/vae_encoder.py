@@ -189,10 +189,10 @@ def load_params(config, mesh: Mesh):
 
 
 def _restore_orbax(path: str, cfg: wan.WanVAEConfig):
-  kind, stored_cfg, params = orbax_io.restore_params(path)
-  if kind != "wan_vae":
-    raise ValueError(f"config.vae_checkpoint {path}: an Orbax '{kind}' checkpoint, "
-                     "expected 'wan_vae'")
+  try:
+    _, stored_cfg, params = orbax_io.restore_params(path, kind="wan_vae")
+  except orbax_io.OrbaxCheckpointError as e:
+    raise ValueError(f"config.vae_checkpoint {e}") from None
   check_same_vae(stored_cfg, cfg, path)
   return params
 

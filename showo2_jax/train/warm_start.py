@@ -55,7 +55,7 @@ import numpy as np
 from flax import traverse_util
 
 from showo2_jax import paths
-from showo2_jax.convert import training_run
+from showo2_jax.convert import orbax_io
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.train import partition
 
@@ -242,7 +242,7 @@ class _FlatReader:
   """Params as a flat {unrolled path: host array} (Orbax conversions)."""
 
   def __init__(self, source: Source):
-    from showo2_jax.convert import orbax_io, showo2_keys  # pylint: disable=import-outside-toplevel
+    from showo2_jax.convert import showo2_keys  # pylint: disable=import-outside-toplevel
     try:
       _, _, host = orbax_io.restore_params(source.path)
     except (FileNotFoundError, ValueError, OSError) as e:
@@ -270,7 +270,7 @@ class _FlatReader:
 
 def _checkpoint_dir(path: str) -> bool:
   try:
-    training_run.find_step_dir(path)
+    orbax_io.find_step_dir(path)
     return True
   except (FileNotFoundError, OSError):
     return False
@@ -301,24 +301,7 @@ class Assignment:
 
 def _fits_checkpoint(source: Source, flat_abstract: dict) -> dict:
   """{path tuple: problem or None} for a run checkpoint, from its metadata only."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  directory, step = training_run.find_step_dir(source.path)
-  if step is None:
-    step = max(int(d) for d in paths.listdir(directory) if d.isdigit())
-  item = paths.join(directory, str(step), "state")
-  with ocp.PyTreeCheckpointer() as ckptr:
-    meta = ckptr.metadata(item)
-  tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
-  stored = {}
-
-  def walk(node, prefix):
-    if hasattr(node, "keys") and not hasattr(node, "shape"):
-      for k in node.keys():
-        walk(node[k], prefix + (k,))
-    else:
-      stored[prefix] = tuple(getattr(node, "shape", ()) or ())
-  if hasattr(tree, "keys") and "params" in tree.keys():
-    walk(tree["params"], ())
+  stored = orbax_io.run_params_shapes(source.path)
   out = {}
   for path, a in flat_abstract.items():
     if path not in stored:
@@ -445,7 +428,7 @@ def load(params, init_config, abstract_params, model_config: Showo2Config, *,
         log.warning("init: %s gives no param (later sources override all of it)", src.label)
         continue
       if readers[i] is None:   # a run checkpoint: restored straight into the shards
-        loaded = training_run.restore_params(src.path, traverse_util.unflatten_dict(mine))
+        loaded = orbax_io.restore_run_params(src.path, traverse_util.unflatten_dict(mine))
         flat.update(traverse_util.flatten_dict(loaded))
       else:
         for p, a in mine.items():

@@ -1,10 +1,12 @@
 """Wan2.1 VAE checkpoints <-> Flax params of `showo2_jax.vae.wan`.
 
 One table (`param_table(cfg)`) lists every tensor with its original key (as in
-`Wan2.1_VAE.pth`, spec 9.2), its diffusers `AutoencoderKLWan` key, its Flax path and its
-PyTorch shape; both directions of the conversion read it, so they cannot drift apart.
-Layout rules: conv weights (out, in, k...) -> (k..., in, out); the attention's 1x1 convs
-(out, in, 1, 1) -> Dense (in, out); RMS_norm gammas (C, 1, 1[, 1]) -> (C,).
+`Wan2.1_VAE.pth`, spec 9.2), its diffusers `AutoencoderKLWan` key, its Flax path, its
+PyTorch shape and its layout hook; both directions of the conversion read it, so they
+cannot drift apart. The hooks, entries and key matching are the package's one mapping
+layer (`showo2_jax.param_mapping`): conv weights (out, in, k...) -> (k..., in, out)
+(`conv`); the attention's 1x1 convs (out, in, 1, 1) -> Dense (in, out) (`conv1x1_dense`);
+RMS_norm gammas (C, 1, 1[, 1]) -> (C,) (`gamma`); biases as they are (`copy`).
 
 `.pth` files are read with `torch.load(weights_only=True)` (no pickled code runs).
 """
@@ -16,6 +18,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from showo2_jax import param_mapping
 from showo2_jax.vae import wan
 from showo2_jax.vae.wan import WanVAEConfig
 
@@ -30,7 +33,12 @@ class ParamEntry:
   diffusers_key: str
   flax_path: tuple[str, ...]
   torch_shape: tuple[int, ...]
-  kind: str  # "conv" | "dense" | "gamma" | "bias"
+  kind: str  # the param_mapping.HOOKS name: "conv" | "conv1x1_dense" | "gamma" | "copy"
+
+  def entry(self, layout: str) -> param_mapping.Entry:
+    """This tensor as a param_mapping entry, keyed in `layout` ('original' | 'diffusers')."""
+    key = self.original_key if layout == "original" else self.diffusers_key
+    return param_mapping.Entry(key, "/".join(self.flax_path), None, self.kind, self.torch_shape)
 
 
 def param_table(cfg: WanVAEConfig) -> list[ParamEntry]:
@@ -45,7 +53,7 @@ def param_table(cfg: WanVAEConfig) -> list[ParamEntry]:
 
   def conv(orig, diff, path, cin, cout, kernel):
     add(f"{orig}.weight", join(diff, "weight"), path + ("kernel",), (cout, cin) + kernel, "conv")
-    add(f"{orig}.bias", join(diff, "bias"), path + ("bias",), (cout,), "bias")
+    add(f"{orig}.bias", join(diff, "bias"), path + ("bias",), (cout,), "copy")
 
   def gamma(orig, diff, path, c, images=False):
     add(f"{orig}.gamma", join(diff, "gamma"), path + ("gamma",),
@@ -64,9 +72,9 @@ def param_table(cfg: WanVAEConfig) -> list[ParamEntry]:
     gamma(f"{orig}.norm", join(diff, "norm"), path + ("norm",), c, images=True)
     for name, cout in (("to_qkv", 3 * c), ("proj", c)):
       add(f"{orig}.{name}.weight", join(diff, f"{name}.weight"), path + (name, "kernel"),
-          (cout, c, 1, 1), "dense")
+          (cout, c, 1, 1), "conv1x1_dense")
       add(f"{orig}.{name}.bias", join(diff, f"{name}.bias"), path + (name, "bias"), (cout,),
-          "bias")
+          "copy")
 
   def layer(kind, orig, diff, path, cin, cout):
     if kind == "residual":
@@ -116,30 +124,7 @@ def param_table(cfg: WanVAEConfig) -> list[ParamEntry]:
   return table
 
 
-# ----------------------------------------------------------------------------- layouts
-
-
-def _torch_to_flax(value: np.ndarray, kind: str) -> np.ndarray:
-  if kind == "conv":
-    return np.transpose(value, tuple(range(2, value.ndim)) + (1, 0))
-  if kind == "dense":
-    return np.transpose(value[:, :, 0, 0], (1, 0))
-  if kind == "gamma":
-    return value.reshape(-1)
-  return value
-
-
-def _flax_to_torch(value: np.ndarray, entry: ParamEntry) -> np.ndarray:
-  if entry.kind == "conv":
-    nk = value.ndim - 2
-    return np.transpose(value, (nk + 1, nk) + tuple(range(nk)))
-  if entry.kind == "dense":
-    return np.transpose(value, (1, 0))[:, :, None, None]
-  return value.reshape(entry.torch_shape)
-
-
-def _expected_flax_shape(entry: ParamEntry) -> tuple[int, ...]:
-  return _torch_to_flax(np.empty(entry.torch_shape, np.uint8), entry.kind).shape
+# ----------------------------------------------------------------------------- conversion
 
 
 def detect_layout(keys) -> str:
@@ -169,35 +154,13 @@ def torch_state_dict_to_flax(state_dict: Mapping[str, Any], cfg: WanVAEConfig,
   """
   sd = {k: _to_numpy(v) for k, v in state_dict.items()}
   layout = detect_layout(sd)
-  table = param_table(cfg)
-  key_of = (lambda e: e.original_key) if layout == "original" else (lambda e: e.diffusers_key)
-  expected = {key_of(e): e for e in table}
-  missing = [k for k in expected if k not in sd]
-  unexpected = sorted(k for k in sd if k not in expected)
-  wrong_shape = [f"{k} {tuple(sd[k].shape)} != {e.torch_shape}" for k, e in expected.items()
-                 if k in sd and tuple(sd[k].shape) != e.torch_shape]
-  if missing or unexpected or wrong_shape:
-    raise WanVAECheckpointError(_format_problems(layout, missing, unexpected, wrong_shape))
-  params: dict = {}
-  for key, entry in expected.items():
-    value = _torch_to_flax(sd[key], entry.kind)
-    if dtype is not None:
-      value = value.astype(dtype)
-    node = params
-    for name in entry.flax_path[:-1]:
-      node = node.setdefault(name, {})
-    node[entry.flax_path[-1]] = np.ascontiguousarray(value)
-  return params
-
-
-def _flatten(tree, prefix=()):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
+  entries = [e.entry(layout) for e in param_table(cfg)]
+  plan = param_mapping.Plan("wan_vae", entries,
+                            {e.leaf: param_mapping.flax_shape(e.shape, e.layout) for e in entries})
+  m = param_mapping.match(plan, sd, describe=lambda k, got, want: f"{k} {got} != {want}")
+  if not m.ok:
+    raise WanVAECheckpointError(_format_problems(layout, m.missing, m.unexpected, m.wrong_shape))
+  return param_mapping.unflatten(param_mapping.read_params(sd, plan, m, dtype))
 
 
 def infer_config(params) -> WanVAEConfig:
@@ -241,20 +204,19 @@ def flax_to_torch_state_dict(params, cfg: Optional[WanVAEConfig] = None, *,
   if layout not in ("original", "diffusers"):
     raise ValueError(f"layout must be 'original' or 'diffusers', got {layout!r}")
   cfg = infer_config(params) if cfg is None else cfg
-  flat = {path: np.asarray(v) for path, v in _flatten(params).items()}
-  table = param_table(cfg)
-  missing = ["/".join(e.flax_path) for e in table if e.flax_path not in flat]
-  known = {e.flax_path for e in table}
-  unexpected = sorted("/".join(p) for p in flat if p not in known)
-  wrong_shape = [f"{'/'.join(e.flax_path)} {flat[e.flax_path].shape} != "
-                 f"{_expected_flax_shape(e)}" for e in table
-                 if e.flax_path in flat and flat[e.flax_path].shape != _expected_flax_shape(e)]
+  flat = {path: np.asarray(v) for path, v in param_mapping.flatten(params).items()}
+  table = {"/".join(e.flax_path): e for e in param_table(cfg)}
+  want = {path: param_mapping.flax_shape(e.torch_shape, e.kind) for path, e in table.items()}
+  missing = [path for path in table if path not in flat]
+  unexpected = sorted(path for path in flat if path not in table)
+  wrong_shape = [f"{path} {flat[path].shape} != {want[path]}" for path in table
+                 if path in flat and flat[path].shape != want[path]]
   if missing or unexpected or wrong_shape:
     raise WanVAECheckpointError(_format_problems("flax", missing, unexpected, wrong_shape))
   out = {}
-  for e in table:
-    key = e.original_key if layout == "original" else e.diffusers_key
-    out[key] = np.ascontiguousarray(_flax_to_torch(flat[e.flax_path], e))
+  for path, e in table.items():
+    entry = e.entry(layout)
+    out[entry.key] = param_mapping.to_torch(flat[path], entry)
   return out
 
 

@@ -54,19 +54,25 @@ print(json.dumps({"params": 1, "threads": 2, "t2i_s_per_cfg_call": 0.5,
 """
 
 
+def _compare_original(tmp_path, reference_script: str, out, *flags) -> str:
+  """compare_original.py's T2I task against `reference_script` standing in for the
+  original's ref_bench.py (in an empty stand-in code dir); its stdout."""
+  ref = tmp_path / "ref_bench.py"
+  ref.write_text(reference_script)
+  code = tmp_path / "show-o2"
+  code.mkdir()
+  return _run([sys.executable, str(REPO / "benchmarks" / "compare_original.py"), *TINY,
+               "--tasks", "t2i", *flags, "--reference-python", sys.executable,
+               "--reference-code", str(code), "--reference-bench", str(ref), "--json", str(out)],
+              tmp_path)
+
+
 @pytest.mark.slow
 def test_compare_original_alternates_and_reports_ratios(tmp_path):
   """A stand-in for the original's ref_bench.py (fixed figures) checks the plumbing:
   rounds alternate, medians and ratios come from the measured figures."""
-  ref = tmp_path / "ref_bench.py"
-  ref.write_text(FAKE_REFERENCE)
-  code = tmp_path / "show-o2"
-  code.mkdir()
   out = tmp_path / "compare.json"
-  stdout = _run([sys.executable, str(REPO / "benchmarks" / "compare_original.py"), *TINY,
-                 "--tasks", "t2i", "--t2i-points", "3", "--rounds", "2", "--reference-python", sys.executable,
-                 "--reference-code", str(code), "--reference-bench", str(ref), "--json", str(out)],
-                tmp_path)
+  stdout = _compare_original(tmp_path, FAKE_REFERENCE, out, "--t2i-points", "3", "--rounds", "2")
   res = json.loads(out.read_text())
   assert len(res["ours_rounds"]) == 2 and len(res["original_rounds"]) == 2
   (row,) = res["table"]
@@ -89,15 +95,9 @@ print(json.dumps({"t2i_s_per_cfg_call": 2.0 if cpu else 1.0, "t2i_s_per_image_50
 
 
 def test_compare_original_clock_cpu_reads_process_time_in_both_programs(tmp_path):
-  ref = tmp_path / "ref_bench.py"
-  ref.write_text(CLOCK_REFERENCE)
-  code = tmp_path / "show-o2"
-  code.mkdir()
   out = tmp_path / "compare.json"
-  stdout = _run([sys.executable, str(REPO / "benchmarks" / "compare_original.py"), *TINY,
-                 "--tasks", "t2i", "--t2i-points", "2", "--rounds", "1", "--clock", "cpu",
-                 "--reference-python", sys.executable, "--reference-code", str(code),
-                 "--reference-bench", str(ref), "--json", str(out)], tmp_path)
+  stdout = _compare_original(tmp_path, CLOCK_REFERENCE, out, "--t2i-points", "2", "--rounds", "1",
+                             "--clock", "cpu")
   (row,) = json.loads(out.read_text())["table"]
   assert row["original"] == 2.0 * 1                   # the stand-in saw process_time
   assert row["ours"] > 0 and "cpu seconds" in stdout

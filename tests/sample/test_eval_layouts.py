@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from showo2_jax.data import testing
-from showo2_jax.data import tokenizer as tokenizer_lib
-from showo2_jax.sample import benchmarks, loading, pipeline
+from showo2_jax.sample import benchmarks, pipeline
 
 FEW = pipeline.FlowSampling(num_steps=3, guidance_scale=3.0)
 GENEVAL_LINES = [
@@ -18,15 +16,6 @@ GENEVAL_LINES = [
     {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "red"}],
      "prompt": "a photo of a red car"},
 ]
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny, tmp_path_factory, wan_vae_fixture_dir):
-  model, params = tiny
-  tok, special = tokenizer_lib.load_tokenizer(
-      testing.build_test_tokenizer(tmp_path_factory.mktemp("tokenizer")))
-  vae = loading.load_vae(str(wan_vae_fixture_dir))
-  return pipeline.Pipeline(model.config, params, tok, special, vae, max_seq_len=50)
 
 
 def read_geneval_folder(out):

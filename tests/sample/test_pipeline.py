@@ -6,20 +6,10 @@ import pytest
 
 from showo2_jax.config_lib import load_config
 from showo2_jax.data import testing
-from showo2_jax.data import tokenizer as tokenizer_lib
 from showo2_jax.models.config import Showo2Config
-from showo2_jax.sample import loading, mixed, pipeline
+from showo2_jax.sample import mixed, pipeline
 
 FEW_STEPS = pipeline.FlowSampling(num_steps=3, guidance_scale=3.0)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny, tmp_path_factory, wan_vae_fixture_dir):
-  model, params = tiny
-  tok, special = tokenizer_lib.load_tokenizer(
-      testing.build_test_tokenizer(tmp_path_factory.mktemp("tokenizer")))
-  vae = loading.load_vae(str(wan_vae_fixture_dir))
-  return pipeline.Pipeline(model.config, params, tok, special, vae, max_seq_len=50)
 
 
 def test_t2i_is_independent_of_batching(pipe):

@@ -4,7 +4,7 @@ model) but generates at 512 px."""
 import shutil
 
 from showo2_jax.convert import pipeline as convert
-from showo2_jax.sample import loading
+from showo2_jax.convert import loading
 from showo2_jax.sample.pipeline import Pipeline
 
 from test_cli import assets  # noqa: F401  (module fixture: tiny checkpoint, tokenizer, VAE)

@@ -22,20 +22,10 @@ import uvicorn
 from PIL import Image
 
 from showo2_jax.data import testing
-from showo2_jax.data import tokenizer as tokenizer_lib
-from showo2_jax.sample import loading, pipeline
+from showo2_jax.sample import pipeline
 from showo2_jax.serve import api, engine as engine_lib
 
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny, tmp_path_factory, wan_vae_fixture_dir):
-  model, params = tiny
-  tok, special = tokenizer_lib.load_tokenizer(
-      testing.build_test_tokenizer(tmp_path_factory.mktemp("tokenizer")))
-  vae = loading.load_vae(str(wan_vae_fixture_dir))
-  return pipeline.Pipeline(model.config, params, tok, special, vae, max_seq_len=50)
 
 
 @pytest.fixture(scope="module")

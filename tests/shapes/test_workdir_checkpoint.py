@@ -5,7 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from showo2_jax.sample import cli_args, loading
+from showo2_jax.convert import loading
+from showo2_jax.sample import cli_args
 from showo2_jax.shapes import recipe
 
 

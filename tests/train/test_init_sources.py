@@ -37,16 +37,23 @@ def _config(llm_hidden=None, tie=True, scan=False):
   return c
 
 
-def _init(c):
-  """(random params, warm-started params, layout, task) as the trainer builds them
-  (the random params are drawn on the host: compiling the model's init costs a
-  minute on a loaded CI machine and is not what is tested here)."""
+def _layout(c):
+  """(state layout, task, mesh) of config `c`, as the trainer builds them."""
   task = tasks.build(c)
   mesh = sharding_lib.create_mesh(c.mesh)
   with jax.set_mesh(mesh), sharding_lib.axis_rules():
     lay = state_lib.layout(task.init_params,
                            lambda labels: optimizer_lib.make_optimizer(c.optim, 10, labels),
                            task.labels, mesh)
+  return lay, task, mesh
+
+
+def _init(c):
+  """(random params, warm-started params, layout, task) as the trainer builds them
+  (the random params are drawn on the host: compiling the model's init costs a
+  minute on a loaded CI machine and is not what is tested here)."""
+  lay, task, mesh = _layout(c)
+  with jax.set_mesh(mesh), sharding_lib.axis_rules():
     rng = np.random.default_rng(c.seed)
     random = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype), lay.abstract.params)
     params = state_lib.place(random, lay.abstract.params)

@@ -22,11 +22,9 @@ import pytest
 
 from configs import _train_common as tc
 from showo2_jax import config_lib
-from showo2_jax import sharding as sharding_lib
 from showo2_jax.convert import showo2_keys
 from showo2_jax.data import testing
-from showo2_jax.train import checkpointing, optimizer as optimizer_lib, tasks
-from showo2_jax.train import state as state_lib
+from showo2_jax.train import checkpointing
 from tests.train import runs
 from tests.train import test_init_sources as sources
 
@@ -53,12 +51,7 @@ def get_config(arg):
 
 
 def _abstract_params(config):
-  task = tasks.build(config)
-  mesh = sharding_lib.create_mesh(config.mesh)
-  with jax.set_mesh(mesh), sharding_lib.axis_rules():
-    lay = state_lib.layout(task.init_params,
-                           lambda labels: optimizer_lib.make_optimizer(config.optim, 10, labels),
-                           task.labels, mesh)
+  lay, _, mesh = sources._layout(config)
   return lay.abstract.params, mesh
 
 

@@ -21,7 +21,6 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from showo2_jax import paths
 from showo2_jax.convert import orbax_io
@@ -48,13 +47,6 @@ def _check_exists(path: str, what: str) -> str:
   if not paths.exists(path):
     raise CheckpointNotFoundError(f"{what} not found: '{path}'")
   return path
-
-
-def _restore_orbax(path: str, kind: str):
-  got, config, params = orbax_io.restore_params(path)
-  if got != kind:
-    raise ValueError(f"{path}: an Orbax '{got}' checkpoint, expected '{kind}'")
-  return config, params
 
 
 def resolve_training_run(path: str) -> Optional[str]:
@@ -108,7 +100,7 @@ def load_showo2(path: str, dtype: str = "float32") -> tuple[Showo2Config, Any]:
   if run is not None:
     config, params = load_training_run(run)
   elif orbax_io.is_orbax_dir(path):
-    config, params = _restore_orbax(path, "showo2")
+    _, config, params = orbax_io.restore_params(path, kind="showo2")
   else:
     root = paths.as_str(path) if paths.isdir(path) else paths.parent(path)
     if not paths.exists(paths.join(root, "config.json")):
@@ -156,7 +148,7 @@ def load_vae(path: str, dtype: str = "float32") -> Vae:
   from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
   path = _check_exists(path, "VAE checkpoint")
   if orbax_io.is_orbax_dir(path):
-    config, params = _restore_orbax(path, "wan_vae")
+    _, config, params = orbax_io.restore_params(path, kind="wan_vae")
   else:
     with paths.local_copy(path) as local:  # torch.load / mmap read local files: gs:// is copied
       cfg_file = os.path.join(local, "config.json") if os.path.isdir(local) else None
