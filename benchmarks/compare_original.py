@@ -325,6 +325,8 @@ def main(argv=None):
                       speedup=ratio(r_t, o_t, higher_is_better=True),
                       ours_peak_gib=ours.get("decode_peak_rss_gib")))
   fmt = lambda v, f="{:.3g}": "-" if v is None else f.format(v)  # noqa: E731
+  speed = lambda v: ("-" if v is None else f"{v:.2f}x faster" if v >= 1  # noqa: E731
+                     else f"{v:.2f}x ({1 / v:.2f}x slower)")
   print(f"\nsmall config, fp32, {args.rounds} alternating round(s), medians, {args.clock} seconds; "
         f"{machine['processor']}, {machine['cpu_count']} cores, load (1 min) "
         f"{machine['load_avg_1m_start']:.1f} -> {machine['load_avg_1m_end']:.1f}")
@@ -333,7 +335,7 @@ def main(argv=None):
   print("|---|---|---|---|---|---|")
   for t in table:
     print(f"| {t['task']} | {t['unit']} | {fmt(t['original'])} | {fmt(t['ours'])} | "
-          f"{fmt(t['speedup'], '{:.2f}x faster')} | {fmt(t['ours_peak_gib'], '{:.2f} GiB')} |")
+          f"{speed(t['speedup'])} | {fmt(t['ours_peak_gib'], '{:.2f} GiB')} |")
   if ref_rows:
     print(f"original peak RSS (one process, all three tasks, train step last): "
           f"{fmt(ref.get('peak_rss_gib'), '{:.2f} GiB')}")
