@@ -151,7 +151,8 @@ def mesh_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
   return fit_shardings(shardings, shapes, mesh)
 
 
-def _axes(entry) -> tuple:
+def entry_axes(entry) -> tuple:
+  """One PartitionSpec entry (None, an axis name or a tuple of names) -> tuple of names."""
   return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
@@ -166,7 +167,7 @@ def fit_spec(spec: P, shape: Sequence[int], axis_sizes: Mapping[str, int]) -> P:
   allows it), else that axis replicates the array. Sizes-1 axes are kept as they
   are. Returns a PartitionSpec of len(shape) entries (trailing Nones trimmed).
   """
-  entries = [_axes(e) for e in tuple(spec) + (None,) * (len(shape) - len(tuple(spec)))]
+  entries = [entry_axes(e) for e in tuple(spec) + (None,) * (len(shape) - len(tuple(spec)))]
   dropped = []
   for i, axes in enumerate(entries):
     keep, prod = [], 1
@@ -191,7 +192,7 @@ def fit_spec(spec: P, shape: Sequence[int], axis_sizes: Mapping[str, int]) -> P:
 
 
 def _norm(spec) -> tuple:
-  out = [_axes(e) for e in tuple(spec)]
+  out = [entry_axes(e) for e in tuple(spec)]
   while out and not out[-1]:
     out.pop()
   return tuple(out)

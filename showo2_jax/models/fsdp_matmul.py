@@ -43,10 +43,6 @@ def _dot(x, kernel, dtype):
                              (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
-def _entry(e) -> tuple:
-  return () if e is None else (e,) if isinstance(e, str) else tuple(e)
-
-
 def plan(x_shape, kernel_shape, axes) -> Optional[tuple]:
   """(x_spec, dy_spec, kernel_spec, scatter_dim, data_axes) for the current mesh
   and logical rules, or None where the plain matmul is right (no mesh, fsdp=1,
@@ -61,7 +57,7 @@ def plan(x_shape, kernel_shape, axes) -> Optional[tuple]:
   except Exception:  # noqa: BLE001 - no rules active: leave it to GSPMD
     return None
   spec = sharding_lib.fit_spec(P(*logical), kernel_shape, sizes)
-  entries = [_entry(e) for e in tuple(spec) + (None,) * (2 - len(tuple(spec)))]
+  entries = [sharding_lib.entry_axes(e) for e in tuple(spec) + (None,) * (2 - len(tuple(spec)))]
   if any(len(e) > 1 for e in entries) or any(a not in ("fsdp", "tensor") for e in entries for a in e):
     return None
   dims = [i for i, e in enumerate(entries) if e == ("fsdp",)]
