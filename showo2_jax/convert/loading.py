@@ -83,7 +83,7 @@ def load_training_run(run_dir: str) -> tuple[Showo2Config, Any]:
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
                           nn.meta.unbox(abstract_params(config)))
   try:
-    params = training_run.restore_params(run_dir, abstract)
+    params = orbax_io.restore_run_params(run_dir, abstract)
   except FileNotFoundError as e:
     raise CheckpointNotFoundError(f"{run_dir}: {e}") from None
   return config, jax.device_get(params)

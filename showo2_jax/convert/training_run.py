@@ -3,7 +3,7 @@
 A run's workdir holds `config.json` (the whole ml_collections config) and
 `checkpoints/<step>/state` (params, optimizer state, step, rng), written by
 `train.checkpointing.Checkpointer` through `orbax_io.RunCheckpoints`.
-`restore_params` (`orbax_io.restore_run_params`) reads only the params (how stage 2,
+`orbax_io.restore_run_params` reads only the params (how stage 2,
 `generate --checkpoint WORKDIR` and `convert export-run` start); `export_run` writes
 them, with the model config, in the format `convert to-torch` and the inference
 commands read.
@@ -24,10 +24,6 @@ from showo2_jax.models.config import Showo2Config
 
 log = logging.getLogger(__name__)
 
-# A run's params and step dirs, as the Orbax layer reads them.
-STEP_METADATA = orbax_io.STEP_METADATA
-find_step_dir = orbax_io.find_step_dir
-restore_params = orbax_io.restore_run_params
 # A multi-phase run (shapes/recipe.py, `tiny_shapes`) records its phases here.
 PHASES_FILE = "phases.json"
 
@@ -57,7 +53,7 @@ def export_run(workdir: str, out: str, step: Optional[int] = None, *, overwrite:
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
                           nn.meta.unbox(abstract_params(config)))
   source = paths.join(workdir, "checkpoints", str(step)) if step is not None else workdir
-  params = restore_params(source, abstract)
+  params = orbax_io.restore_run_params(source, abstract)
   orbax_io.save_params(out, params, config, kind="showo2", overwrite=overwrite)
   count = sum(int(x.size) for x in jax.tree.leaves(params))
   log.info("exported %d params from %s to %s", count, source, out)

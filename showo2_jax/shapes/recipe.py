@@ -227,7 +227,7 @@ def export_vae(config, paths: Paths):
   from showo2_jax.train import vae_task  # pylint: disable=import-outside-toplevel
   cfg = vae_task.vae_config(config)
   abstract = jax.eval_shape(vae_task.init_fn(cfg), jax.random.PRNGKey(0))
-  params = training_run.restore_params(paths.vae, abstract)
+  params = orbax_io.restore_run_params(paths.vae, abstract)
   params = vae_task.host_params(params)
   with open(os.path.join(paths.world, "t2i.jsonl"), encoding="utf-8") as f:
     rels = [json.loads(line)["path"] for line in f if line.strip()][:512]

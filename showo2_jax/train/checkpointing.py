@@ -48,8 +48,7 @@ from showo2_jax import paths
 from showo2_jax.convert import orbax_io
 # A run's params are read outside training too (convert, sample): the Orbax layer owns
 # that; these names are kept here for the training code.
-from showo2_jax.convert.orbax_io import STEP_METADATA, find_step_dir  # pylint: disable=unused-import
-from showo2_jax.convert.orbax_io import restore_run_params as restore_params  # pylint: disable=unused-import
+from showo2_jax.convert.orbax_io import STEP_METADATA
 from showo2_jax.train.state import TrainState
 
 log = logging.getLogger(__name__)

@@ -22,14 +22,13 @@ def workdir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_workdir_loads_its_latest_params(workdir):
-  from showo2_jax.convert import training_run
-  from showo2_jax.convert import training_run
+  from showo2_jax.convert import orbax_io, training_run
   assert loading.resolve_training_run(str(workdir)) == str(workdir)
   config, params = loading.load_showo2(str(workdir))
   want_cfg = training_run.run_model_config(str(workdir))
   assert config.llm == want_cfg.llm
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-  want = training_run.restore_params(str(workdir), abstract)
+  want = orbax_io.restore_run_params(str(workdir), abstract)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

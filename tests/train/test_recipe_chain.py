@@ -22,9 +22,8 @@ import pytest
 
 from configs import _train_common as tc
 from showo2_jax import config_lib
-from showo2_jax.convert import showo2_keys
+from showo2_jax.convert import orbax_io, showo2_keys
 from showo2_jax.data import testing
-from showo2_jax.train import checkpointing
 from tests.train import runs
 from tests.train import test_init_sources as sources
 
@@ -58,7 +57,7 @@ def _abstract_params(config):
 def _final_params(workdir, config):
   abstract, mesh = _abstract_params(config)
   with jax.set_mesh(mesh):
-    params = checkpointing.restore_params(str(workdir), abstract)
+    params = orbax_io.restore_run_params(str(workdir), abstract)
   return {k: np.asarray(v) for k, v in showo2_keys.unroll_flat(sources._flat(params)).items()}
 
 
