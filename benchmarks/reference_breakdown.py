@@ -7,20 +7,21 @@ Run with the reference environment of ../shared/bench/setup_reference.sh:
 
 Builds the `small` model and the train batch of ../shared/bench/ref_bench.py (batch
 2 x 1024, one 432-px image per row, every text position labelled, stage 2, AdamW,
-0.2 * NTP + FM) and times, per step, the wall seconds spent inside each part, forward
-and backward, with module hooks: `register_forward_pre_hook` / `register_forward_hook`
-around the forward of a module, `register_full_backward_pre_hook` /
-`register_full_backward_hook` around its backward (the autograd engine runs a CPU
-backward on one thread, in order, so the interval holds that module's backward; ops
-of parallel branches that the engine interleaves are counted where they run). Parts:
+0.2 * NTP + FM), times `--steps` steps, then traces one with `torch.profiler` and
+splits the step's wall time by part of the model, forward and backward: forward
+hooks open a `record_function` range per module (innermost wins); a backward op
+(`autograd::engine::evaluate_function: ...`) is credited to the part of the forward op
+that created its autograd node (the same sequence number). Seconds are the ops' self
+time (the profiler's `self_cpu_time_total`: time on the calling thread, children
+excluded; intra-op threads are inside it), scaled to the untraced step time. Parts:
 
   LLM attention (q/k/v/o projections, RoPE, SDPA), LLM MLP, LLM norms/residuals (the
   decoder layers minus those two, plus the final norm), lm_head, NTP loss
-  (`next_token_prediction`, forward; its backward lands in `other`), SigLIP (the
-  semantic layers), flow head attention (its layers' self_attn), flow head rest (adaLN,
-  MLP, norms, final layer, diff_proj), projector/STF (patch embedders, fusion_proj, time
-  embedding), FM loss (forward), optimizer (AdamW step + zero_grad), other (the rest:
-  embeddings, the scatter into the sequence, the loss backward).
+  (`next_token_prediction`: the fp32 logits copy, cross-entropy), SigLIP (the semantic
+  layers), flow head attention (its layers' self_attn), flow head rest (adaLN, MLP,
+  norms, final layer, diff_proj), projector/STF (patch embedders, fusion_proj, time
+  embedding), FM loss, optimizer (AdamW step + zero_grad), other (the rest: embeddings,
+  the scatter into the sequence, autograd's accumulation of gradients).
 
 Prints a table and one JSON line (the last line of stdout).
 """
@@ -77,64 +78,57 @@ model = mm.Showo2Qwen2_5(llm_vocab_size=32012, llm_model_path=work + "/llm", ima
                          clip_latent_dim=384, num_diffusion_layers=4,
                          clip_pretrained_model_path=work + "/sig").float()
 
-# ---- hooks: inclusive seconds per (module group, direction)
-spent = collections.Counter()
-_open = {}
+# ---- module ranges: forward ops run inside a record_function range named after their part
+# (innermost wins); backward ops are credited to the part of the forward op that created
+# their autograd node (same sequence number).
+from torch.autograd.profiler import record_function  # noqa: E402
 
-
-def _hook(group):
-  def fpre(mod, *_):
-    _open[(id(mod), "f")] = time.perf_counter()
-
-  def fpost(mod, *_):
-    spent[(group, "fwd")] += time.perf_counter() - _open.pop((id(mod), "f"))
-
-  def bpre(mod, *_):
-    _open[(id(mod), "b")] = time.perf_counter()
-
-  def bpost(mod, *_):
-    t0 = _open.pop((id(mod), "b"), None)
-    if t0 is not None:
-      spent[(group, "bwd")] += time.perf_counter() - t0
-  return fpre, fpost, bpre, bpost
+TAG = "part::"
 
 
 def watch(mod, group):
-  fpre, fpost, bpre, bpost = _hook(group)
-  mod.register_forward_pre_hook(fpre)
-  mod.register_forward_hook(fpost)
-  mod.register_full_backward_pre_hook(bpre)
-  mod.register_full_backward_hook(bpost)
+  ranges = []
+
+  def pre(*_):
+    r = record_function(TAG + group)
+    r.__enter__()
+    ranges.append(r)
+
+  def post(*_):
+    ranges.pop().__exit__(None, None, None)
+  mod.register_forward_pre_hook(pre)
+  mod.register_forward_hook(post)
 
 
 for layer in model.showo.model.layers:
-  watch(layer, "llm_layer")
+  watch(layer, "LLM norms/residuals")
   watch(layer.self_attn, "LLM attention")
   watch(layer.mlp, "LLM MLP")
 watch(model.showo.model.norm, "LLM norms/residuals")
 watch(model.showo.lm_head, "lm_head")
 watch(model.und_trans, "SigLIP")
 for layer in model.diffusion_head_a:
-  watch(layer, "flow_layer")
+  watch(layer, "flow head rest")
   watch(layer.self_attn, "flow head attention")
-for m in (model.diffusion_head_b, model.diff_proj):
-  watch(m, "flow head rest")
+for m in (model.diffusion_head_b, getattr(model, "diff_proj", None)):
+  if m is not None:   # diff_proj / time_embed_proj exist only when the LLM and flow head widths differ
+    watch(m, "flow head rest")
 for m in (model.image_embedder_und, model.image_embedder_gen, model.fusion_proj, model.time_embed,
-          model.time_embed_proj):
-  watch(m, "projector/STF")
+          getattr(model, "time_embed_proj", None)):
+  if m is not None:
+    watch(m, "projector/STF")
 
 
-def _timed(fn, group):
+def _ranged(fn, group):
   def wrapped(*a, **k):
-    t0 = time.perf_counter()
-    out = fn(*a, **k)
-    spent[(group, "fwd")] += time.perf_counter() - t0
-    return out
+    with record_function(TAG + group):
+      return fn(*a, **k)
   return wrapped
 
 
-mm.next_token_prediction = _timed(mm.next_token_prediction, "NTP loss")
-mm.velocity_prediction = _timed(mm.velocity_prediction, "FM loss")
+mm.next_token_prediction = _ranged(mm.next_token_prediction, "NTP loss")
+mm.velocity_prediction = _ranged(mm.velocity_prediction, "FM loss")
+
 
 # ---- the train batch of ref_bench.py
 L, N = 1024, 730
@@ -154,52 +148,59 @@ lat, tt, v = torch.randn(2, 16, 54, 54), torch.rand(2), torch.randn(2, 16, 54, 5
 def step():
   _, l1, l2 = model(text_tokens=text, image_latents=lat, t=tt, attention_mask=mask, image_masks=img_mask.clone(),
                     text_labels=labels, image_labels=v, modality_positions=pos, max_seq_len=L, device="cpu")
-  t0 = time.perf_counter()
   (0.2 * l1 + l2).backward()
-  spent[("backward call", "bwd")] += time.perf_counter() - t0
-  t0 = time.perf_counter()
-  opt.step()
-  opt.zero_grad()
-  spent[("optimizer", "step")] += time.perf_counter() - t0
+  with record_function(TAG + "optimizer"):
+    opt.step()
+    opt.zero_grad()
+
+
+def part_of(ev, by_seq):
+  """The part of a profiler event: its innermost part range (forward), or the part of
+  the forward op whose autograd node it evaluates (backward)."""
+  e = ev
+  while e is not None:
+    if e.name.startswith(TAG):
+      return e.name[len(TAG):], "fwd"
+    if e.name.startswith("autograd::engine::evaluate_function"):
+      return by_seq.get(e.sequence_nr, "other"), "bwd"
+    e = e.cpu_parent
+  return "other", "fwd"
 
 
 step()
-spent.clear()
 t0 = time.perf_counter()
 for _ in range(args.steps):
   step()
 step_s = (time.perf_counter() - t0) / args.steps
-s = {k: v / args.steps for k, v in spent.items()}
-
-parts = collections.OrderedDict()
-for d in ("fwd", "bwd"):
-  attn, mlp = s.get(("LLM attention", d), 0.0), s.get(("LLM MLP", d), 0.0)
-  parts[("LLM attention", d)] = attn
-  parts[("LLM MLP", d)] = mlp
-  parts[("LLM norms/residuals", d)] = (s.get(("llm_layer", d), 0.0) - attn - mlp
-                                       + s.get(("LLM norms/residuals", d), 0.0))
-  parts[("lm_head", d)] = s.get(("lm_head", d), 0.0)
-  parts[("SigLIP", d)] = s.get(("SigLIP", d), 0.0)
-  fattn = s.get(("flow head attention", d), 0.0)
-  parts[("flow head attention", d)] = fattn
-  parts[("flow head rest", d)] = s.get(("flow_layer", d), 0.0) - fattn + s.get(("flow head rest", d), 0.0)
-  parts[("projector/STF", d)] = s.get(("projector/STF", d), 0.0)
-  parts[("NTP loss", d)] = s.get(("NTP loss", d), 0.0)
-  parts[("FM loss", d)] = s.get(("FM loss", d), 0.0)
-parts[("optimizer", "step")] = s.get(("optimizer", "step"), 0.0)
-fwd_total = step_s - s[("backward call", "bwd")] - s[("optimizer", "step")]
-parts[("other", "fwd")] = fwd_total - sum(v for (k, d), v in parts.items() if d == "fwd")
-parts[("other", "bwd")] = s[("backward call", "bwd")] - sum(v for (k, d), v in parts.items() if d == "bwd")
+with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+  step()
+events = list(prof.events())
+by_seq = {}
+for ev in events:   # forward ops that created an autograd node -> their part
+  if ev.sequence_nr >= 0 and not ev.name.startswith("autograd::"):
+    part, d = part_of(ev, {})
+    if d == "fwd" and part != "other":
+      by_seq.setdefault(ev.sequence_nr, part)
+spent = collections.Counter()
+for ev in events:
+  if ev.name.startswith(TAG):
+    continue
+  part, d = part_of(ev, by_seq)
+  spent[(part, "step" if part == "optimizer" else d)] += ev.self_cpu_time_total * 1e-6
+traced_s = sum(spent.values())
+scale = step_s / traced_s   # profiler overhead: report seconds of the untraced step
 
 by_part = collections.OrderedDict()
-for (k, d), v in parts.items():
-  by_part.setdefault(k, {"fwd": 0.0, "bwd": 0.0, "step": 0.0})[d] += v
-print(f"original train step: {step_s:.3f} s wall, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
+for k in ("LLM attention", "LLM MLP", "LLM norms/residuals", "lm_head", "NTP loss", "SigLIP",
+          "flow head attention", "flow head rest", "projector/STF", "FM loss", "optimizer", "other"):
+  by_part[k] = {d: spent.get((k, d), 0.0) * scale for d in ("fwd", "bwd", "step")}
+print(f"original train step: {step_s:.3f} s wall ({traced_s:.3f} s traced), {args.threads} threads, "
+      f"load {os.getloadavg()[0]:.2f}")
 print(f"{'part':<22} {'fwd s':>7} {'bwd s':>7} {'total s':>8} {'share':>6}")
 for k, v in by_part.items():
   tot = sum(v.values())
   print(f"{k:<22} {v['fwd']:7.3f} {v['bwd'] + v['step']:7.3f} {tot:8.3f} {100 * tot / step_s:5.1f}%")
-res = dict(step_s=step_s, threads=args.threads, load_avg_1m=os.getloadavg()[0],
+res = dict(step_s=step_s, traced_step_s=traced_s, threads=args.threads, load_avg_1m=os.getloadavg()[0],
            parts={k: dict(fwd_s=v["fwd"], bwd_s=v["bwd"] + v["step"], total_s=sum(v.values()))
                   for k, v in by_part.items()})
 if args.json:
