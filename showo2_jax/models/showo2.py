@@ -372,7 +372,8 @@ def ntp_loss_from_hidden(logits_fn, hidden, text_labels, ignore_index: int = -10
   backward only scales the two by the incoming cotangent. So each labelled chunk
   runs the head's matmul three times (logits, d hidden, d weights; a remat'd
   autodiff runs four), at most one (B, chunk_size, V) block of logits lives at a
-  time, and a skipped chunk costs nothing in either pass. The sum runs in a
+  time, and a skipped chunk costs nothing in either pass (a call that is not
+  differentiated, e.g. an evaluation, still runs the two pull-backs). The sum runs in a
   different order than `ntp_loss` (fp32 rounding only; in bf16 the gradient is
   rounded once, where autodiff rounds softmax and one-hot separately).
   """
