@@ -9,7 +9,8 @@ original's code, a venv that runs it on CPU and a `stub/` for its timm import).
 The `small` configuration of shared/docs/BENCHMARKS.md, fp32, random weights:
 
   * train step: batch 2 x 1024, one 432-px image per row, every parameter
-    trainable (stage 2), AdamW, 0.2 * NTP + FM (ours: `small_train`);
+    trainable (stage 2), AdamW, 0.2 * NTP + FM (ours: `small_train`, whose batch is
+    ref_bench.py's: the image at offset 34, every text position labelled);
   * T2I: seconds per 432-px image, 50-point Euler grid (49 evaluations), CFG
     (ours: the KV-cached `sample_latents`, prefill included; the original: one
     `t2i_generate` CFG call x 49, as `ref_bench.py` measures it);

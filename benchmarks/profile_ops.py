@@ -95,6 +95,41 @@ def part_of(op_name: str, opcode: str) -> str:
   return "other"
 
 
+# The parts of benchmarks/reference_breakdown.py (the original's step timed with module
+# hooks), so the two programs can be compared part by part. First match wins; matched
+# against the lower-cased name stack. Our lm_head only runs inside the NTP loss, so the
+# two are one part here.
+MODULE_PARTS = [
+    ("lm_head + NTP loss", ("ntp_loss", "chunked_ntp", "logsumexp", "logits", "lm_head")),
+    ("FM loss", ("flow_loss", "velocity")),
+    ("SigLIP", ("und_trans",)),
+    ("flow head rest", ("diffusion_head", "diff_proj")),
+    ("projector/STF", ("image_embedder", "fusion_proj", "time_embed")),
+    ("LLM attention", ("self_attn",)),
+    ("LLM MLP", ("/mlp",)),
+    ("LLM norms/residuals", (".llm/model/layers", ".llm/model/norm", "showo/model/layers")),
+]
+
+
+def module_part(op_name: str, opcode: str = "") -> str:
+  """The part of `op_name` (an HLO op's name stack) for the "by module" table."""
+  low = op_name.lower()
+  if not low:
+    # while/conditional/call thunks (the loop and branch control of the chunked
+    # attention and the NTP scan) and copies XLA inserted carry no name stack.
+    return "loop/cond control, unnamed copies"
+  if "diffusion_head_a" in low and "self_attn" in low:
+    return "flow head attention"
+  for part, keys in MODULE_PARTS:
+    if any(k in low for k in keys):
+      return part
+  if ("while/body" in low or "/cond" in low) and "self_attn" not in low:
+    return "lm_head + NTP loss"      # the NTP loss's chunk scan (ntp_loss_from_hidden)
+  if "jvp(" not in low and "showo2" not in low:
+    return "optimizer (AdamW + clip)"  # outside the model's forward/backward
+  return "other"
+
+
 def kind_of(op_name: str, opcode: str, hlo_name: str) -> str:
   low = (op_name + " " + hlo_name).lower()
   if "dot" in low or "gemm" in low or "matmul" in low or "ynn" in hlo_name or opcode == "dot":
@@ -127,17 +162,21 @@ def trace_ops(run, steps: int, hlo_text: str) -> dict:
         if "hlo_op" in stats:
           per_op[stats["hlo_op"]] += ev.duration_ns * 1e-9 / steps
   total = sum(per_op.values())
-  parts, kinds, rows = collections.Counter(), collections.Counter(), []
+  parts, kinds, modules, rows = (collections.Counter(), collections.Counter(), collections.Counter(),
+                                 [])
   for name, secs in per_op.most_common():
     opcode, op = meta.get(name, ("?", ""))
     part, kind = part_of(op, opcode), kind_of(op, opcode, name)
+    module = module_part(op, opcode)
     parts[part] += secs
     kinds[kind] += secs
-    rows.append(dict(op=name, seconds=secs, share=secs / total, part=part, kind=kind,
+    modules[module] += secs
+    rows.append(dict(op=name, seconds=secs, share=secs / total, part=part, kind=kind, module=module,
                      source=re.sub(r"^jit\([^)]*\)/", "", op)[-110:]))
   return dict(wall_s_per_run=wall, op_s_per_run=total, ops=rows,
               parts={k: dict(seconds=v, share=v / total) for k, v in parts.most_common()},
-              kinds={k: dict(seconds=v, share=v / total) for k, v in kinds.most_common()})
+              kinds={k: dict(seconds=v, share=v / total) for k, v in kinds.most_common()},
+              modules={k: dict(seconds=v, share=v / total) for k, v in modules.most_common()})
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -220,6 +259,9 @@ def main(argv=None):
   print("\nby part of the model:")
   for k, v in res["parts"].items():
     print(f"  {k:<34} {v['seconds']:8.3f} s  {100 * v['share']:5.1f}%")
+  print("\nby module (the parts of benchmarks/reference_breakdown.py; share x wall = seconds):")
+  for k, v in res["modules"].items():
+    print(f"  {k:<34} {v['share'] * res['wall_s_per_run']:8.3f} s  {100 * v['share']:5.1f}%")
   print("\nby kind of op:")
   for k, v in res["kinds"].items():
     print(f"  {k:<34} {v['seconds']:8.3f} s  {100 * v['share']:5.1f}%")

@@ -85,8 +85,9 @@ def add_training(c, *, num_steps, global_batch_size, seed=10086):
   ))
   c.data = ml_collections.ConfigDict(dict(
       source="synthetic",
-      # Synthetic, in memory: rows are a repeating pattern of t2i then mmu rows.
-      t2i_rows=6, mmu_rows=2, interleaved_rows=0,
+      # Synthetic, in memory: rows are a repeating pattern of t2i, mmu, interleaved
+      # then filled rows (train/synthetic.py).
+      t2i_rows=6, mmu_rows=2, interleaved_rows=0, filled_rows=0,
       num_classes=8, max_images=1,
       caption_len=6,
       pixels=False,                          # True: pixel_values (needs vae_checkpoint), not latents

@@ -16,6 +16,11 @@ skipped; a training phase cut short resumes from its last checkpoint):
 
 Every training phase writes Orbax checkpoints, TensorBoard events,
 metrics.jsonl and its config.json in its own folder, like a pod run.
+
+Re-running part of a finished run (to try a change without redoing the rest):
+`--config.recipe.redo=stage2` forgets that phase and every later one (their
+records in phases.json and their training folders) and runs them again;
+`--config.recipe.stop_after=vae` stops once that phase is done.
 """
 from __future__ import annotations
 
@@ -273,15 +278,42 @@ def phase_report(config, paths: Paths, state) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
+def _phase_option(config, key: str):
+  """recipe.redo / recipe.stop_after: a phase name or None; ValueError names the flag."""
+  value = config.recipe.get(key) or None
+  if value is not None and value not in PHASES:
+    raise ValueError(f"--config.recipe.{key}={value}: not a phase; choose from {', '.join(PHASES)}")
+  return value
+
+
+def forget_from(paths: Paths, state: dict, phase: str) -> list:
+  """Forgets `phase` and every later phase: their phases.json records and their training
+  folders (so they start afresh, not from their old checkpoints). Returns their names."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  later = list(PHASES[PHASES.index(phase):])
+  for name in later:
+    state["phases"].pop(name, None)
+    folder = {"vae": paths.vae, "latents": paths.latents, "stage1": paths.stage1,
+              "stage2": paths.stage2}.get(name)
+    if folder and os.path.isdir(folder):
+      shutil.rmtree(folder)
+  _save_state(paths, state)
+  return later
+
+
 def run(config, workdir: str) -> dict:
   """Runs the phases not yet done; returns the state (phases.json). Raises ValueError
-  for a `gs://` workdir: this toy recipe writes its world and report locally."""
+  for a `gs://` workdir (this toy recipe writes its world and report locally) and for
+  a recipe.redo / recipe.stop_after that names no phase."""
   if paths_lib.is_uri(workdir):
     raise ValueError(f"--workdir {workdir}: the tiny_shapes recipe needs a local folder (its "
                      "world, tokenizer and report are written with local file calls)")
+  redo, stop_after = _phase_option(config, "redo"), _phase_option(config, "stop_after")
   os.makedirs(workdir, exist_ok=True)
   paths = Paths(workdir)
   state = _load_state(paths)
+  if redo is not None and redo in state["phases"]:
+    _say(f"recipe.redo={redo}: running {', '.join(forget_from(paths, state, redo))} again")
   done = state["phases"]
   if all(p in done for p in PHASES):
     _say(f"{workdir}: this run is complete (all {len(PHASES)} phases done; "
@@ -310,6 +342,9 @@ def run(config, workdir: str) -> dict:
     done[name] = out
     _save_state(paths, state)
     _say(f"== {name} done in {out['seconds']:.0f} s")
+    if name == stop_after:
+      _say(f"recipe.stop_after={name}: stopping here; run again without it to go on")
+      return state
   _say(f"all phases done in {time.perf_counter() - t_all:.0f} s this session")
   print_next_steps(paths, state)
   return state

@@ -17,11 +17,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from showo2_jax.sharding import BATCH_AXES
 from showo2_jax.train import synthetic, vae_encoder
 
 log = logging.getLogger(__name__)
-
-BATCH_AXES = ("data", "fsdp")
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
@@ -194,7 +193,8 @@ def synthetic_spec(config) -> synthetic.SyntheticSpec:
       latent_shape=(m.latent_channels, m.image_latent_height * p, m.image_latent_width * p),
       num_visual_tokens=n + 1, vocab_size=m.llm.vocab_size, num_classes=d.num_classes,
       caption_len=d.caption_len, t2i_rows=d.t2i_rows, mmu_rows=d.mmu_rows,
-      interleaved_rows=d.interleaved_rows, max_images=d.max_images, seed=config.seed,
+      interleaved_rows=d.interleaved_rows,
+      filled_rows=int(d.get("filled_rows", 0)), max_images=d.max_images, seed=config.seed,
       pixel_shape=pixel_shape(config) if d.get("pixels", False) else None)
 
 

@@ -40,6 +40,31 @@ def train_flops_per_step(model, seq_len: int, images_per_row: int, global_batch:
   return 3.0 * global_batch * forward_flops_per_row(model, seq_len, images_per_row)
 
 
+def train_flops_by_part(model, seq_len: int, images_per_row: int, global_batch: int) -> dict:
+  """`train_flops_per_step` split into the parts of benchmarks/profile_ops.py's "by
+  module" table (same formula, same terms; the values sum to it): LLM attention (q/k/v/o
+  projections and the L x L matmuls), LLM MLP, lm_head, SigLIP, flow head attention,
+  flow head rest (its MLPs, diff_proj, final layer), projector/STF (patch embeddings,
+  fusion)."""
+  llm, sig, fh = model.llm, model.siglip, model.flow_head
+  L, D, dh = seq_len, llm.hidden_size, fh.hidden_size
+  attn = lambda d, h, kv, hd: 2 * L * (2 * d * h * hd + 2 * d * kv * hd) + 4 * L * L * h * hd
+  p2c = model.patch_size ** 2 * model.latent_channels
+  n, ds = model.image_latent_height * model.image_latent_width, sig.hidden_size
+  parts = {
+      "LLM attention": llm.num_layers * attn(D, llm.num_heads, llm.num_kv_heads, llm.head_dim),
+      "LLM MLP": llm.num_layers * 2 * L * 3 * D * llm.intermediate_size,
+      "lm_head": 2 * L * D * llm.vocab_size,
+      "SigLIP": images_per_row * sig.num_layers * (2 * n * 4 * ds * ds + 4 * n * n * ds
+                                                   + 2 * n * 2 * ds * sig.intermediate_size),
+      "flow head attention": fh.num_layers * attn(dh, fh.num_heads, fh.num_kv_heads, fh.head_dim),
+      "flow head rest": (fh.num_layers * 2 * L * 3 * dh * fh.intermediate_size + 2 * L * dh * p2c
+                         + (2 * L * (D * dh + dh * dh) if D != dh else 0)),
+      "projector/STF": images_per_row * (2 * n * p2c * (ds + D) + 2 * n * ((ds + D) * D + D * D)),
+  }
+  return {k: 3.0 * global_batch * float(v) for k, v in parts.items()}
+
+
 def _dot_flops(eqn) -> float:
   (lc, rc), (lb, _) = eqn.params["dimension_numbers"]
   lhs, rhs = (v.aval.shape for v in eqn.invars[:2])

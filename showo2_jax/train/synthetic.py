@@ -6,7 +6,11 @@ steps show both losses falling:
   latent pattern; a sample is its class pattern plus small noise;
 - t2i rows (spec 4.2) ask for the latent given the caption (FM loss),
 - captioning rows (spec 4.3, stage 1) ask for the caption given the latent (NTP),
-- interleaved rows (spec 4.6) alternate captions and images (both losses).
+- interleaved rows (spec 4.6) alternate captions and images (both losses),
+- filled rows put the caption, the image, then text up to `seq_len` (no padding),
+  every text position labelled and the image under the FM loss: the train batch of
+  the original's `shared/bench/ref_bench.py` (~290 NTP targets and one image per row),
+  so benchmarks against it time the same work.
 
 With `pixel_shape` set, rows carry `pixel_values` in [-1, 1] instead of
 latents (each class a fixed blocky picture plus noise), so the step must
@@ -40,6 +44,7 @@ class SyntheticSpec:
   t2i_rows: int = 6
   mmu_rows: int = 2
   interleaved_rows: int = 0
+  filled_rows: int = 0
   max_images: int = 1            # M, slots per row
   seed: int = 0
   noise_scale: float = 0.3
@@ -67,8 +72,10 @@ class SyntheticSource:
       self.patterns = coarse.repeat(8, axis=2).repeat(8, axis=3)[:, :, :h, :w].astype(np.float32)
       self.visual_key, self.visual_shape = "pixel_values", (c, h, w)
     self._cycle = ["t2i"] * spec.t2i_rows + ["mmu"] * spec.mmu_rows + ["interleaved"] * spec.interleaved_rows
+    self._cycle += ["filled"] * spec.filled_rows
     if not self._cycle:
-      raise ValueError("synthetic data needs at least one of t2i_rows, mmu_rows, interleaved_rows")
+      raise ValueError("synthetic data needs at least one of t2i_rows, mmu_rows, interleaved_rows, "
+                       "filled_rows")
 
   def rows(self, index: int, start: int, stop: int) -> dict:
     out = [self._row(index, r) for r in range(start, stop)]
@@ -91,6 +98,12 @@ class SyntheticSource:
     if kind == "t2i":
       tokens = [BOS] + cap + [BOI] + block + [EOI, EOS]
       labels = [IGNORE] * len(tokens)
+      offset = len(cap) + 2
+    elif kind == "filled":
+      tokens = [BOS] + cap + [BOI] + block + [EOI]
+      tail = max(s.seq_len - len(tokens), 0)
+      tokens += list(rng.integers(FIRST_TEXT_ID, s.vocab_size, tail))
+      labels = [t if t != IMG_PAD else IGNORE for t in tokens]
       offset = len(cap) + 2
     else:
       tokens = [BOS, BOI] + block + [EOI] + cap + [EOS]

@@ -126,3 +126,32 @@ def test_serve_benchmark_reports_latency_and_throughput(tmp_path):
   assert 0 < res["p50_s"] <= res["p95_s"] <= res["wall_s"] and res["throughput_req_s"] > 0
   assert 1 <= res["batches"] <= 4 and res["chat_p50_s"] > 0 and res["image_p50_s"] > 0
   assert "| p50 s | p95 s |" in table and f"| {res['p50_s']} | {res['p95_s']} |" in table
+
+
+def test_profile_parts_and_the_part_by_part_comparison(tmp_path):
+  """profile_ops's "by module" parts come from the name stacks; compare_parts puts
+  ours and the original's side by side with the formula's FLOPs per part."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import compare_parts  # pylint: disable=import-outside-toplevel
+  import profile_ops  # pylint: disable=import-outside-toplevel
+  part = profile_ops.module_part
+  assert part("transpose(jvp(Showo2))/Showo2.llm/model/layers_6/mlp/down_proj/dot_general") == "LLM MLP"
+  assert part("jvp(Showo2)/Showo2.llm/model/layers_2/self_attn/while/body/closed_call/cond") == "LLM attention"
+  assert part("jvp(Showo2)/Showo2.flow/diffusion_head_a/layers_0/self_attn/q_proj/dot_general") == \
+      "flow head attention"
+  assert part("jvp(Showo2)/Showo2.flow/diffusion_head_a/layers_0/mlp/up_proj/dot_general") == "flow head rest"
+  assert part("transpose(jvp(Showo2))/Showo2.encode_visual/und_trans/layers_4/self_attn/while") == "SigLIP"
+  assert part("jvp()/while/body/closed_call/cond/branch_1_fun/Showo2.logits/showo.logits/dot_general") == \
+      "lm_head + NTP loss"
+  assert part("jvp()/while/body/closed_call/cond") == "lm_head + NTP loss"
+  assert part("jit(train_step)/sqrt") == "optimizer (AdamW + clip)"
+  assert part("jvp(Showo2)/Showo2.llm/model/layers_1/input_layernorm/mul") == "LLM norms/residuals"
+  ours = dict(wall_s_per_run=10.0, modules={"LLM MLP": dict(share=0.5), "other": dict(share=0.5)})
+  original = dict(step_s=20.0, parts={"LLM MLP": dict(total_s=4.0), "lm_head": dict(total_s=1.0),
+                                      "NTP loss": dict(total_s=2.0)})
+  flops = {"LLM MLP": 100e9, "lm_head": 30e9}
+  rows = {r["part"]: r for r in compare_parts.table(ours, original, flops)}
+  assert rows["LLM MLP"]["ours_s"] == 5.0 and rows["LLM MLP"]["ours_gflops"] == 20.0
+  assert rows["LLM MLP"]["original_gflops"] == 25.0
+  assert rows["lm_head + NTP loss"]["original_s"] == 3.0 and rows["lm_head + NTP loss"]["ours_s"] == 0.0
+  assert rows["step"]["original_over_ours"] == 2.0 and rows["step"]["gflop"] == 130.0

@@ -54,8 +54,8 @@ def test_tiny_shapes_run_files_and_commands(shapes_run, tmp_path):
   m = json.loads((wd / "metrics.json").read_text())["eval"]
   assert set(m) == {"gen_colour", "gen_shape", "und_colour", "und_shape"}
   # Both jobs learned colour, on 48 held-out prompts / images: well above chance (0.25).
-  # (Measured on 2 cores: gen_colour 0.65, und_colour 0.79; und_shape 0.35 does not beat
-  # chance by a margin in this short run.)
+  # (Measured on 2 cores: gen_colour 0.54, und_colour 0.94 with the VAE's KL weight 1e-3;
+  # 0.65 / 0.79 with 1e-6; und_shape 0.35 does not beat chance by a margin in this short run.)
   assert m["gen_colour"] >= 0.45 and m["und_colour"] >= 0.45, m
 
   again = _cli("train", "--config", "tiny_shapes", "--workdir", str(wd), *SHORT)

@@ -153,6 +153,23 @@ def test_synthetic_iterator_resumes_and_shards():
     np.testing.assert_array_equal(np.concatenate([j[k] for j in joined]), want[k])
 
 
+def test_small_train_batch_is_the_batch_of_the_originals_ref_bench():
+  """shared/bench/ref_bench.py times the original on 2 rows of 1024 tokens, each one
+  730-token image block (FM loss) and every other position a labelled text token."""
+  config = load_config("small_train")
+  batch = synthetic.SyntheticSource(data_lib.synthetic_spec(config)).rows(0, 0, 2)
+  tokens, labels = batch["text_tokens"], batch["text_labels"]
+  assert tokens.shape == (2, 1024)
+  np.testing.assert_array_equal(batch["modality_positions"][:, 0], [[34, 730], [34, 730]])
+  np.testing.assert_array_equal(batch["image_masks"].sum(1), [730, 730])
+  np.testing.assert_array_equal(batch["is_und"], [0, 0])
+  assert not (tokens == synthetic.PAD).any()
+  text = batch["image_masks"] == 0
+  np.testing.assert_array_equal(labels[text], tokens[text])
+  assert (labels[~text] == synthetic.IGNORE).all()
+  np.testing.assert_array_equal((labels != synthetic.IGNORE).sum(1), [294, 294])
+
+
 @pytest.mark.slow
 def test_tiny_run_learns(reference_run):
   """The README's main job: 300 steps, NTP and FM both fall; TensorBoard events written.
