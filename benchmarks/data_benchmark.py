@@ -95,7 +95,7 @@ def main():
   parser.add_argument("--only", default="", help="run pipelines whose name contains this")
   args = parser.parse_args()
 
-  from showo2_jax.cli.precompute import pool_encoder  # pylint: disable=import-outside-toplevel
+  from showo2_jax.train.latents import pool_encoder  # pylint: disable=import-outside-toplevel
   # pylint: disable-next=import-outside-toplevel
   from showo2_jax.data import precompute, sources, tasks, testing, tokenizer
   with tempfile.TemporaryDirectory() as root:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from showo2_jax.config_lib import load_config
-from showo2_jax.convert import showo2_keys
+from showo2_jax import param_mapping
 from showo2_jax.convert.showo2_torch import abstract_params
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import Showo2
@@ -42,7 +42,7 @@ PAD, BOS, BOI, EOI, IMG_PAD = 0, 1, 3, 4, 5
 
 def random_params(config: Showo2Config, dtype, seed: int = 0):
   """Random weights drawn on the device (a 1.5B model never sits in host memory)."""
-  flat = showo2_keys.flatten(nn.meta.unbox(abstract_params(config)))
+  flat = param_mapping.flatten(nn.meta.unbox(abstract_params(config)))
   draw = jax.jit(lambda key, scale, shape: scale * jax.random.normal(key, shape, dtype),
                  static_argnums=2)
   key = jax.random.PRNGKey(seed)
@@ -51,7 +51,7 @@ def random_params(config: Showo2Config, dtype, seed: int = 0):
     scale = 1.0 if path.endswith("scale") else 0.5 / np.sqrt(max(leaf.shape[0], 1))
     value = draw(jax.random.fold_in(key, i), scale, tuple(leaf.shape))
     out[path] = value + 1.0 if path.endswith("scale") else value
-  return showo2_keys.unflatten(out)
+  return param_mapping.unflatten(out)
 
 
 def timed(fn, *args, budget_s: float = 3.0, max_repeats: int = 5, **kwargs) -> float:

@@ -156,6 +156,12 @@ def entry_axes(entry) -> tuple:
   return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
+# Mesh axes the batch dimension splits over: LOGICAL_AXIS_RULES' `activation_batch`
+# rule (train/data.py shards global batches with it, models/fsdp_matmul.py plans with it).
+BATCH_AXES: tuple[str, ...] = entry_axes(
+    next(mesh_axes for name, mesh_axes in LOGICAL_AXIS_RULES if name == "activation_batch"))
+
+
 def fit_spec(spec: P, shape: Sequence[int], axis_sizes: Mapping[str, int]) -> P:
   """`spec` with every dimension divisible by the mesh axes that split it.
 

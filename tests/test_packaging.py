@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_wheel_install_finds_the_configs(tmp_path):
   # Build from a copy so a stale build/ of the checkout cannot leak into the wheel.
   src = tmp_path / "src"

@@ -83,6 +83,7 @@ def test_storage_emulator_host_alone_reaches_orbax(gcs_emulator, gcs_bucket, tmp
   _orbax_round_trip(gcs_emulator[1], gcs_bucket + "/run", tmp_path)
 
 
+@pytest.mark.slow
 def test_the_users_emulator_command_serves_orbax(tmp_path):
   """`python -m showo2_jax.testing.gcs_emulator` (what docs/training.md tells users to
   run) prints the line to export, creates the bucket, and Orbax saves to it."""

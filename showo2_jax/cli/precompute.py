@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from showo2_jax import paths
 from showo2_jax.cli.main import CliError
-# The encoders live with the job (train/latents.py); tests and benchmarks reach them here too.
-from showo2_jax.train.latents import pool_encoder, wan_encoder, with_teacher  # noqa: F401  pylint: disable=unused-import
 
 KINDS = ("image_text", "llava", "vist", "video_text")
 

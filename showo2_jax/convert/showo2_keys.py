@@ -15,9 +15,6 @@ from typing import Mapping
 import numpy as np
 
 from showo2_jax import param_mapping
-# The flat-tree helpers, the error and the hooks' functions, as this module's users know them.
-from showo2_jax.param_mapping import (KeyMismatchError, flatten, to_flax_layout,  # noqa: F401
-                                      to_torch_layout, torch_shape, unflatten, unroll_flat)
 
 # (flax path regex, torch key template, layout hook)
 #   linear: torch (out, in)   <-> flax kernel (in, out)
@@ -93,7 +90,7 @@ def params_to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
   With tied embeddings the original's state_dict holds `showo.lm_head.weight`
   too (the same tensor); it is written, as the original writes it.
   """
-  flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+  flat = {k: np.asarray(v) for k, v in param_mapping.flatten(params).items()}
   p = plan({k: v.shape for k, v in flat.items()})
   return {k: param_mapping.to_torch(flat[p.entry(k).leaf], p.entry(k))
           for k in p.default_keys()}
@@ -104,7 +101,7 @@ def state_dict_to_params(state_dict, expected_shapes: Mapping[str, tuple], *, dt
   """The original's state_dict (any mapping-like with keys()/[]) -> Flax params.
 
   expected_shapes: flat {flax path: shape} of the model (scanned or unrolled) from
-  `jax.eval_shape`. Raises KeyMismatchError listing every missing, unexpected and
+  `jax.eval_shape`. Raises `param_mapping.KeyMismatchError` listing every missing, unexpected and
   wrong-shape key. Tensors are read one at a time (lazy state_dicts stay lazy).
   `dtype=None` keeps the stored dtype. A tied copy that differs is warned about.
   """
@@ -112,4 +109,4 @@ def state_dict_to_params(state_dict, expected_shapes: Mapping[str, tuple], *, dt
   m = param_mapping.match(p, state_dict)
   m.raise_if_bad(source)
   param_mapping.warn_untied_copies(state_dict, p, m, source)
-  return unflatten(param_mapping.read_params(state_dict, p, m, dtype))
+  return param_mapping.unflatten(param_mapping.read_params(state_dict, p, m, dtype))

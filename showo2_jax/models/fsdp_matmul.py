@@ -34,8 +34,6 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-BATCH_AXES = ("data", "fsdp")
-
 
 def _dot(x, kernel, dtype):
   """x (..., in) @ kernel (in, out) in `dtype`, accumulated in float32."""
@@ -63,7 +61,7 @@ def plan(x_shape, kernel_shape, axes) -> Optional[tuple]:
   dims = [i for i, e in enumerate(entries) if e == ("fsdp",)]
   if len(dims) != 1:
     return None
-  batch = tuple(a for a in BATCH_AXES if a in sizes)
+  batch = tuple(a for a in sharding_lib.BATCH_AXES if a in sizes)
   rows = 1
   for a in batch:
     rows *= sizes[a]

@@ -13,6 +13,7 @@ import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,6 @@ from jax.ad_checkpoint import checkpoint_name
 from showo2_jax.models import fsdp_matmul
 
 Dtype = Any
-KVCache = dict  # {"k": (B, S, Hkv, Dh), "v": (B, S, Hkv, Dh)}
 
 default_kernel_init = nn.initializers.lecun_normal()
 
@@ -182,20 +182,57 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------------------ attention
-def update_kv_cache(cache: Optional[KVCache], k: jax.Array, v: jax.Array,
-                    cache_index: Optional[jax.Array]):
-  """Writes k/v (B, Lq, Hkv, Dh) into a preallocated cache at `cache_index`.
+@flax.struct.dataclass
+class KVCache:
+  """The preallocated keys and values of a layer stack: the one KV-cache pytree.
 
-  Returns (keys, values, new_cache). Without a cache the keys/values are just k/v.
+  k, v: (num_layers, B, S, Hkv, Dh) in the compute dtype (S = cache slots,
+  Hkv = KV heads, Dh = head_dim); slot s holds the keys/values of the token
+  written at cache index s. Built by `zeros`; the LLM's and the flow head's
+  caches are two of these (`models.qwen2.init_kv_cache`, `sample.prefix.new_caches`).
+
+  Scanned and unrolled stacks take and return this same layout
+  (`call_layer_stack`): `nn.scan` slices the layer axis, so a scanned layer sees
+  k, v of (B, S, Hkv, Dh) and `layer` None; an unrolled stack hands layer i the
+  whole cache with `layer=i` (static, not a pytree leaf), and the layer's write
+  lands in the stacked buffer at that index.
   """
-  if cache is None:
-    return k, v, None
-  index = jnp.asarray(0 if cache_index is None else cache_index, jnp.int32)
-  zero = jnp.zeros((), jnp.int32)
-  starts = (zero, index, zero, zero)
-  new_k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), starts)
-  new_v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), starts)
-  return new_k, new_v, {"k": new_k, "v": new_v}
+  k: jax.Array
+  v: jax.Array
+  layer: Optional[int] = flax.struct.field(pytree_node=False, default=None)
+
+  @classmethod
+  def zeros(cls, num_layers: int, batch: int, max_len: int, num_kv_heads: int, head_dim: int,
+            dtype: Dtype) -> "KVCache":
+    """A zeroed cache: k, v of (num_layers, batch, max_len, num_kv_heads, head_dim)."""
+    z = jnp.zeros((num_layers, batch, max_len, num_kv_heads, head_dim), dtype)
+    return cls(k=z, v=z)
+
+  @property
+  def max_len(self) -> int:
+    """S, the number of cache slots (the key length attention sees)."""
+    return self.k.shape[-3]
+
+  def at_layer(self, layer: Optional[int]) -> "KVCache":
+    """This cache addressed to one layer of an unrolled stack (None: the whole stack)."""
+    return self.replace(layer=layer)
+
+  def update(self, k: jax.Array, v: jax.Array, index: Optional[jax.Array]):
+    """Writes k/v (B, Lq, Hkv, Dh) at slots [index, index + Lq) of this layer.
+
+    Returns (keys, values, new cache): keys/values (B, S, Hkv, Dh) of this layer
+    after the write, in the cache's dtype.
+    """
+    index = jnp.asarray(0 if index is None else index, jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    if self.layer is None:  # a scanned layer's slice: (B, S, Hkv, Dh)
+      starts, put, take = (zero, index, zero, zero), (lambda a: a), (lambda a: a)
+    else:                   # the stacked buffer, written in place at `layer`
+      starts = (jnp.asarray(self.layer, jnp.int32), zero, index, zero, zero)
+      put, take = (lambda a: a[None]), (lambda a: a[self.layer])
+    new_k = jax.lax.dynamic_update_slice(self.k, put(k.astype(self.k.dtype)), starts)
+    new_v = jax.lax.dynamic_update_slice(self.v, put(v.astype(self.v.dtype)), starts)
+    return take(new_k), take(new_v), self.replace(k=new_k, v=new_v)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
@@ -231,6 +268,9 @@ class GQAttention(nn.Module):
   Serves both the LLM (q/k/v biases, no qk-norm) and the flow head (no biases,
   RMSNorm over head_dim on q and k *before* RoPE). Params: q_proj, k_proj,
   v_proj, o_proj (bias-free), and q_norm/k_norm when `qk_norm_eps` is set.
+  With a `KVCache` (and `cache_index`, the slot of the first query) the keys and
+  values are written there and attention reads the whole cache; returns
+  (out (B, L, hidden_size), the updated cache or None).
   """
   hidden_size: int
   num_heads: int
@@ -260,7 +300,8 @@ class GQAttention(nn.Module):
       k = RMSNorm(self.qk_norm_eps, name="k_norm", axis_name="head_dim", **kw)(k)
     cos, sin = rope
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    k, v, new_cache = update_kv_cache(cache, k, v, cache_index)
+    if cache is not None:
+      k, v, cache = cache.update(k, v, cache_index)
     # Heads over `tensor` (query heads and the output; kv heads are few, replicated).
     q = nn.with_logical_constraint(q, ATTN_Q)
     k, v = (nn.with_logical_constraint(x, ATTN_KV) for x in (k, v))
@@ -273,7 +314,7 @@ class GQAttention(nn.Module):
     out = checkpoint_name(out.reshape(b, l, self.num_heads * self.head_dim), "attn_out")
     out = dense(self.hidden_size, ("heads", "embed"), use_bias=False, name="o_proj",
                 kernel_init=self.kernel_init, **kw)(out)
-    return out, new_cache
+    return out, cache
 
 
 # --------------------------------------------------------------------------- remat
@@ -331,16 +372,16 @@ def make_layer_stack(layer_cls, num_layers: int, *, scan: bool, remat: str, num_
 
 
 def call_layer_stack(stack, x, *args, cache_argnum: Optional[int] = None):
-  """Applies a stack from `make_layer_stack`. Returns (x, caches): per-layer caches
-  as a list (unrolled) or stacked on axis 0 (scanned); None without a cache."""
+  """Applies a stack from `make_layer_stack`. Returns (x, cache): the updated
+  `KVCache` (same stacked layout, scanned or unrolled), None without a cache."""
   if not isinstance(stack, (list, tuple)):
     return stack(x, *args)
-  has_cache = cache_argnum is not None and args[cache_argnum] is not None
-  caches = []
+  cache = args[cache_argnum] if cache_argnum is not None else None
+  call_args = list(args)
   for i, layer in enumerate(stack):
-    call_args = list(args)
-    if has_cache:
-      call_args[cache_argnum] = args[cache_argnum][i]
-    x, c = layer(x, *call_args)
-    caches.append(c)
-  return x, (caches if has_cache else None)
+    if cache is not None:
+      call_args[cache_argnum] = cache.at_layer(i)
+    x, layer_cache = layer(x, *call_args)
+    if cache is not None:
+      cache = layer_cache.at_layer(None)
+  return x, cache

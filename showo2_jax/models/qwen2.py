@@ -137,7 +137,7 @@ class Qwen2ForCausalLM(nn.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     if mask is None:
-      kv_len = l if cache is None else _cache_len(cache)
+      kv_len = l if cache is None else cache.max_len
       mask = causal_mask(positions, kv_len)
     hidden, new_cache = self.model(inputs_embeds, positions, mask, cache, cache_index)
     return (self.logits(hidden) if return_logits else hidden), new_cache
@@ -148,19 +148,10 @@ def causal_mask(positions: jax.Array, kv_len: int) -> jax.Array:
   return jnp.arange(kv_len)[None, None, :] <= positions[:, :, None]
 
 
-def _cache_len(cache) -> int:
-  first = cache[0] if isinstance(cache, (list, tuple)) else jax.tree.map(lambda a: a[0], cache)
-  return first["k"].shape[1]
-
-
-def init_kv_cache(config: Qwen2Config, batch: int, max_len: int, dtype, scan_layers: bool):
-  """A zeroed KV cache for `config.num_layers` layers (list, or stacked when scanned)."""
-  shape = (batch, max_len, config.num_kv_heads, config.head_dim)
-  return _init_cache(config.num_layers, shape, dtype, scan_layers)
-
-
-def _init_cache(num_layers, shape, dtype, scan_layers):
-  if scan_layers:
-    z = jnp.zeros((num_layers,) + shape, dtype)
-    return {"k": z, "v": z}
-  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(num_layers)]
+def init_kv_cache(config: Qwen2Config, batch: int, max_len: int, dtype) -> layers.KVCache:
+  """A zeroed `layers.KVCache` for `config.num_layers` layers: k, v of
+  (num_layers, batch, max_len, num_kv_heads, head_dim) in `dtype` (scanned and
+  unrolled stacks take the same layout). The flow head's config has the same
+  fields, so `sample.prefix.new_caches` builds its cache here too."""
+  return layers.KVCache.zeros(config.num_layers, batch, max_len, config.num_kv_heads,
+                              config.head_dim, dtype)

@@ -123,11 +123,11 @@ def window_mask(shift: jax.Array, start: int, length: int, kv_len: int,
 # ----------------------------------------------------------------------------- caches
 
 def new_caches(model: Showo2, batch: int, kv_len: int, with_flow: bool):
-  """Zeroed LLM (and flow-head) KV caches of `kv_len` slots in the compute dtype."""
+  """Zeroed LLM (and flow-head) `layers.KVCache`s of `kv_len` slots in the compute dtype."""
   c = model.config
   dtype = to_dtype(c.dtype)
-  llm = init_kv_cache(c.llm, batch, kv_len, dtype, c.scan_layers)
-  flow = init_kv_cache(c.flow_head, batch, kv_len, dtype, c.scan_layers) if with_flow else None
+  llm = init_kv_cache(c.llm, batch, kv_len, dtype)
+  flow = init_kv_cache(c.flow_head, batch, kv_len, dtype) if with_flow else None
   return llm, flow
 
 

@@ -17,11 +17,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from showo2_jax.sharding import BATCH_AXES
 from showo2_jax.train import synthetic, vae_encoder
 
 log = logging.getLogger(__name__)
-
-BATCH_AXES = ("data", "fsdp")
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

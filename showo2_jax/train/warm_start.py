@@ -54,7 +54,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from showo2_jax import paths
+from showo2_jax import param_mapping, paths
 from showo2_jax.convert import orbax_io
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.train import partition
@@ -167,7 +167,7 @@ class _TorchReader:
 
   def __init__(self, source: Source, model_config: Showo2Config):
     from showo2_jax.convert import checkpoint_io, hf, showo2_keys  # pylint: disable=import-outside-toplevel
-    self.keys_lib, self.layout = showo2_keys, showo2_keys.to_flax_layout
+    self.keys_lib = showo2_keys
     path = source.path
     if source.kind in ("qwen2", "siglip") and not paths.isdir(path):
       raise InitError(f"{source.label}: not a directory (expected a Hugging Face model directory)")
@@ -213,7 +213,7 @@ class _TorchReader:
     """None if the tensor fits `want` (flax layout), else a description."""
     _, layout = self.keys_lib.torch_key(unrolled)
     got = tuple(self.sd.shape(key))
-    torch_want = self.keys_lib.torch_shape(want, layout)
+    torch_want = param_mapping.torch_shape(want, layout)
     rows = self.rows.get(self.key_fn(unrolled))
     if rows is not None and len(got) == 2 and got[1:] == torch_want[1:] and got[0] >= rows:
       return None
@@ -225,7 +225,7 @@ class _TorchReader:
     rows = self.rows.get(self.key_fn(unrolled))
     if rows is not None:
       x = x[:rows]
-    y = self.layout(x, layout)
+    y = param_mapping.to_flax_layout(x, layout)
     if hasattr(self.sd, "release"):
       self.sd.release(key)
     return y
@@ -242,13 +242,12 @@ class _FlatReader:
   """Params as a flat {unrolled path: host array} (Orbax conversions)."""
 
   def __init__(self, source: Source):
-    from showo2_jax.convert import showo2_keys  # pylint: disable=import-outside-toplevel
     try:
       _, _, host = orbax_io.restore_params(source.path)
     except (FileNotFoundError, ValueError, OSError) as e:
       raise InitError(f"{source.label}: cannot read converted params ({e})") from None
     host = host.get("params", host) if isinstance(host, dict) else host
-    self.flat = showo2_keys.unroll_flat(showo2_keys.flatten(host))
+    self.flat = param_mapping.unroll_flat(param_mapping.flatten(host))
     self.available = set(self.flat)
 
   def key(self, unrolled):

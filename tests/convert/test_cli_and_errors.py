@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from showo2_jax.cli import main as cli
-from showo2_jax.convert import pipeline, showo2_keys, sources
+from showo2_jax import param_mapping
+from showo2_jax.convert import pipeline, sources
 
 from convert_helpers import assert_same_tensors, copy_fixture
 
@@ -45,7 +46,7 @@ def test_missing_unexpected_and_wrong_shape_keys(showo2_fixture_dir, tmp_path, c
     t["time_embed_proj.bias"] = np.zeros(7, np.float32)
     return t
   bad = copy_fixture(showo2_fixture_dir, tmp_path / "bad", drop=["fusion_proj.1.bias"], transform=damage)
-  with pytest.raises(showo2_keys.KeyMismatchError) as e:
+  with pytest.raises(param_mapping.KeyMismatchError) as e:
     pipeline.to_orbax(str(bad), str(tmp_path / "ox"))
   assert e.value.missing == ["fusion_proj.1.bias"] and e.value.unexpected == ["extra.weight"]
   assert "time_embed_proj.bias (7,) (expected (64,))" in e.value.wrong_shape[0]

@@ -6,7 +6,8 @@ import flax.linen as nn
 import numpy as np
 import pytest
 
-from showo2_jax.convert import orbax_io, pipeline, showo2_keys, showo2_torch, sources, verify
+from showo2_jax import param_mapping
+from showo2_jax.convert import orbax_io, pipeline, showo2_torch, sources, verify
 from showo2_jax.models.config import Showo2Config
 
 from convert_helpers import assert_same_tensors
@@ -34,8 +35,8 @@ def test_qwen2_round_trip_loads_in_transformers(tiny_qwen2_factory, tmp_path, ti
   assert set(params) == {"showo"}
   # The subtree drops into a full Show-o2 init of the same LLM: same paths, same shapes.
   full = Showo2Config(llm=orbax_io.config_from_dict("qwen2", config))
-  want = showo2_keys.flatten(nn.meta.unbox(showo2_torch.abstract_params(full))["showo"])
-  got = showo2_keys.flatten(params["showo"])
+  want = param_mapping.flatten(nn.meta.unbox(showo2_torch.abstract_params(full))["showo"])
+  got = param_mapping.flatten(params["showo"])
   assert {k: tuple(v.shape) for k, v in want.items()} == {k: v.shape for k, v in got.items()}
   np.testing.assert_array_equal(got["model/layers_1/mlp/up_proj/kernel"],
                                 _torch_np(model.model.layers[1].mlp.up_proj.weight).T)
@@ -90,7 +91,7 @@ def test_qwen2_scanned_init_matches_scanned_model(tiny_qwen2_factory, tmp_path):
   pipeline.to_orbax(str(src), str(ox), scan_layers=True)
   _, config, params = orbax_io.load_partial(str(ox))
   full = Showo2Config(llm=orbax_io.config_from_dict("qwen2", config), scan_layers=True)
-  want = showo2_keys.flatten(nn.meta.unbox(showo2_torch.abstract_params(full))["showo"])
-  got = showo2_keys.flatten(params["showo"])
+  want = param_mapping.flatten(nn.meta.unbox(showo2_torch.abstract_params(full))["showo"])
+  got = param_mapping.flatten(params["showo"])
   assert {k: tuple(v.shape) for k, v in want.items()} == {k: v.shape for k, v in got.items()}
   assert os.path.exists(ox / orbax_io.SIDECAR)

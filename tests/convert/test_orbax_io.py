@@ -9,7 +9,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from showo2_jax.convert import orbax_io, pipeline, showo2_keys
+from showo2_jax import param_mapping
+from showo2_jax.convert import orbax_io, pipeline
 from showo2_jax.models.config import Qwen2Config
 
 
@@ -29,11 +30,11 @@ def test_save_and_restore_host_params(tmp_path):
   orbax_io.save_params(str(tmp_path / "ck"), params, cfg, kind="qwen2")
   kind, config, restored = orbax_io.restore_params(str(tmp_path / "ck"))
   assert kind == "qwen2" and config == cfg
-  flat = showo2_keys.flatten(restored)
+  flat = param_mapping.flatten(restored)
   assert flat["showo/model/embed_tokens/embedding"].dtype == ml_dtypes.bfloat16
   np.testing.assert_array_equal(flat["showo/model/norm/scale"], np.arange(4))
   _, _, as_f32 = orbax_io.restore_params(str(tmp_path / "ck"), dtype=np.float32)
-  assert showo2_keys.flatten(as_f32)["showo/model/embed_tokens/embedding"].dtype == np.float32
+  assert param_mapping.flatten(as_f32)["showo/model/embed_tokens/embedding"].dtype == np.float32
   with pytest.raises(FileExistsError):
     orbax_io.save_params(str(tmp_path / "ck"), params, cfg, kind="qwen2")
   orbax_io.save_params(str(tmp_path / "ck"), params, cfg, kind="qwen2", overwrite=True)
@@ -67,7 +68,7 @@ _SHARDED_RESTORE = textwrap.dedent("""
     for path in sys.argv[1:]:
       kind, config, params = orbax_io.restore_params(path, mesh=mesh)
       _, _, host = orbax_io.restore_params(path)
-      flat, ref = showo2_keys.flatten(params), showo2_keys.flatten(host)
+      flat, ref = param_mapping.flatten(params), param_mapping.flatten(host)
       split = 0
       for k, v in flat.items():
         assert v.sharding.mesh.shape == mesh.shape, k

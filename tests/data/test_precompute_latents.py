@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from showo2_jax.cli import main as cli_main
-from showo2_jax.cli import precompute as precompute_cli
 from showo2_jax.data import pipeline, precompute, sources, tasks, testing
+from showo2_jax.train import latents as latents_lib
 
 R = 64
 
@@ -17,7 +17,7 @@ def stub_encoder(calls=None):
   def encode(pixels):
     if calls is not None:
       calls.append(len(pixels))
-    latents = precompute_cli.pool_encoder(pixels)
+    latents = latents_lib.pool_encoder(pixels)
     return {"latents": latents, "latents_logvar": -latents}
   return encode
 
@@ -42,7 +42,7 @@ def test_writes_latents_and_keeps_the_record(tmp_path):
   assert rec["prompt"] == "The image features a cat number 3.\n"
   assert rec["latents"].shape == (1, 16, 8, 8) and rec["latents_logvar"].shape == (1, 16, 8, 8)
   pixels = tasks.pixel_loader("image_text", R)({"path": rec["path"]})
-  np.testing.assert_allclose(rec["latents"], precompute_cli.pool_encoder(pixels), atol=1e-6)
+  np.testing.assert_allclose(rec["latents"], latents_lib.pool_encoder(pixels), atol=1e-6)
 
 
 def test_rerun_skips_finished_shards(tmp_path):

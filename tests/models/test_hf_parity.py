@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from showo2_jax import param_mapping  # noqa: E402
 from showo2_jax.convert import showo2_keys  # noqa: E402
 from showo2_jax.models import qwen2, siglip  # noqa: E402
 from showo2_jax.models.config import qwen2_config_from_hf, siglip_config_from_hf  # noqa: E402
@@ -21,7 +22,7 @@ def subtree_params(module, prefix, torch_prefix, hf_state_dict, example_args):
   """Maps an HF state_dict onto a submodule through the Show-o2 key table."""
   shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example_args))["params"]
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  flat = {f"{prefix}/{k}": tuple(v.shape) for k, v in showo2_keys.flatten(nn.meta.unbox(shapes)).items()}
+  flat = {f"{prefix}/{k}": tuple(v.shape) for k, v in param_mapping.flatten(nn.meta.unbox(shapes)).items()}
   sd = {torch_prefix + k: v.float().numpy() for k, v in hf_state_dict.items()}
   return showo2_keys.state_dict_to_params(sd, flat)[prefix.split("/")[0]]
 
@@ -49,7 +50,7 @@ def test_qwen2_matches_hf_qwen2_for_causal_lm(tied):
   assert rel(ours, ref) < 1e-5
 
   # Prefill + KV-cached decoding gives the same logits as the full forward.
-  cache = qwen2.init_kv_cache(cfg, 2, 16, jnp.float32, scan_layers=False)
+  cache = qwen2.init_kv_cache(cfg, 2, 16, jnp.float32)
   pos = jnp.broadcast_to(jnp.arange(8), (2, 8))
   prefill, cache = model.apply({"params": params}, jnp.asarray(tokens[:, :8]), pos, cache=cache, cache_index=0)
   steps = [prefill]

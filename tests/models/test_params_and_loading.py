@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from showo2_jax import config_lib
+from showo2_jax import param_mapping
 from showo2_jax.convert import checkpoint_io, showo2_keys
 from showo2_jax.convert.showo2_torch import abstract_params, load_original
 from showo2_jax.models.config import ConfigError, Showo2Config
@@ -32,7 +33,7 @@ def test_full_size_param_counts_match_the_released_checkpoints(name):
   assert len(specs) == len(leaves)
   assert all(len(s) == len(x.shape) for s, x in zip(specs, leaves))
   # And every one has a key in the original's state_dict.
-  keys = {showo2_keys.torch_key(p)[0] for p in showo2_keys.flatten(params)}
+  keys = {showo2_keys.torch_key(p)[0] for p in param_mapping.flatten(params)}
   assert len(keys) == len(leaves)
 
 
@@ -58,7 +59,7 @@ def test_missing_unexpected_and_wrong_shape_keys_are_all_listed(showo2_fixture_d
   tensors["something.extra"] = np.zeros(3, np.float32)
   tensors["time_embed.mlp.0.bias"] = np.zeros(5, np.float32)
   checkpoint_io.save_safetensors(tensors, str(d / "model.safetensors"))
-  with pytest.raises(showo2_keys.KeyMismatchError) as e:
+  with pytest.raises(param_mapping.KeyMismatchError) as e:
     load_original(str(d))
   msg = str(e.value)
   assert "fusion_proj.1.bias" in msg and "something.extra" in msg and "time_embed.mlp.0.bias (5,)" in msg

@@ -298,6 +298,7 @@ def test_a_failing_batch_is_a_one_line_500_and_the_server_keeps_serving(server, 
   assert httpx.post(base + "/v1/chat/completions", json=body, timeout=600).status_code == 200
 
 
+@pytest.mark.slow
 def test_compilation_cache_persists_across_processes(tmp_path):
   """`serve --compilation-cache-dir`: a second process loads the program the first compiled."""
   code = ("import sys, jax, jax.numpy as jnp\n"

@@ -60,7 +60,10 @@ def _aligned(prefixes, **kw):
   return dataclasses.asdict(prefix.align(prefixes, PAD, multiple=8, **kw))
 
 
-@pytest.mark.parametrize("latent_shape", [(8, 8), (2, 12, 8)], ids=["image", "video_12x8"])
+# The image case stays in the fast tier (the cached path against full recompute, ~18 CPU s);
+# the video case and the two tests below (~19 CPU s each) run in the whole suite.
+@pytest.mark.parametrize("latent_shape", [(8, 8), pytest.param((2, 12, 8), marks=pytest.mark.slow)],
+                         ids=["image", "video_12x8"])
 def test_cached_velocity_equals_full_recompute(tiny, latent_shape):
   """Prompts of different lengths plus two null rows, as one CFG batch."""
   model, params = tiny
@@ -77,6 +80,7 @@ def test_cached_velocity_equals_full_recompute(tiny, latent_shape):
   assert _rel(cached, full_v) < 1e-5
 
 
+@pytest.mark.slow
 def test_cached_sampler_equals_original_loop(tiny):
   """Euler + CFG end to end, and the I2V condition frame stays exactly fixed."""
   model, params = tiny
@@ -96,6 +100,7 @@ def test_cached_sampler_equals_original_loop(tiny):
   assert _rel(cached[:, :, 1], noise[:, :, 1]) > 0.1
 
 
+@pytest.mark.slow
 def test_in_context_image_sees_clean_history(tiny):
   """Mixed modality: a clean earlier image (t = 1) inside the cached prefix, and the
   null row built as the original (overlapping slots at 2) equal a full recompute."""

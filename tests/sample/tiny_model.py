@@ -2,6 +2,7 @@
 import flax.linen as nn
 import numpy as np
 
+from showo2_jax import param_mapping
 from showo2_jax.config_lib import load_config
 from showo2_jax.convert import showo2_keys
 from showo2_jax.convert.showo2_torch import abstract_params
@@ -22,13 +23,13 @@ def random_params(config: Showo2Config, seed: int = 0) -> dict:
   abstract = nn.meta.unbox(abstract_params(config))
   rng = np.random.default_rng(seed)
   flat = {}
-  for path, leaf in showo2_keys.flatten(abstract).items():
+  for path, leaf in param_mapping.flatten(abstract).items():
     if path.endswith("scale"):
       value = 1.0 + 0.1 * rng.standard_normal(leaf.shape)
     else:
       value = 0.2 * rng.standard_normal(leaf.shape) / np.sqrt(max(leaf.shape[0], 1))
     flat[path] = value.astype(np.float32)
-  return showo2_keys.unflatten(flat)
+  return param_mapping.unflatten(flat)
 
 
 def write_original_dir(path, config: Showo2Config, params: dict) -> dict:

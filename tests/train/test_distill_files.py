@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from showo2_jax import config_lib
-from showo2_jax.cli import precompute as precompute_cli
 from showo2_jax.data import build, precompute, tasks, testing
 from showo2_jax.train import distill, trainer
+from showo2_jax.train import latents as latents_lib
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -28,8 +28,8 @@ def test_tiny_student_gets_closer_to_siglip_teacher(tmp_path):
       image_size=s.position_grid * 14, patch_size=14)).save_pretrained(teacher_dir)
   jsonl = testing.write_image_text_dataset(tmp_path / "images", 8, size=(64, 64))
 
-  encode = precompute_cli.with_teacher(
-      precompute_cli.wan_encoder(c, None, deterministic=True), str(teacher_dir))
+  encode = latents_lib.with_teacher(
+      latents_lib.wan_encoder(c, None, deterministic=True), str(teacher_dir))
   records = build.load_records("image_text", "files", jsonl)
   result = precompute.precompute_latents(
       precompute.with_pixels(records, tasks.pixel_loader("image_text", c.resolution)), encode,

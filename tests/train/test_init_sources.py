@@ -14,7 +14,7 @@ from flax import traverse_util
 
 from configs import _train_common as tc
 from configs import models
-from showo2_jax import config_lib, paths
+from showo2_jax import config_lib, param_mapping, paths
 from showo2_jax import sharding as sharding_lib
 from showo2_jax.convert import checkpoint_io, hf, showo2_keys
 from showo2_jax.train import checkpointing, optimizer as optimizer_lib, partition, tasks, warm_start
@@ -95,7 +95,7 @@ def _semantic_file(path, random_flat, fmt):
   rng = np.random.default_rng(5)
   params = {k: rng.standard_normal(np.shape(v)).astype(np.float32) for k, v in random_flat.items()
             if k.split("/")[0] in warm_start.SEMANTIC_PREFIXES}
-  sd = showo2_keys.params_to_state_dict(showo2_keys.unflatten(params))
+  sd = showo2_keys.params_to_state_dict(param_mapping.unflatten(params))
   if fmt == "pt":
     torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path)
   else:
@@ -105,7 +105,7 @@ def _semantic_file(path, random_flat, fmt):
 
 def _torch_value(flat_name, sd, key_fn):
   key, layout = showo2_keys.torch_key(flat_name)
-  return showo2_keys.to_flax_layout(np.asarray(sd[key_fn(key)]), layout)
+  return param_mapping.to_flax_layout(np.asarray(sd[key_fn(key)]), layout)
 
 
 @pytest.fixture(scope="module")
@@ -123,13 +123,13 @@ def test_stage1_starts_from_qwen2_and_predistilled_layers(hf_dirs, tmp_path, sca
   root, qwen, _ = hf_dirs
   c = _config(scan=scan)
   random, _, _, _ = _init(c)
-  random_unrolled = showo2_keys.unroll_flat(_flat(random))
+  random_unrolled = param_mapping.unroll_flat(_flat(random))
   semantic = _semantic_file(tmp_path / f"pre-distilled_semantic_layers.{fmt}", random_unrolled, fmt)
   c.init.sources = (f"qwen2:{root / 'qwen2'}", f"siglip:{root / 'siglip'}",
                     f"semantic:{tmp_path / f'pre-distilled_semantic_layers.{fmt}'}")
   c.init.fresh = STAGE1_FRESH
   _, loaded, lay, task = _init(c)
-  flat = showo2_keys.unroll_flat(_flat(loaded))
+  flat = param_mapping.unroll_flat(_flat(loaded))
   assert set(flat) == set(random_unrolled)
   vocab = c.model.llm.vocab_size
   for name, value in flat.items():
@@ -294,7 +294,7 @@ def test_shipped_stage_configs_chain(hf_dirs, tmp_path):
   s1.model = _config().model
   random, _, _, _ = _init(_config())
   semantic = _semantic_file(tmp_path / "sem.safetensors",
-                            showo2_keys.unroll_flat(_flat(random)), "safetensors")
+                            param_mapping.unroll_flat(_flat(random)), "safetensors")
   kinds = [warm_start.parse_source(e).kind for e in s1.init.sources]
   assert kinds == ["qwen2", "semantic"]
   s1.init.sources = (f"qwen2:{root / 'qwen2'}", f"semantic:{tmp_path / 'sem.safetensors'}")
@@ -326,7 +326,7 @@ def test_orbax_source_gives_converted_params(tmp_path):
   c = _config(scan=True)
   c.init.sources = (f"orbax:{tmp_path / 'orbax'}",)
   _, loaded, lay, task = _init(c)
-  flat, want = showo2_keys.unroll_flat(_flat(loaded)), _flat(stored)
+  flat, want = param_mapping.unroll_flat(_flat(loaded)), _flat(stored)
   assert set(flat) == set(want)
   for name, value in flat.items():
     np.testing.assert_array_equal(value, want[name], err_msg=name)

@@ -22,7 +22,8 @@ import pytest
 
 from configs import _train_common as tc
 from showo2_jax import config_lib
-from showo2_jax.convert import orbax_io, showo2_keys
+from showo2_jax import param_mapping
+from showo2_jax.convert import orbax_io
 from showo2_jax.data import testing
 from tests.train import runs
 from tests.train import test_init_sources as sources
@@ -58,7 +59,7 @@ def _final_params(workdir, config):
   abstract, mesh = _abstract_params(config)
   with jax.set_mesh(mesh):
     params = orbax_io.restore_run_params(str(workdir), abstract)
-  return {k: np.asarray(v) for k, v in showo2_keys.unroll_flat(sources._flat(params)).items()}
+  return {k: np.asarray(v) for k, v in param_mapping.unroll_flat(sources._flat(params)).items()}
 
 
 @pytest.mark.slow
@@ -78,7 +79,7 @@ def test_stage1_from_hf_dirs_and_predistilled_file_then_stage2(tmp_path):
   sources._siglip_dir(siglip_dir)
   abstract, _ = _abstract_params(s1)
   shapes = {k: np.zeros(v.shape, np.float32)
-            for k, v in showo2_keys.unroll_flat(sources._flat(abstract)).items()}
+            for k, v in param_mapping.unroll_flat(sources._flat(abstract)).items()}
   semantic_path = tmp_path / "pre-distilled_semantic_layers.pt"
   semantic = sources._semantic_file(semantic_path, shapes, "pt")
 
