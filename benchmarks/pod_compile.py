@@ -26,7 +26,7 @@ import sys
 PEAK_BF16_TFLOPS = {"TPU v4": 137.5, "TPU v5": 459.0, "TPU v5 lite": 197.0, "TPU v6 lite": 918.0}
 
 ONE = """
-import json, sys
+import json, resource, sys
 from showo2_jax.cli.train import quiet_libraries
 from showo2_jax import config_lib
 from showo2_jax.train import aot, config_overrides
@@ -51,7 +51,9 @@ print("RESULT", json.dumps(dict(
     hbm_gib=aot.HBM_BYTES.get(r.device_kind, 0) / 2**30, model_tflop=r.model_flops / 1e12,
     program_tflop=r.program_flops / 1e12,
     xla_tflop=r.flops / 1e12, tokens_per_chip=r.tokens_per_device,
-    compile_s=r.compile_seconds, collectives=r.collectives)))
+    compile_s=r.compile_seconds, compile_cpu_s=r.compile_cpu_seconds, trace_s=r.trace_seconds,
+    lower_s=r.lower_seconds, while_loops=r.while_loops,
+    max_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, collectives=r.collectives)))
 """
 
 
@@ -63,10 +65,24 @@ def run_one(name, topo, impl, rows, overrides, timeout):
       row = json.loads(line[len("RESULT "):])
       peak = PEAK_BF16_TFLOPS.get(row["device_kind"], 0.0)
       step = row["model_tflop"] / (0.5 * peak) if peak else float("nan")
-      row.update(step_s_at_50pct=step, tokens_per_s_per_chip=row["tokens_per_chip"] / step)
+      row.update(step_s_at_50pct=step, tokens_per_s_per_chip=row["tokens_per_chip"] / step,
+                 matmul_over_model=row["program_tflop"] / row["model_tflop"])
       return row
   err = (p.stderr.strip().splitlines() or ["no output"])[-1]
   return dict(config=name, topology=topo, impl=impl, rows_per_chip=rows, error=err[:200])
+
+
+def flop_check(r) -> str:
+  """One line: the step's jaxpr matmul FLOPs (scan bodies x their trip count) against
+  the model formula. Full remat recomputes the forward, so up to ~4/3 is expected there."""
+  if "error" in r:
+    return f"{r['config']} {r['topology']} {r['impl']}: error"
+  ratio = r["matmul_over_model"]
+  return (f"FLOP check {r['config']} {r['topology']} {r['impl']} remat={r['remat']}: matmuls "
+          f"{r['program_tflop']:.1f} vs model formula {r['model_tflop']:.1f} TFLOP/chip = {ratio:.3f}x "
+          f"({'within' if abs(ratio - 1) <= 0.10 else 'OUTSIDE'} 10%); XLA cost analysis "
+          f"{r['xla_tflop']:.1f} (scan bodies once); compile {r['compile_s']:.0f} s wall, "
+          f"{r['compile_cpu_s']:.0f} CPU s, {r['while_loops']} while loops, {r['max_rss_gib']:.1f} GiB RSS")
 
 
 def table(rows) -> str:
@@ -94,18 +110,24 @@ def main(argv=None):
   p.add_argument("--rows-per-chip", type=int, default=8)
   p.add_argument("--set", nargs="*", default=[], help="config overrides key=value (e.g. model.remat_policy=full)")
   p.add_argument("--timeout", type=int, default=3600)
-  p.add_argument("--json", default=None, help="also write the rows here")
+  p.add_argument("--json", default=None,
+                 help="write the rows here, rewritten after each row (a partial run keeps what it measured)")
   args = p.parse_args(argv)
   rows = []
   for name in args.configs:
     for topo in args.topologies:
       for impl in args.impls:
-        rows.append(run_one(name, topo, impl, args.rows_per_chip, args.set, args.timeout))
+        try:
+          rows.append(run_one(name, topo, impl, args.rows_per_chip, args.set, args.timeout))
+        except subprocess.TimeoutExpired:
+          rows.append(dict(config=name, topology=topo, impl=impl, rows_per_chip=args.rows_per_chip,
+                           error=f"compile did not finish in {args.timeout} s"))
         print(json.dumps(rows[-1]), flush=True)
+        print(flop_check(rows[-1]), flush=True)
+        if args.json:
+          with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
   print(table(rows))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":

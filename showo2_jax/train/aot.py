@@ -47,10 +47,14 @@ class CompileReport:
   model_flops: float             # flops.train_flops_per_step / devices (remat not counted)
   program_flops: float           # flops.jaxpr_matmul_flops / devices (scans x length, remat counted)
   tokens_per_device: float       # tokens of one step per device
-  compile_seconds: float
+  compile_seconds: float         # XLA compile (HLO passes + TPU/CPU codegen), wall
   collectives: dict = dataclasses.field(default_factory=dict)  # op -> count in the compiled HLO
   attention_impl: str = ""
   pallas_kernels: int = 0        # Mosaic (Pallas TPU) kernel calls in the compiled step
+  trace_seconds: float = 0.0     # tracing the step to a jaxpr (state layout included), wall
+  lower_seconds: float = 0.0     # jaxpr -> StableHLO, wall
+  compile_cpu_seconds: float = 0.0  # CPU time (user + system, all threads) of the compile
+  while_loops: int = 0           # while loops in the compiled HLO (scanned layer stacks stay loops)
 
   @property
   def sum_bytes(self) -> int:
@@ -92,7 +96,9 @@ class CompileReport:
         f"{_flops(self.program_flops)} ({self.program_flops / max(self.model_flops, 1):.2f}x; "
         "jaxpr, scanned layers x their count, remat recompute included, Pallas kernels not); "
         f"XLA cost analysis {_flops(self.flops)} (counts a scanned layer stack once); "
-        f"compiled in {self.compile_seconds:.0f} s",
+        f"traced in {self.trace_seconds:.0f} s, lowered in {self.lower_seconds:.0f} s, compiled in "
+        f"{self.compile_seconds:.0f} s ({self.compile_cpu_seconds:.0f} CPU s; {self.while_loops} while "
+        "loops in the compiled step)",
         "collectives in the compiled step: " + (", ".join(
             f"{n} {op}" for op, n in sorted(self.collectives.items())) or "none"),
     ]
@@ -237,16 +243,30 @@ def trace_train_step(config, devices):
     return fn.trace(lay.abstract, batch, rng, *args), lay
 
 
+def _cpu_seconds() -> float:
+  t = os.times()
+  return t.user + t.system
+
+
+def count_while_loops(hlo_text: str) -> int:
+  """While instructions in HLO text: a scanned layer stack stays one loop (its
+  body compiled once); an unrolled stack would show none."""
+  return len(re.findall(r"\swhile\(", hlo_text))
+
+
 def compile_train_step(config, devices) -> CompileReport:
+  t0 = time.perf_counter()
   traced, lay = trace_train_step(config, devices)
   mesh = lay.mesh
+  t1 = time.perf_counter()
   program_flops = flops_lib.jaxpr_matmul_flops(traced.jaxpr)
+  t2 = time.perf_counter()
   with jax.set_mesh(mesh), sharding_lib.axis_rules():
     lowered = traced.lower()
-  t0 = time.perf_counter()
+  t3, cpu0 = time.perf_counter(), _cpu_seconds()
   with jax.set_mesh(mesh), sharding_lib.axis_rules():
     compiled = lowered.compile()
-  seconds = time.perf_counter() - t0
+  seconds, cpu_seconds = time.perf_counter() - t3, _cpu_seconds() - cpu0
   mem = compiled.memory_analysis()
   text = compiled.as_text()
   cost = compiled.cost_analysis()
@@ -275,4 +295,6 @@ def compile_train_step(config, devices) -> CompileReport:
       tokens_per_device=gb * seq_len / len(devices),
       compile_seconds=seconds, collectives=count_collectives(text),
       attention_impl=str(config.model.get("attention_impl", "dense")),
-      pallas_kernels=text.count('custom_call_target="tpu_custom_call"'))
+      pallas_kernels=text.count('custom_call_target="tpu_custom_call"'),
+      trace_seconds=t1 - t0, lower_seconds=t3 - t2, compile_cpu_seconds=cpu_seconds,
+      while_loops=count_while_loops(text))

@@ -142,3 +142,30 @@ def test_matmul_flops_of_the_1p5b_step_agree_with_the_model_formula():
     ratios[remat] = flops.jaxpr_matmul_flops(traced.jaxpr) / model
   assert 0.9 < ratios["none"] < 1.1, ratios
   assert ratios["full"] > ratios["none"] + 0.15, ratios
+
+
+def test_while_loops_are_counted_from_hlo_text():
+  text = ("%w = (s32[], f32[8]) while(%t), condition=%c, body=%b\n"
+          "%x = f32[8] add(%a, %b)\nwhile.1 = (s32[]) while(%u), condition=%c2, body=%b2\n")
+  assert aot.count_while_loops(text) == 2
+
+
+@pytest.mark.slow  # two compiles of the tiny train step (2 and 6 layers)
+def test_scanned_layer_stacks_stay_loops_so_compile_work_does_not_grow_with_depth():
+  """With `scan_layers` (the pod configs) the LLM, SigLIP and flow-head stacks are
+  while loops in the compiled step, forward and backward, and the compiled program
+  is the same size at 2 and 6 layers: compile time does not scale with depth."""
+  from showo2_jax import config_lib
+  sizes, loops = {}, {}
+  for layers in (2, 6):
+    c = config_lib.load_config("tiny_train")
+    c.model.scan_layers, c.model.remat_policy = True, "full"
+    c.model.llm.num_layers = c.model.siglip.num_layers = c.model.flow_head.num_layers = layers
+    c.mesh.data, c.train.global_batch_size = 1, 2
+    lowered, lay = aot.lower_train_step(c, jax.devices()[:1])
+    with jax.set_mesh(lay.mesh), sharding.axis_rules():
+      text = lowered.compile().as_text()
+    loops[layers] = aot.count_while_loops(text)
+    sizes[layers] = len([l for l in text.splitlines() if " = " in l])
+  assert loops[2] == loops[6] >= 6, loops       # 3 stacks x (forward, backward) at least
+  assert abs(sizes[6] - sizes[2]) <= 0.02 * sizes[2], sizes
