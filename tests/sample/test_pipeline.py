@@ -12,6 +12,7 @@ from showo2_jax.sample import mixed, pipeline
 FEW_STEPS = pipeline.FlowSampling(num_steps=3, guidance_scale=3.0)
 
 
+@pytest.mark.slow  # two T2I samplers and the VAE decoder; test_serve's generation compares with pipe.generate fast
 def test_t2i_is_independent_of_batching(pipe):
   """Prompts of different lengths in one left-aligned batch (plus a padded last
   batch) give what each prompt gives alone."""
@@ -31,6 +32,7 @@ def test_prompt_longer_than_the_context_is_an_error(pipe):
   assert len(pipe.prompt_ids([long], truncate=True)[0]) == pipe.max_text_len
 
 
+@pytest.mark.slow  # a video sampler and the VAE on video: over the ~19 CPU s of test_visual's video case
 def test_text_to_video_and_image_to_video(pipe):
   rng = np.random.default_rng(0)
   image = pipe.image_pixels(testing.random_image(rng, 80, 64))
@@ -44,6 +46,7 @@ def test_text_to_video_and_image_to_video(pipe):
     pipe.generate(["x"], FEW_STEPS, num_frames=4)
 
 
+@pytest.mark.slow  # five understanding programs: 26 CPU s measured
 def test_understanding_images_and_video(pipe):
   rng = np.random.default_rng(1)
   images = [testing.random_image(rng, 70, 64), testing.random_image(rng, 64, 90)]
@@ -61,6 +64,7 @@ def test_understanding_images_and_video(pipe):
     small.understand(images[:1], questions[:1], max_new_tokens=6)
 
 
+@pytest.mark.slow  # text rounds and an image round; test_mixed_context_... stays fast
 def test_mixed_story_generates_images_where_text_asks(pipe, monkeypatch):
   """The text model is replaced by a script that opens an image in round 0, so the
   image path runs on random weights; round 1 must then see that image."""

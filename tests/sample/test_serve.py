@@ -134,6 +134,7 @@ def test_image_generation_is_seeded_and_sized(server, client, pipe):
   assert latents.shape[0] == 1
 
 
+@pytest.mark.slow  # its own editing programs (VAE encode + sampler); generation stays fast
 def test_image_edit_endpoint(server, client, media_dir, pipe):
   with open(media_dir / "im0.png", "rb") as f:
     r = client.images.edit(model="x", image=f, prompt="make it red", n=1,

@@ -33,6 +33,7 @@ def test_workdir_loads_its_latest_params(workdir):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow  # `workdir` is a training subprocess; test_not_a_workdir stays fast
 def test_recipe_dir_stands_for_its_final_phase(workdir, tmp_path):
   (tmp_path / "stage2").symlink_to(workdir, target_is_directory=True)
   (tmp_path / recipe.STATE_FILE).write_text(json.dumps({"final_run": "stage2", "phases": {}}))
@@ -45,6 +46,7 @@ def test_not_a_workdir(tmp_path):
   assert loading.resolve_training_run(str(tmp_path)) is None   # no checkpoints/
 
 
+@pytest.mark.slow  # `workdir` is a training subprocess
 def test_cli_takes_tokenizer_and_vae_from_the_run(workdir, tmp_path):
   cfg = json.loads((workdir / "config.json").read_text())
   cfg["tokenizer_path"], cfg["vae_checkpoint"] = "/tok", "/vae"

@@ -150,6 +150,7 @@ def test_while_loops_are_counted_from_hlo_text():
   assert aot.count_while_loops(text) == 2
 
 
+@pytest.mark.slow  # two compiles of the tiny train step (2 and 6 layers)
 def test_scanned_layer_stacks_stay_loops_so_compile_work_does_not_grow_with_depth():
   """With `scan_layers` (the pod configs) the LLM, SigLIP and flow-head stacks are
   while loops in the compiled step, forward and backward, and the compiled program
