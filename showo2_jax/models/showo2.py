@@ -14,6 +14,7 @@ The forward pass reproduces the original exactly, quirks included; see
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -359,14 +360,22 @@ def ntp_loss_from_hidden(logits_fn, hidden, text_labels, ignore_index: int = -10
   text_labels (B, L) int, `ignore_index` = no target. Returns the fp32 mean NLL.
 
   The original applies the lm_head at every position and then ignores most of
-  them (image blocks, pads, prompts: ~98% of a small stage-2 batch). Here, within
-  each row, the shifted positions that have a target are moved to the front (a
-  stable sort; rows stay where they are, so a batch-sharded `hidden` needs no
-  communication), then a `lax.scan` runs the head and logsumexp on `chunk_size`
-  positions of every row at a time and skips (`lax.cond`) each chunk in which no
-  row has a target, forward and backward. Each chunk is rematerialised, so at
-  most one (B, chunk_size, V) block of logits lives at a time. The sum runs in a
-  different order than `ntp_loss` (fp32 rounding only).
+  them (image blocks, pads, prompts). Here, within each row, the shifted positions
+  that have a target are moved to the front (a stable sort; rows stay where they
+  are, so a batch-sharded `hidden` needs no communication), then a `lax.scan` runs
+  the head and logsumexp on `chunk_size` positions of every row at a time and
+  skips (`lax.cond`) each chunk in which no row has a target. The gradient is
+  computed in the same pass (a `custom_vjp`, as fused cross-entropy kernels do):
+  per chunk, d nll / d logits = softmax - one-hot at the targets, pulled back
+  through the head (`jax.vjp` of `logits_fn`) to the chunk's hidden states and,
+  summed over the chunks in the scan's carry, to the head's parameters; the
+  backward only scales the two by the incoming cotangent. So each labelled chunk
+  runs the head's matmul three times (logits, d hidden, d weights; a remat'd
+  autodiff runs four), at most one (B, chunk_size, V) block of logits lives at a
+  time, and a skipped chunk costs nothing in either pass (a call that is not
+  differentiated, e.g. an evaluation, still runs the two pull-backs). The sum runs in a
+  different order than `ntp_loss` (fp32 rounding only; in bf16 the gradient is
+  rounded once, where autodiff rounds softmax and one-hot separately).
   """
   b, _, d = hidden.shape
   h = hidden[:, :-1]
@@ -384,21 +393,60 @@ def ntp_loss_from_hidden(logits_fn, hidden, text_labels, ignore_index: int = -10
     return jnp.moveaxis(x, 1, 0)                         # (chunks, B, chunk_size, ...)
 
   h_c, lab_c, val_c = arrange(h), arrange(jnp.where(valid, labels, 0)), arrange(valid)
-
-  @jax.checkpoint
-  def chunk_nll(hc, lc, vc):
-    def compute():
-      logits = logits_fn(hc)
-      lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
-      target = jnp.take_along_axis(logits, lc[..., None], axis=-1)[..., 0].astype(jnp.float32)
-      return jnp.sum(jnp.where(vc, lse - target, 0.0))
-    return jax.lax.cond(jnp.any(vc), compute, lambda: jnp.zeros((), jnp.float32))
-
-  def body(total, xs):
-    return total + chunk_nll(*xs), None
-
-  total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h_c, lab_c, val_c))
+  # The head's closed-over parameters (the embedding table or lm_head) as explicit
+  # arguments, so that the custom_vjp can return their gradient.
+  head, consts = jax.closure_convert(logits_fn, h_c[0])
+  total = _fused_ntp_sum(head, h_c, lab_c, val_c, *consts)
   return total / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _ntp_chunk(head, hc, lc, vc, consts):
+  """One chunk: (summed NLL, d NLL / d hc, d NLL / d consts)."""
+  logits, pull = jax.vjp(lambda x, *c: head(x, *c), hc, *consts)
+  lf = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(lf, axis=-1)
+  target = jnp.take_along_axis(logits, lc[..., None], axis=-1)[..., 0].astype(jnp.float32)
+  nll = jnp.sum(jnp.where(vc, lse - target, 0.0))
+  onehot = jnp.arange(lf.shape[-1], dtype=lc.dtype) == lc[..., None]
+  dlogits = jnp.where(vc[..., None], jnp.exp(lf - lse[..., None]) - onehot, 0.0).astype(logits.dtype)
+  dh, *dc = pull(dlogits)
+  return nll, dh, dc
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused_ntp_sum(head, h_c, lab_c, val_c, *consts):
+  return _fused_ntp_fwd(head, h_c, lab_c, val_c, *consts)[0]
+
+
+def _fused_ntp_fwd(head, h_c, lab_c, val_c, *consts):
+  zeros_c = [jnp.zeros_like(c) for c in consts]
+
+  def body(carry, xs):
+    total, dcs = carry
+    hc, lc, vc = xs
+
+    def compute():
+      nll, dh, dc = _ntp_chunk(head, hc, lc, vc, consts)
+      return total + nll, [a + x.astype(a.dtype) for a, x in zip(dcs, dc)], dh
+
+    def skip():
+      return total, dcs, jnp.zeros_like(hc)
+    total, dcs, dh = jax.lax.cond(jnp.any(vc), compute, skip)
+    return (total, dcs), dh
+
+  (total, dcs), dh = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros_c), (h_c, lab_c, val_c))
+  return total, (dh, dcs, lab_c, val_c)
+
+
+def _fused_ntp_bwd(head, res, g):
+  del head
+  dh, dcs, lab_c, val_c = res
+  zero_int = lambda x: np.zeros(x.shape, jax.dtypes.float0)  # noqa: E731
+  return ((g * dh).astype(dh.dtype), zero_int(lab_c), zero_int(val_c),
+          *[(g * dc).astype(dc.dtype) for dc in dcs])
+
+
+_fused_ntp_sum.defvjp(_fused_ntp_fwd, _fused_ntp_bwd)
 
 
 def flow_targets_and_mask(image_labels, image_masks, modality_positions, patch_dim: int):
