@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import os
+import threading
 from typing import Iterable
 
 import numpy as np
@@ -19,6 +20,12 @@ from showo2_jax import paths
 
 _JSON_KEY = "__json__"
 _BYTES_TAG = "__b64__"
+# numpy parses each .npy header with ast.literal_eval, and CPython 3.11's AST
+# constructor keeps its recursion depth in state shared by all threads: Grain's
+# reader threads decoding at once can fail with "SystemError: AST constructor
+# recursion depth mismatch" (python/cpython gh-106905; seen at step ~400 of a
+# tiny_shapes stage 2). Decoding one record at a time costs microseconds.
+_DECODE_LOCK = threading.Lock()
 
 
 def encode_record(record: dict) -> bytes:
@@ -31,7 +38,8 @@ def encode_record(record: dict) -> bytes:
 
 
 def decode_record(data: bytes) -> dict:
-  with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+  """Inverse of `encode_record`; safe to call from several threads at once."""
+  with _DECODE_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as npz:
     record = {k: npz[k] for k in npz.files if k != _JSON_KEY}
     other = json.loads(str(npz[_JSON_KEY]))
   for k, v in other.items():

@@ -1,4 +1,5 @@
 """Annotation sources: records, path resolution, and failing fast on bad files."""
+import concurrent.futures
 import json
 import os
 
@@ -100,3 +101,17 @@ def test_array_record_round_trip(tmp_path):
   assert ds[1]["latents"].shape == (2, 4, 2, 2)
   with pytest.raises(FileNotFoundError):
     sources.array_record_source(str(tmp_path / "none.array_record"))
+
+
+def test_records_decode_from_many_threads_at_once():
+  # Grain's reader threads decode concurrently; each must get its own record back
+  # (decode_record serialises numpy's header parsing: CPython 3.11 gh-106905).
+  encoded = [record_io.encode_record({"latents": np.full((2, 3), i, np.float32), "prompt": f"p{i}"})
+             for i in range(32)]
+  def decode_all(_):
+    return [record_io.decode_record(e) for e in encoded for _ in range(5)]
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    results = list(pool.map(decode_all, range(8)))
+  for got in results:
+    assert [r["prompt"] for r in got[::5]] == [f"p{i}" for i in range(32)]
+    assert all(float(r["latents"][0, 0]) == int(r["prompt"][1:]) for r in got)
