@@ -62,8 +62,8 @@ _SHARDED_RESTORE = textwrap.dedent("""
     import os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, numpy as np
-    from showo2_jax import sharding
-    from showo2_jax.convert import orbax_io, showo2_keys
+    from showo2_jax import param_mapping, sharding
+    from showo2_jax.convert import orbax_io
     mesh = sharding.create_mesh({"data": 1, "fsdp": 2, "tensor": 2})
     for path in sys.argv[1:]:
       kind, config, params = orbax_io.restore_params(path, mesh=mesh)
