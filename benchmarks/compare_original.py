@@ -226,6 +226,16 @@ def median(rows, key):
   return statistics.median(vals) if vals else None
 
 
+def _train_label(train_config: str) -> str:
+  """The train row's name: the config, plus the batch the original's ref_bench.py times."""
+  return ("train step, batch 2 x 1024, stage 2" if train_config == "small_train"
+          else f"train step, {train_config}")
+
+
+def _image_label(config: str) -> str:
+  return "432 px" if config == "small" else f"({config} config)"
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--reference-python", default=None, help="the python that runs the original")
@@ -309,7 +319,7 @@ def main(argv=None):
   table = []
   if "train" in tasks:
     o_s, r_s = ours.get("train_s_per_step"), ref.get("train_s_per_step_b2_L1024")
-    table.append(dict(task="train step, batch 2 x 1024, stage 2", unit="s/step", original=r_s, ours=o_s,
+    table.append(dict(task=_train_label(args.train_config), unit="s/step", original=r_s, ours=o_s,
                       speedup=ratio(r_s, o_s), ours_peak_gib=ours.get("train_peak_rss_gib"),
                       mfu_ours=flop / o_s / peak if flop and o_s else None,
                       mfu_original=flop / r_s / peak if flop and r_s else None))
@@ -317,7 +327,8 @@ def main(argv=None):
     o_s, r_s = ours.get("t2i_s_per_image"), ref.get("t2i_s_per_image_50_steps_est")
     if r_s and args.t2i_points != 50:
       r_s = ref["t2i_s_per_cfg_call"] * (args.t2i_points - 1)
-    table.append(dict(task=f"T2I 432 px, {args.t2i_points}-point Euler + CFG", unit="s/image",
+    table.append(dict(task=f"T2I {_image_label(args.config)}, {args.t2i_points}-point Euler + CFG",
+                      unit="s/image",
                       original=r_s, ours=o_s, speedup=ratio(r_s, o_s),
                       ours_peak_gib=ours.get("t2i_peak_rss_gib")))
   if "decode" in tasks:
@@ -328,7 +339,7 @@ def main(argv=None):
   fmt = lambda v, f="{:.3g}": "-" if v is None else f.format(v)  # noqa: E731
   speed = lambda v: ("-" if v is None else f"{v:.2f}x faster" if v >= 1  # noqa: E731
                      else f"{v:.2f}x ({1 / v:.2f}x slower)")
-  print(f"\nsmall config, fp32, {args.rounds} alternating round(s), medians, {args.clock} seconds; "
+  print(f"\n{args.config} / {args.train_config} configs, fp32, {args.rounds} alternating round(s), medians, {args.clock} seconds; "
         f"{machine['processor']}, {machine['cpu_count']} cores, load (1 min) "
         f"{machine['load_avg_1m_start']:.1f} -> {machine['load_avg_1m_end']:.1f}")
   print(f"GEMM peak (fp32 2048^3): " + ", ".join(f"{k} {1000 * v:.0f} GFLOP/s" for k, v in peaks.items()))
