@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from showo2_jax.config_lib import load_config
+from showo2_jax.config_lib import UnknownConfigError, load_config
 from showo2_jax import param_mapping
 from showo2_jax.convert.showo2_torch import abstract_params
 from showo2_jax.models.config import Showo2Config
@@ -152,14 +152,17 @@ def main():
   p.add_argument("--skip", default="", help="comma list of tasks to skip: t2i,decode")
   p.add_argument("--json", help="write the results here")
   args = p.parse_args()
+  try:
+    loaded = {name: load_config(name) for name in args.configs.split(",")}
+  except UnknownConfigError as e:
+    p.error(f"--configs: {e}")
   machine = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
              "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
              "xla_flags": os.environ.get("XLA_FLAGS", ""), "dtype": args.dtype,
              "load_avg_1m_at_start": os.getloadavg()[0]}
   print("machine:", json.dumps(machine))
   results = []
-  for name in args.configs.split(","):
-    cfg = load_config(name)
+  for name, cfg in loaded.items():
     config = Showo2Config.from_config_dict(cfg.model).replace(dtype=args.dtype, param_dtype=args.dtype)
     model = Showo2(config, empty_slots_overwrite_bos=False)
     params = random_params(config, jnp.dtype(args.dtype))

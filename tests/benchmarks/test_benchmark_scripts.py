@@ -155,3 +155,13 @@ def test_profile_parts_and_the_part_by_part_comparison(tmp_path):
   assert rows["LLM MLP"]["original_gflops"] == 25.0
   assert rows["lm_head + NTP loss"]["original_s"] == 3.0 and rows["lm_head + NTP loss"]["ours_s"] == 0.0
   assert rows["step"]["original_over_ours"] == 2.0 and rows["step"]["gflop"] == 130.0
+
+
+@pytest.mark.parametrize("script,flag", [("train_benchmark.py", "--config"),
+                                         ("inference_benchmark.py", "--configs")])
+def test_an_unknown_config_is_a_one_line_error(tmp_path, script, flag):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), flag, "nosuch"],
+                     cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+  assert f"{flag}: unknown config 'nosuch'" in p.stderr and "tiny_train" in p.stderr
