@@ -42,6 +42,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -307,7 +308,10 @@ def main(argv=None):
       cmd += [os.path.abspath(args.reference_bench), "--calls", str(args.ref_calls),
              "--tokens", str(args.ref_tokens), "--train-steps", str(args.train_steps),
              "--threads", str(args.threads)]
-      res = measured(cmd, reference_env(args), args.timeout)
+      # ref_bench.py saves its random HF models (~210 MB) to a mkdtemp it never removes:
+      # give it a TMPDIR of ours that goes away after the round.
+      with tempfile.TemporaryDirectory(prefix="compare_original_ref_") as ref_tmp:
+        res = measured(cmd, dict(reference_env(args), TMPDIR=ref_tmp), args.timeout)
       ref_rows.append(res)
       print(f"round {r + 1} original: {json.dumps(res)}", flush=True)
   machine["load_avg_1m_end"] = os.getloadavg()[0]

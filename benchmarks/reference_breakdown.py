@@ -42,13 +42,16 @@ args = ap.parse_args()
 torch.set_num_threads(args.threads)
 sys.path.insert(0, os.environ["REF"])
 torch.manual_seed(0)
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 from transformers import Qwen2Config, Qwen2ForCausalLM as HFQwen2, SiglipConfig, SiglipModel as HFSiglip  # noqa: E402
 import models.modules as modules  # noqa: E402
 
 # ---- the model of ref_bench.py (small config)
-work = tempfile.mkdtemp()
+work = tempfile.mkdtemp()  # the random HF models (~210 MB), removed at exit
+atexit.register(shutil.rmtree, work, ignore_errors=True)
 llm = Qwen2Config(vocab_size=32000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                   num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
                   rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True)
