@@ -16,36 +16,12 @@ matrix is counted (the omni mask is dense), adaLN/time embeddings are ignored.
 from __future__ import annotations
 
 
-def forward_flops_per_row(model, seq_len: int, images_per_row: int) -> float:
-  llm, sig, fh = model.llm, model.siglip, model.flow_head
-  L, D = seq_len, llm.hidden_size
-  attn = lambda d, h, kv, hd: 2 * L * (2 * d * h * hd + 2 * d * kv * hd) + 4 * L * L * h * hd
-  total = llm.num_layers * (attn(D, llm.num_heads, llm.num_kv_heads, llm.head_dim)
-                            + 2 * L * 3 * D * llm.intermediate_size)
-  total += 2 * L * D * llm.vocab_size
-  dh = fh.hidden_size
-  if D != dh:
-    total += 2 * L * (D * dh + dh * dh)
-  total += fh.num_layers * (attn(dh, fh.num_heads, fh.num_kv_heads, fh.head_dim)
-                            + 2 * L * 3 * dh * fh.intermediate_size)
-  p2c = model.patch_size ** 2 * model.latent_channels
-  total += 2 * L * dh * p2c
-  n, ds = model.image_latent_height * model.image_latent_width, sig.hidden_size
-  per_image = sig.num_layers * (2 * n * 4 * ds * ds + 4 * n * n * ds + 2 * n * 2 * ds * sig.intermediate_size)
-  per_image += 2 * n * p2c * (ds + D) + 2 * n * ((ds + D) * D + D * D)
-  return float(total + images_per_row * per_image)
-
-
-def train_flops_per_step(model, seq_len: int, images_per_row: int, global_batch: int) -> float:
-  return 3.0 * global_batch * forward_flops_per_row(model, seq_len, images_per_row)
-
-
-def train_flops_by_part(model, seq_len: int, images_per_row: int, global_batch: int) -> dict:
-  """`train_flops_per_step` split into the parts of benchmarks/profile_ops.py's "by
-  module" table (same formula, same terms; the values sum to it): LLM attention (q/k/v/o
-  projections and the L x L matmuls), LLM MLP, lm_head, SigLIP, flow head attention,
-  flow head rest (its MLPs, diff_proj, final layer), projector/STF (patch embeddings,
-  fusion)."""
+def forward_flops_by_part(model, seq_len: int, images_per_row: int) -> dict:
+  """Forward model FLOPs of one row by part (the terms of the module docstring): LLM
+  attention (q/k/v/o projections and the L x L matmuls), LLM MLP, lm_head, SigLIP,
+  flow head attention, flow head rest (its MLPs, diff_proj, final layer),
+  projector/STF (patch embeddings, fusion): the parts of benchmarks/profile_ops.py's
+  "by module" table."""
   llm, sig, fh = model.llm, model.siglip, model.flow_head
   L, D, dh = seq_len, llm.hidden_size, fh.hidden_size
   attn = lambda d, h, kv, hd: 2 * L * (2 * d * h * hd + 2 * d * kv * hd) + 4 * L * L * h * hd
@@ -62,7 +38,21 @@ def train_flops_by_part(model, seq_len: int, images_per_row: int, global_batch: 
                          + (2 * L * (D * dh + dh * dh) if D != dh else 0)),
       "projector/STF": images_per_row * (2 * n * p2c * (ds + D) + 2 * n * ((ds + D) * D + D * D)),
   }
-  return {k: 3.0 * global_batch * float(v) for k, v in parts.items()}
+  return {k: float(v) for k, v in parts.items()}
+
+
+def forward_flops_per_row(model, seq_len: int, images_per_row: int) -> float:
+  return float(sum(forward_flops_by_part(model, seq_len, images_per_row).values()))
+
+
+def train_flops_per_step(model, seq_len: int, images_per_row: int, global_batch: int) -> float:
+  return 3.0 * global_batch * forward_flops_per_row(model, seq_len, images_per_row)
+
+
+def train_flops_by_part(model, seq_len: int, images_per_row: int, global_batch: int) -> dict:
+  """`train_flops_per_step` split by part (`forward_flops_by_part` x 3 x batch)."""
+  return {k: 3.0 * global_batch * v
+          for k, v in forward_flops_by_part(model, seq_len, images_per_row).items()}
 
 
 def _dot_flops(eqn) -> float:
