@@ -85,12 +85,13 @@ def test_tiny_train_step_compiles_for_a_tpu_slice_and_two_slices():
   # FSDP: params are all-gathered per use in the compiled step (not replicated).
   coll = [l for l in out.splitlines() if l.startswith("collectives in the compiled step:")]
   assert len(coll) == 2 and all("all-gather" in l for l in coll), coll
-  # FLOPs: the compiled HLO's dots and convolutions, loop bodies x trips, are the
-  # jaxpr's matmuls (dense: nothing opaque; remat recompute in both).
+  # FLOPs: the compiled HLO's dots and convolutions are the jaxpr's matmuls within
+  # 1% (dense: nothing opaque; XLA simplifies a few tiny dots: 82.84 vs 82.99 MFLOP).
   flop_lines = [l for l in out.splitlines() if l.startswith("FLOPs per step per device")]
-  jaxpr = [re.search(r"the step's matmuls (\S+ \S+)", l).group(1) for l in flop_lines]
-  hlo = [re.search(r"compiled HLO (\S+ \S+)", l).group(1) for l in flop_lines]
-  assert len(flop_lines) == 2 and hlo[1] == jaxpr[1], flop_lines
+  jaxpr = [re.search(r"the step's matmuls (\S+) (\S+)", l).groups() for l in flop_lines]
+  hlo = [re.search(r"compiled HLO (\S+) (\S+)", l).groups() for l in flop_lines]
+  assert len(flop_lines) == 2 and hlo[1][1] == jaxpr[1][1], flop_lines
+  assert abs(float(hlo[1][0]) / float(jaxpr[1][0]) - 1) < 0.01, (hlo, jaxpr)
 
 
 def _report(platform: str, device_kind: str = "") -> aot.CompileReport:
