@@ -1,18 +1,36 @@
-"""Where the time goes: a JAX profiler trace of one task, summed per HLO op and per part.
+"""Where the time goes: a JAX profiler trace of one task, summed per HLO op and per part,
+and (train) the bound on how fast the step can get with its non-matmul time as it is.
 
     python benchmarks/profile_ops.py --task train --config small_train --steps 2
+    python benchmarks/profile_ops.py --task train --compare-json compare.json --json profile.json
     python benchmarks/profile_ops.py --task t2i --config small --steps 2
     python benchmarks/profile_ops.py --task train --xla-dump DIR    # also the optimised HLO
 
 Traces `--steps` runs of the compiled program (compilation excluded) with
-`jax.profiler.trace`, reads the trace back (`jax.profiler.ProfileData`), and sums
-the duration of every executed HLO op (on CPU: one event per thunk). Each op is
-put in a part of the model from the name stack XLA keeps in its metadata
-(flax module path + JAX primitive): attention scores/softmax, matmuls of the
-LLM / flow head / semantic layers, lm_head + cross-entropy, norms, casts, ...
-Prints the top ops and the parts with their share of the op time; `--json`
-writes both. Op time is summed over threads, so with intra-op threading it can
-exceed wall time; shares are what to read.
+`jax.profiler.trace`, reads the trace back (`jax.profiler.ProfileData`) and sums
+the *self* time of every executed HLO op (on CPU: one event per thunk; a `while`
+or `conditional` thunk's event encloses the events of its body on the same thread,
+so their time is counted once, in the innermost op, and what the control-flow
+thunk keeps is its own overhead: "loop/cond control"). Each op is put in a part
+of the model from the name stack XLA keeps in its metadata (flax module path +
+JAX primitive) and in a kind: "matmul" is an op whose HLO holds a `dot` (its own
+or inside its fusion), so the executed matmul FLOPs are counted exactly: 2 per
+multiply-add of each dot, times the number of times the trace saw the op run
+(remat, skipped attention blocks and NTP chunks included as they ran).
+
+Shares are of the op time; "seconds" of a part or kind are its share x the traced
+step's wall time (the op time is summed over threads, so with intra-op threading
+it can exceed wall time).
+
+The bound (train): with M matmul seconds running F executed matmul FLOPs and N
+non-matmul seconds (wall - M), the step cannot go below F / peak + N while the
+non-matmul time stays what it is (peak: the best fp32 2048^3 GEMM rate measured in
+this process, or the larger of it and `--compare-json`'s peaks, or `--peak-tflops`).
+Given the original's step time (`--original-step-s`, or the train row of
+`compare_original.py --json` via `--compare-json`), it prints that bound as a
+ratio and what would meet `--target` (1.2x): the non-matmul seconds allowed with
+the matmuls as they run and at 100% of the peak, and the matmul efficiency needed
+with the non-matmul time as it is. `--json` writes everything.
 """
 from __future__ import annotations
 
@@ -22,6 +40,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -63,6 +82,57 @@ def hlo_metadata(hlo_text: str) -> dict:
       op = (dots or [max(names, key=len)])[0] if not op or opcode == "fusion" else op
     resolved[name] = (opcode, op)
   return resolved
+
+
+_SHAPE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
+_DOT = re.compile(r"=\s*\w+\[([\d,]*)\]\S*\s+dot\(%?([\w.\-]+),\s*%?([\w.\-]+)\).*?"
+                  r"lhs_contracting_dims=\{([\d,]*)\}")
+_PARAM = re.compile(r"([\w.\-]+):\s*\w+\[([\d,]*)\]")
+
+
+def _dims(text: str) -> list:
+  return [int(x) for x in text.split(",") if x]
+
+
+def hlo_dot_flops(hlo_text: str) -> dict:
+  """HLO instruction name -> matmul FLOPs of one execution (2 per multiply-add of
+  its `dot`, or of every dot in the computation its fusion calls, recursively).
+  Instructions without a dot are absent. Instruction names are unique in a module."""
+  shapes, comp_dots, calls, current, own = {}, collections.defaultdict(float), {}, None, {}
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(" ") and "{" in line:
+      current = ("ENTRY" if line.startswith("ENTRY") else line.split()[0]).lstrip("%")
+      for name, dims in _PARAM.findall(line[:line.find("->")] if "->" in line else line):
+        shapes.setdefault(name.lstrip("%"), _dims(dims))
+      continue
+    m = _SHAPE.match(line)
+    if m:
+      shapes[m.group(1)] = _dims(m.group(2))
+    d = _DOT.search(line)
+    name = _INSTR.match(line)
+    if d and name:
+      own[name.group(1)] = (current, _dims(d.group(1)), d.group(2), _dims(d.group(4)))
+    c = _CALLS.search(line)
+    if c and name:
+      calls[name.group(1)] = (current, c.group(1))
+  flops = {}
+  for name, (comp, out, lhs, contract) in own.items():
+    k = 1.0
+    for i in contract:
+      k *= shapes.get(lhs, [0] * (i + 1))[i]
+    flops[name] = 2.0 * float(np.prod(out)) * k
+    comp_dots[comp] += flops[name]
+  # fusions calling fusions: resolve inner computations first (a few passes suffice)
+  comp_total = dict(comp_dots)
+  for _ in range(4):
+    for name, (comp, callee) in calls.items():
+      if callee in comp_total:
+        flops[name] = comp_total[callee]
+    comp_total = collections.defaultdict(float)
+    for name, f in flops.items():
+      comp = own[name][0] if name in own else calls[name][0]
+      comp_total[comp] += f
+  return {k: v for k, v in flops.items() if v > 0}
 
 
 PARTS = [  # first match wins; matched against the op_name metadata (name stack)
@@ -130,53 +200,147 @@ def module_part(op_name: str, opcode: str = "") -> str:
   return "other"
 
 
-def kind_of(op_name: str, opcode: str, hlo_name: str) -> str:
-  low = (op_name + " " + hlo_name).lower()
-  if "dot" in low or "gemm" in low or "matmul" in low or "ynn" in hlo_name or opcode == "dot":
+_CONTROL = ("while", "conditional", "call")
+
+
+def kind_of(op_name: str, opcode: str, hlo_name: str, flops: float = 0.0) -> str:
+  """matmul (the op runs a dot: `flops` > 0, or by name when the HLO is unknown),
+  loop/cond control (a while/conditional/call thunk's self time), cast,
+  copy/transpose, reduction, or elementwise/other."""
+  low = op_name.lower()
+  prim = low.rsplit("/", 1)[-1]
+  if flops > 0 or (opcode == "?" and ("dot_general" in prim or opcode == "dot")):
     return "matmul"
-  if "convert_element_type" in low or opcode == "convert":
+  if opcode in _CONTROL:
+    return "loop/cond control"
+  if prim.startswith("convert_element_type") or opcode == "convert":
     return "cast"
-  if opcode in ("copy", "transpose") or "transpose" in low:
+  if opcode in ("copy", "transpose") or prim.startswith("transpose") or hlo_name.startswith(
+      ("copy", "transpose")):
     return "copy/transpose"
-  if "reduce" in low or opcode == "reduce":
+  if prim.startswith(("reduce", "argmax", "argmin")) or opcode == "reduce":
     return "reduction"
   return "elementwise/other"
 
 
+def self_times(lines) -> tuple:
+  """(op -> self seconds, op -> executions) over the traced lines (threads): each
+  event's duration less the durations of the events nested in it on the same line
+  (a while/conditional thunk encloses its body's thunks)."""
+  secs, count = collections.Counter(), collections.Counter()
+  for events in lines:
+    stack = []                               # [(end_ns, op)]
+    for start, dur, op in sorted(events, key=lambda e: (e[0], -e[1])):
+      while stack and start >= stack[-1][0]:
+        stack.pop()
+      if stack:
+        secs[stack[-1][1]] -= dur * 1e-9       # time inside the enclosing op is this one's
+      secs[op] += dur * 1e-9
+      count[op] += 1
+      stack.append((start + dur, op))
+  return secs, count
+
+
 def trace_ops(run, steps: int, hlo_text: str) -> dict:
-  """Runs `run()` `steps` times under the profiler; returns per-op and per-part seconds."""
-  meta = hlo_metadata(hlo_text)
+  """Runs `run()` `steps` times under the profiler; returns per-op, per-part and
+  per-kind self seconds per run, and the executed matmul FLOPs per run."""
+  meta, dot_flops = hlo_metadata(hlo_text), hlo_dot_flops(hlo_text)
   trace_dir = tempfile.mkdtemp(prefix="profile_ops_")
-  wall = time.perf_counter()
-  with jax.profiler.trace(trace_dir):
-    for _ in range(steps):
-      jax.block_until_ready(run())
-  wall = (time.perf_counter() - wall) / steps
-  path = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[0]
-  data = jax.profiler.ProfileData.from_file(path)
-  per_op = collections.Counter()
-  for plane in data.planes:
-    for line in plane.lines:
-      for ev in line.events:
-        stats = dict(ev.stats)
-        if "hlo_op" in stats:
-          per_op[stats["hlo_op"]] += ev.duration_ns * 1e-9 / steps
+  try:
+    wall = time.perf_counter()
+    with jax.profiler.trace(trace_dir):
+      for _ in range(steps):
+        jax.block_until_ready(run())
+    wall = (time.perf_counter() - wall) / steps
+    path = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[0]
+    data = jax.profiler.ProfileData.from_file(path)
+    lines = []
+    for plane in data.planes:
+      for line in plane.lines:
+        evs = []
+        for ev in line.events:
+          op = dict(ev.stats).get("hlo_op")
+          if op:
+            evs.append((ev.start_ns, ev.duration_ns, op))
+        if evs:
+          lines.append(evs)
+  finally:
+    shutil.rmtree(trace_dir, ignore_errors=True)
+  secs, count = self_times(lines)
+  per_op = collections.Counter({k: max(v, 0.0) / steps for k, v in secs.items()})
   total = sum(per_op.values())
   parts, kinds, modules, rows = (collections.Counter(), collections.Counter(), collections.Counter(),
                                  [])
-  for name, secs in per_op.most_common():
+  executed = 0.0
+  for name, sec in per_op.most_common():
     opcode, op = meta.get(name, ("?", ""))
-    part, kind = part_of(op, opcode), kind_of(op, opcode, name)
+    f = dot_flops.get(name, 0.0)
+    executed += f * count[name] / steps
+    part, kind = part_of(op, opcode), kind_of(op, opcode, name, f)
     module = module_part(op, opcode)
-    parts[part] += secs
-    kinds[kind] += secs
-    modules[module] += secs
-    rows.append(dict(op=name, seconds=secs, share=secs / total, part=part, kind=kind, module=module,
+    parts[part] += sec
+    kinds[kind] += sec
+    modules[module] += sec
+    rows.append(dict(op=name, seconds=sec, share=sec / total, part=part, kind=kind, module=module,
+                     runs=count[name] / steps, gflop=f * count[name] / steps / 1e9,
                      source=re.sub(r"^jit\([^)]*\)/", "", op)[-110:]))
-  return dict(wall_s_per_run=wall, op_s_per_run=total, ops=rows,
-              parts={k: dict(seconds=v, share=v / total) for k, v in parts.most_common()},
-              kinds={k: dict(seconds=v, share=v / total) for k, v in kinds.most_common()},
-              modules={k: dict(seconds=v, share=v / total) for k, v in modules.most_common()})
+  share = lambda c: {k: dict(seconds=v, share=v / total) for k, v in c.most_common()}  # noqa: E731
+  return dict(wall_s_per_run=wall, op_s_per_run=total, ops=rows, parts=share(parts), kinds=share(kinds),
+              modules=share(modules), executed_matmul_tflop=executed / 1e12)
+
+
+def bound(wall_s: float, matmul_share: float, executed_tflop: float, peak_tflops: float,
+          original_s=None, target: float = 1.2) -> dict:
+  """The step's floor with its non-matmul time as it is, and what would meet `target`.
+
+  wall_s: our step (s); matmul_share: the matmul ops' share of the op time;
+  executed_tflop: matmul TFLOP the step ran; peak_tflops: the GEMM peak;
+  original_s: the original's step (s) or None. Seconds are shares x wall_s.
+  Returns a dict of seconds, ratios (original / ours, > 1: ours faster) and
+  fractions; the ratio entries are None without original_s."""
+  matmul_s = matmul_share * wall_s
+  other_s = wall_s - matmul_s
+  ideal_matmul_s = executed_tflop / peak_tflops
+  floor_s = ideal_matmul_s + other_s
+  out = dict(step_s=wall_s, matmul_s=matmul_s, non_matmul_s=other_s, executed_matmul_tflop=executed_tflop,
+             peak_tflops=peak_tflops, matmul_tflops=executed_tflop / matmul_s if matmul_s else None,
+             matmul_fraction_of_peak=ideal_matmul_s / matmul_s if matmul_s else None,
+             matmul_s_at_peak=ideal_matmul_s, floor_s=floor_s, original_s=original_s, target=target,
+             ratio_now=None, ratio_bound=None, budget_s=None, non_matmul_allowed_s=None,
+             non_matmul_allowed_at_peak_s=None, matmul_fraction_needed=None)
+  if original_s:
+    budget = original_s / target
+    out.update(ratio_now=original_s / wall_s, ratio_bound=original_s / floor_s, budget_s=budget,
+               non_matmul_allowed_s=budget - matmul_s, non_matmul_allowed_at_peak_s=budget - ideal_matmul_s,
+               matmul_fraction_needed=(ideal_matmul_s / (budget - other_s)) if budget > other_s else None)
+  return out
+
+
+def print_bound(b: dict) -> None:
+  pct = lambda v: "-" if v is None else f"{100 * v:.0f}%"  # noqa: E731
+  sec = lambda v: "-" if v is None else f"{v:.2f} s"  # noqa: E731
+  print("\nthe bound (seconds = share of op time x traced wall):")
+  print("| figure | value |\n|---|---|")
+  rows = [("our step (traced)", sec(b["step_s"])),
+          ("matmul ops", f"{sec(b['matmul_s'])}, {1000 * b['executed_matmul_tflop']:.1f} GFLOP executed, "
+                         f"{1000 * (b['matmul_tflops'] or 0):.0f} GFLOP/s = {pct(b['matmul_fraction_of_peak'])} "
+                         f"of the {1000 * b['peak_tflops']:.0f} GFLOP/s GEMM peak"),
+          ("non-matmul ops (everything else)", sec(b["non_matmul_s"])),
+          ("matmuls at 100% of the peak", sec(b["matmul_s_at_peak"])),
+          ("floor: matmuls at peak + non-matmul as now", sec(b["floor_s"]))]
+  if b["original_s"]:
+    rows += [("the original's step", sec(b["original_s"])),
+             ("ratio now (original / ours)", f"{b['ratio_now']:.2f}x"),
+             ("ratio bound (original / floor)", f"{b['ratio_bound']:.2f}x"),
+             (f"{b['target']:.2f}x needs ours <=", sec(b["budget_s"])),
+             ("  non-matmul allowed, matmuls as now", sec(b["non_matmul_allowed_s"])),
+             ("  non-matmul allowed, matmuls at peak", sec(b["non_matmul_allowed_at_peak_s"])),
+             ("  matmul efficiency needed, non-matmul as now",
+              "unreachable (the non-matmul time alone exceeds it)" if b["matmul_fraction_needed"] is None
+              else pct(b["matmul_fraction_needed"]) + (" (over 100%: unreachable)"
+                                                       if b["matmul_fraction_needed"] > 1 else ""))]
+  for k, v in rows:
+    print(f"| {k} | {v} |")
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -233,6 +397,15 @@ def t2i_program(config_name: str, overrides):
   return (lambda: compiled(*args[1:])), compiled.as_text()
 
 
+def original_from_compare(path: str) -> tuple:
+  """(the original's train step s or None, GEMM peaks {framework: TFLOP/s}) of a
+  `compare_original.py --json` file."""
+  with open(path) as f:
+    res = json.load(f)
+  step = next((r["original"] for r in res.get("table", []) if r.get("task", "").startswith("train")), None)
+  return step, dict(res.get("gemm_peak_tflops", {}))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--task", choices=("train", "t2i"), default="train")
@@ -241,9 +414,22 @@ def main(argv=None):
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--json", default=None)
   p.add_argument("--xla-dump", default=None, help="also write the optimised HLO text here")
+  p.add_argument("--original-step-s", type=float, default=None,
+                 help="train: the original's step time (s) for the bound's ratios")
+  p.add_argument("--compare-json", default=None,
+                 help="train: compare_original.py --json output: the original's step and GEMM peaks")
+  p.add_argument("--peak-tflops", type=float, default=None,
+                 help="train: GEMM peak for the bound (default: measured here, fp32 2048^3)")
+  p.add_argument("--target", type=float, default=1.2, help="train: the ratio to meet (original / ours)")
   from showo2_jax.train import config_overrides  # pylint: disable=import-outside-toplevel
   config_overrides.accept_overrides(p)
   args = p.parse_args(argv)
+  original_s, peaks = args.original_step_s, {}
+  if args.compare_json:
+    if not os.path.exists(args.compare_json):
+      p.error(f"--compare-json: {args.compare_json} does not exist")
+    step, peaks = original_from_compare(args.compare_json)
+    original_s = original_s or step
   name = args.config or ("small_train" if args.task == "train" else "small")
   build = train_program if args.task == "train" else t2i_program
   run, hlo = build(name, args.config_overrides)
@@ -252,26 +438,56 @@ def main(argv=None):
     os.makedirs(args.xla_dump, exist_ok=True)
     with open(os.path.join(args.xla_dump, f"{args.task}_{name}.hlo.txt"), "w") as f:
       f.write(hlo)
+  load_start = os.getloadavg()[0]
   res = trace_ops(run, args.steps, hlo)
-  res.update(task=args.task, config=name, load_avg_1m=os.getloadavg()[0], cpu_count=os.cpu_count())
+  res.update(task=args.task, config=name, load_avg_1m_start=load_start, load_avg_1m=os.getloadavg()[0],
+             cpu_count=os.cpu_count(), steps=args.steps)
+  if args.task == "train":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import train_benchmark  # pylint: disable=import-outside-toplevel
+    if args.peak_tflops:
+      peaks = {"given": args.peak_tflops}
+    else:
+      peaks["jax (this process)"] = train_benchmark.measured_peak_tflops()
+    res["gemm_peak_tflops"] = peaks
+    res["model_tflop_per_step"] = model_tflop(name, args.config_overrides)
+    res["bound"] = bound(res["wall_s_per_run"], res["kinds"].get("matmul", {}).get("share", 0.0),
+                         res["executed_matmul_tflop"], max(peaks.values()), original_s, args.target)
   print(f"{args.task} [{name}]: {res['wall_s_per_run']:.3f} s wall per run, "
-        f"{res['op_s_per_run']:.3f} s op time (summed over threads), load {res['load_avg_1m']:.2f}")
-  print("\nby part of the model:")
-  for k, v in res["parts"].items():
-    print(f"  {k:<34} {v['seconds']:8.3f} s  {100 * v['share']:5.1f}%")
-  print("\nby module (the parts of benchmarks/reference_breakdown.py; share x wall = seconds):")
-  for k, v in res["modules"].items():
-    print(f"  {k:<34} {v['share'] * res['wall_s_per_run']:8.3f} s  {100 * v['share']:5.1f}%")
-  print("\nby kind of op:")
-  for k, v in res["kinds"].items():
-    print(f"  {k:<34} {v['seconds']:8.3f} s  {100 * v['share']:5.1f}%")
-  print(f"\ntop {args.top} ops:")
+        f"{res['op_s_per_run']:.3f} s op time (self time, summed over threads), load "
+        f"{res['load_avg_1m_start']:.2f} -> {res['load_avg_1m']:.2f}, {os.cpu_count()} cores")
+  if args.task == "train":
+    print(f"matmul FLOPs executed {1000 * res['executed_matmul_tflop']:.1f} GFLOP per step (model formula "
+          f"{1000 * res['model_tflop_per_step']:.1f}); GEMM peak " +
+          ", ".join(f"{k} {1000 * v:.0f}" for k, v in peaks.items()) + " GFLOP/s")
+  wall = res["wall_s_per_run"]
+  for title, key in (("by part of the model", "parts"),
+                     ("by module (the parts of benchmarks/reference_breakdown.py)", "modules"),
+                     ("by kind of op", "kinds")):
+    print(f"\n{title} (share of op time; seconds = share x wall):")
+    for k, v in res[key].items():
+      print(f"  {k:<36} {v['share'] * wall:8.3f} s  {100 * v['share']:5.1f}%")
+  print(f"\ntop {args.top} ops (share, seconds = share x wall, runs per step, kind, part, name stack):")
   for r in res["ops"][:args.top]:
-    print(f"  {100 * r['share']:5.1f}%  {r['seconds']:7.3f} s  {r['kind']:<16} {r['part']:<30} {r['source']}")
+    print(f"  {100 * r['share']:5.1f}%  {r['share'] * wall:7.3f} s  x{r['runs']:<5.0f} {r['kind']:<18} "
+          f"{r['part']:<30} {r['source']}")
+  if "bound" in res:
+    print_bound(res["bound"])
   if args.json:
     with open(args.json, "w") as f:
       json.dump(res, f, indent=1)
   return 0
+
+
+def model_tflop(config_name: str, overrides) -> float:
+  """The model formula's TFLOP per step (showo2_jax.train.flops), as the benchmarks state MFU."""
+  from showo2_jax.config_lib import load_config  # pylint: disable=import-outside-toplevel
+  from showo2_jax.models.config import Showo2Config  # pylint: disable=import-outside-toplevel
+  from showo2_jax.train import config_overrides, data as data_lib, flops  # pylint: disable=import-outside-toplevel
+  config = config_overrides.apply(load_config(config_name), overrides)
+  return flops.train_flops_per_step(Showo2Config.from_config_dict(config.model), int(config.max_seq_len),
+                                    data_lib.slots_per_row(config),
+                                    int(config.train.global_batch_size)) / 1e12
 
 
 if __name__ == "__main__":

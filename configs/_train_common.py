@@ -105,19 +105,21 @@ def group(patterns, lr):
 
 
 # Remat for the pod stage configs (names: showo2_jax/models/layers.remat_policy).
-# `full` is the default of every stage config: the one policy measured to fit
-# every target at the paper's rows per chip (AOT compiles in docs/training.md and issue #16:
-# stage2_1p5b:b at 8 rows/chip 6.9 GiB XLA peak on v5p-128, 9.9 GiB on v5e-256's
-# 16 GiB; mixed_modality_1p5b at 2 rows/chip 11.5 GiB dense, 3.7 splash on
-# v5p-128). On v5p alone less recompute fits (`none` at 4 rows/chip: 52.7 GiB of
-# 95): pass --config.model.remat_policy=save_attn / dots_with_no_batch_dims /
-# none there; those have not been compiled at 8 rows/chip yet.
+# Each stage config states its own choice: the policy with the least recompute that
+# was compiled to fit 85% of the target's HBM at the paper's rows per chip (AOT
+# compiles, benchmarks/pod_compile.py, table in docs/training.md). Measured so far
+# (XLA peak per chip): stage2_1p5b at 8 rows/chip on v5p-128 fits with
+# `dots_with_no_batch_dims` (24.3 of 95 GiB; `full` 5.3), so that is its default;
+# v5e's 16 GiB needs `full` there (pass --config.model.remat_policy=full). The
+# configs not compiled with a lighter policy yet keep `full`, the one policy
+# measured to fit every target (stage2_1p5b:b on v5e-256 9.9 GiB of 16;
+# mixed_modality_1p5b at 2 rows/chip 11.5 GiB dense, 3.7 splash on v5p-128).
 POD_REMAT_POLICY = "full"
 
 
 def bf16_training(model, remat_policy=POD_REMAT_POLICY, scan_layers=True):
   """bf16 compute with fp32 master params; layers scanned and rematerialised
-  with `remat_policy` (POD_REMAT_POLICY above says why `full`)."""
+  with `remat_policy` (POD_REMAT_POLICY above: how each stage config chose its own)."""
   model.dtype = "bfloat16"
   model.param_dtype = "float32"
   model.remat_policy = remat_policy

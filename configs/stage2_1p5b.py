@@ -37,7 +37,11 @@ def get_config(arg=None, model=None, rows=(ROWS_T2I, ROWS_MMU)):
   if sub not in ("a", "b", "c"):
     raise ValueError(f"stage 2: sub-stage must be a, b or c, got {sub!r}")
   c = common.base_config()
-  c.model = model or tc.bf16_training(models.showo2_1p5b(tokens_per_side=27), remat_policy="full")
+  # Remat: the least recompute that fits 85% of a v5p chip at 8 rows/chip (stage2_1p5b:b on
+  # v5p-128, AOT: XLA peak 24.3 of 95 GiB, jaxpr matmuls 1.05x the model formula against 1.27x
+  # with `full`; docs/training.md). v5e (16 GiB): pass --config.model.remat_policy=full.
+  c.model = model or tc.bf16_training(models.showo2_1p5b(tokens_per_side=27),
+                                      remat_policy="dots_with_no_batch_dims")
   c.vae = models.wan_vae()
   c.resolution, c.max_seq_len = 432, 1024
   steps = MMU_SAMPLES[sub] // (rows[1] * GPUS) if sub in MMU_SAMPLES else STEPS_2B

@@ -137,8 +137,17 @@ def _chunk_forward(q, k, v, m, scale, kl):
   mx = jnp.max(s, axis=-1, keepdims=True)
   e = jnp.exp(s - mx)
   den = jnp.sum(e, axis=-1, keepdims=True)
-  p = (e / den).astype(v.dtype).reshape(b, h, g * c, kl)
-  o = jnp.einsum("bhmk,bhkd->bhmd", p, v[:, :, :kl], preferred_element_type=jnp.float32)
+  if v.dtype == jnp.float32:
+    # The softmax's division after the PV product (as FlashAttention does): one pass
+    # over the (C, D) output instead of one over the (C, kl) block of probabilities;
+    # float32 round-off apart, the same numbers.
+    o = jnp.einsum("bhmk,bhkd->bhmd", e.reshape(b, h, g * c, kl), v[:, :, :kl],
+                   preferred_element_type=jnp.float32) / den.reshape(b, h, g * c, 1)
+  else:
+    # Lower precision: the probabilities rounded to v's dtype as `dense` rounds them
+    # (bit-identical to it, tests/models/test_attention_impl.py).
+    p = (e / den).astype(v.dtype).reshape(b, h, g * c, kl)
+    o = jnp.einsum("bhmk,bhkd->bhmd", p, v[:, :, :kl], preferred_element_type=jnp.float32)
   return o.astype(v.dtype).reshape(q.shape), (mx[..., 0], jnp.log(den)[..., 0])
 
 

@@ -55,6 +55,8 @@ class CompileReport:
   lower_seconds: float = 0.0     # jaxpr -> StableHLO, wall
   compile_cpu_seconds: float = 0.0  # CPU time (user + system, all threads) of the compile
   while_loops: int = 0           # while loops in the compiled HLO (scanned layer stacks stay loops)
+  xla_layer_flops: float = 0.0   # flops.hlo_matmul_flops of the compiled HLO: loop bodies x trip count
+  unknown_trip_loops: int = 0    # while loops whose trip count could not be read (counted once)
 
   @property
   def sum_bytes(self) -> int:
@@ -95,7 +97,10 @@ class CompileReport:
         f"({self.tokens_per_device:g} tokens; train/flops.py, no remat); the step's matmuls "
         f"{_flops(self.program_flops)} ({self.program_flops / max(self.model_flops, 1):.2f}x; "
         "jaxpr, scanned layers x their count, remat recompute included, Pallas kernels not); "
-        f"XLA cost analysis {_flops(self.flops)} (counts a scanned layer stack once); "
+        f"compiled HLO {_flops(self.xla_layer_flops)} ({self.xla_layer_flops / max(self.model_flops, 1):.2f}x; "
+        "XLA's dots and convolutions, each loop body x its trip count"
+        + (f", {self.unknown_trip_loops} loop(s) of unknown trip count counted once" if self.unknown_trip_loops else "")
+        + f"); XLA cost analysis {_flops(self.flops)} (counts a scanned layer stack once); "
         f"traced in {self.trace_seconds:.0f} s, lowered in {self.lower_seconds:.0f} s, compiled in "
         f"{self.compile_seconds:.0f} s ({self.compile_cpu_seconds:.0f} CPU s; {self.while_loops} while "
         "loops in the compiled step)",
@@ -271,6 +276,7 @@ def compile_train_step(config, devices) -> CompileReport:
   text = compiled.as_text()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  hlo_flops = flops_lib.hlo_matmul_flops(text)
   counts = {}
   for path, label in lay.labels.items():
     leaf = lay.abstract.params
@@ -297,4 +303,5 @@ def compile_train_step(config, devices) -> CompileReport:
       attention_impl=str(config.model.get("attention_impl", "dense")),
       pallas_kernels=text.count('custom_call_target="tpu_custom_call"'),
       trace_seconds=t1 - t0, lower_seconds=t3 - t2, compile_cpu_seconds=cpu_seconds,
-      while_loops=count_while_loops(text))
+      while_loops=count_while_loops(text), xla_layer_flops=hlo_flops["flops"],
+      unknown_trip_loops=hlo_flops["unknown_trips"])

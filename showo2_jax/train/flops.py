@@ -15,6 +15,8 @@ matrix is counted (the omni mask is dense), adaLN/time embeddings are ignored.
 """
 from __future__ import annotations
 
+import re
+
 
 def forward_flops_by_part(model, seq_len: int, images_per_row: int) -> dict:
   """Forward model FLOPs of one row by part (the terms of the module docstring): LLM
@@ -101,3 +103,166 @@ def jaxpr_matmul_flops(jaxpr) -> float:
     else:
       total += sum(jaxpr_matmul_flops(j) for j in _sub_jaxprs(eqn))
   return total
+
+
+# Compiled HLO text (`compiled.as_text()`): instructions, computations, called computations.
+_HLO_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
+_HLO_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*")
+_HLO_ARRAY = re.compile(r"^(\w+)\[([\d,]*)\]")
+_HLO_CALLS = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)")
+_HLO_CALL_LISTS = re.compile(r"\b(branch_computations|called_computations)=\{([^}]*)\}")
+
+
+def _hlo_split(rest: str):
+  """(shape text, opcode, text after the opcode's '(') of an instruction's right-hand side."""
+  if rest.startswith("("):
+    depth = 0
+    for i, ch in enumerate(rest):
+      depth += {"(": 1, ")": -1}.get(ch, 0)
+      if depth == 0:
+        break
+    shape, rest = rest[:i + 1], rest[i + 1:].lstrip()
+  else:
+    shape, _, rest = rest.partition(" ")
+  op, _, args = rest.partition("(")
+  return shape, op.strip(), args
+
+
+def _prod(xs) -> float:
+  out = 1.0
+  for x in xs:
+    out *= x
+  return out
+
+
+def _dims(shape: str):
+  m = _HLO_ARRAY.match(shape)
+  return [int(d) for d in m.group(2).split(",") if d] if m else None
+
+
+def _conv_flops(out, lhs, rhs, args) -> float:
+  """2 x the multiply-adds of an HLO convolution, as XLA's HloCostAnalysis counts
+  them: per spatial dimension the (output, window) position pairs that land on an
+  input element (padding and dilation holes skipped), times the batch, output
+  features and input features per group."""
+  m = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", args)
+  if not (out and lhs and rhs and m) or len(m.group(1)) != len(lhs) or len(m.group(2)) != len(rhs):
+    return 0.0
+  ll, rl, ol = m.groups()
+  win = re.search(r"window=\{([^}]*)\}", args)
+  fields = dict(f.split("=", 1) for f in win.group(1).split()) if win else {}
+  nsp = len(ll) - 2
+  get = lambda k, default: [int(x) for x in fields[k].split("x")] if k in fields else [default] * nsp
+  size, stride = get("size", 1), get("stride", 1)
+  lhs_dil, rhs_dil = get("lhs_dilate", 1), get("rhs_dilate", 1)
+  pad_lo = [int(p.split("_")[0]) for p in fields["pad"].split("x")] if "pad" in fields else [0] * nsp
+  valid = 1.0
+  for d in range(nsp):
+    n_in, n_out = lhs[ll.index(str(d))], out[ol.index(str(d))]
+    count = 0
+    for k in range(size[d]):
+      for o in range(n_out):
+        x = o * stride[d] - pad_lo[d] + k * rhs_dil[d]
+        if x % lhs_dil[d] == 0 and 0 <= x // lhs_dil[d] < n_in:
+          count += 1
+    valid *= count
+  groups = re.search(r"feature_group_count=(\d+)", args)
+  bgroups = re.search(r"batch_group_count=(\d+)", args)
+  fma = (lhs[ll.index("f")] / (int(groups.group(1)) if groups else 1) * rhs[rl.index("o")]
+         * lhs[ll.index("b")] / (int(bgroups.group(1)) if bgroups else 1) * valid)
+  return 2.0 * fma
+
+
+def hlo_matmul_flops(hlo_text: str) -> dict:
+  """Matmul FLOPs (2 per multiply-add of every `dot` and `convolution`, TPU writes
+  most dots as convolutions) of compiled HLO text, per device, with every while
+  loop's body counted as many times as it runs: {"flops", "loops": [(body, trips)],
+  "unknown_trips": n}. A loop's trip count is read from XLA's `known_trip_count`
+  when the HLO carries one, else from its condition `counter < constant` (what a
+  `lax.scan` compiles to, its counter starting at 0); a loop with neither counts
+  once and is counted in "unknown_trips". Conditionals count their costliest
+  branch; custom calls (Pallas kernels) count nothing. This is the compiled
+  program's count, remat recompute and XLA's rewrites included, so it is XLA's
+  count with scanned layers counted per layer (its `cost_analysis` counts a
+  loop body once)."""
+  comps: dict[str, list] = {}
+  shapes: dict[str, str] = {}
+  current, entry = None, None
+  for line in hlo_text.splitlines():
+    if current is None:
+      m = _HLO_COMP.match(line)
+      if m:
+        current = m.group(1)
+        comps[current] = []
+        if line.startswith("ENTRY"):
+          entry = current
+      continue
+    if line.startswith("}"):
+      current = None
+      continue
+    m = _HLO_INSTR.match(line)
+    if m:
+      shape, op, args = _hlo_split(line[m.end():])
+      shapes[m.group(1)] = shape
+      comps[current].append((m.group(1), shape, op, args))
+  consts = {}
+  for body in comps.values():
+    for name, shape, op, args in body:
+      if op == "constant" and shape.startswith("s32[]"):
+        consts[name] = int(args.split(")")[0])
+
+  def trips(instr_args: str, cond: str):
+    m = re.search(r'"known_trip_count":\{"n":"(\d+)"', instr_args)
+    if m:
+      return int(m.group(1))
+    root = comps.get(cond, [])
+    for name, shape, op, args in reversed(root):
+      if op == "compare" and "direction=LT" in args:
+        operands = re.findall(r"%([\w.\-]+)", args.split(")")[0])
+        if len(operands) == 2 and operands[1] in consts:
+          return consts[operands[1]]
+    return None
+
+  def own(op, shape, args):
+    out = _dims(shape)
+    operands = re.findall(r"%([\w.\-]+)", args.split(")")[0])
+    if out is None or len(operands) < 2:
+      return 0.0
+    if op == "dot":
+      lhs = _dims(shapes.get(operands[0], ""))
+      m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", args)
+      k = _prod(lhs[int(d)] for d in m.group(1).split(",") if d) if lhs and m else 1.0
+      return 2.0 * _prod(out) * k
+    return _conv_flops(out, _dims(shapes.get(operands[0], "")), _dims(shapes.get(operands[1], "")),
+                       args)
+
+  memo, loops, unknown = {}, [], [0]
+
+  def total(comp: str) -> float:
+    if comp in memo:
+      return memo[comp]
+    memo[comp] = 0.0                       # guards against cycles (none in valid HLO)
+    flops = 0.0
+    for name, shape, op, args in comps.get(comp, []):
+      if op in ("dot", "convolution"):
+        flops += own(op, shape, args)
+      called = dict((k, v) for k, v in _HLO_CALLS.findall(args))
+      if op == "while":
+        n = trips(args, called.get("condition", ""))
+        if n is None:
+          unknown[0] += 1
+        loops.append((called.get("body", ""), n))
+        flops += (n or 1) * total(called.get("body", ""))
+        continue
+      branches = [c for k, v in _HLO_CALL_LISTS.findall(args) if k == "branch_computations"
+                  for c in re.findall(r"%([\w.\-]+)", v)]
+      branches += [v for k, v in called.items() if k in ("true_computation", "false_computation")]
+      if op == "conditional" and branches:
+        flops += max(total(b) for b in branches)
+        continue
+      for k, v in called.items():
+        flops += total(v)
+    memo[comp] = flops
+    return flops
+
+  return {"flops": total(entry) if entry else 0.0, "loops": loops, "unknown_trips": unknown[0]}

@@ -165,3 +165,72 @@ def test_an_unknown_config_is_a_one_line_error(tmp_path, script, flag):
                      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
   assert f"{flag}: unknown config 'nosuch'" in p.stderr and "tiny_train" in p.stderr
+
+
+def test_profile_counts_executed_matmul_flops_and_self_time():
+  """The trace's self times and executed FLOPs: a scan of 4 steps whose `cond` runs a
+  256^3 matmul in 3 of them. The matmul is counted 3 times (not the costliest branch
+  x 4, as a jaxpr count would), and the while/cond thunks keep only their own time
+  (their events enclose the body's)."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import profile_ops  # pylint: disable=import-outside-toplevel
+
+  def body(c, x):
+    return jax.lax.cond(x > 0, lambda c: jnp.tanh(c @ c), lambda c: c * 2, c), None
+  f = jax.jit(lambda c, xs: jax.lax.scan(body, c, xs)[0])
+  c, xs = jnp.full((256, 256), 0.01), jnp.array([1., -1., 1., 1.])
+  hlo = f.lower(c, xs).compile().as_text()
+  assert sum(profile_ops.hlo_dot_flops(hlo).values()) > 0
+  res = profile_ops.trace_ops(lambda: f(c, xs), 2, hlo)
+  assert res["executed_matmul_tflop"] * 1e12 == 3 * 2 * 256 ** 3
+  (mm,) = [r for r in res["ops"] if r["kind"] == "matmul"]
+  assert mm["runs"] == 3 and mm["gflop"] == 3 * 2 * 256 ** 3 / 1e9
+  assert abs(sum(r["seconds"] for r in res["ops"]) - res["op_s_per_run"]) < 1e-9
+  assert res["op_s_per_run"] <= res["wall_s_per_run"] * 1.5
+  control = sum(r["seconds"] for r in res["ops"] if r["kind"] == "loop/cond control")
+  assert control < mm["seconds"]
+
+
+def test_profile_self_times_subtract_nested_events():
+  secs, count = __import__("profile_ops").self_times([[(0, 100, "while"), (10, 30, "dot"), (50, 20, "cond"),
+                                                       (55, 10, "add"), (200, 5, "copy")]])
+  assert {k: round(v * 1e9) for k, v in secs.items()} == {"while": 50, "dot": 30, "cond": 10, "add": 10,
+                                                          "copy": 5}
+  assert count["while"] == 1 and count["add"] == 1
+
+
+def test_profile_bound_arithmetic():
+  """10 s step, 70% matmul (7 s) running 0.7 TFLOP against a 0.2 TFLOP/s peak (3.5 s
+  at peak): floor 3.5 + 3 = 6.5 s; the original at 9 s: now 0.9x, bound 9 / 6.5;
+  1.2x needs <= 7.5 s: 0.5 s of non-matmul with the matmuls as now, 4 s at peak,
+  or the matmuls at 3.5 / 4.5 of the peak with the non-matmul time as now."""
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import profile_ops  # pylint: disable=import-outside-toplevel
+  b = profile_ops.bound(10.0, 0.7, 0.7, 0.2, original_s=9.0, target=1.2)
+  approx = lambda a, e: abs(a - e) < 1e-9  # noqa: E731
+  assert approx(b["matmul_s"], 7.0) and approx(b["non_matmul_s"], 3.0)
+  assert approx(b["matmul_fraction_of_peak"], 0.5) and approx(b["floor_s"], 6.5)
+  assert approx(b["ratio_now"], 0.9) and approx(b["ratio_bound"], 9 / 6.5)
+  assert approx(b["budget_s"], 7.5) and approx(b["non_matmul_allowed_s"], 0.5)
+  assert approx(b["non_matmul_allowed_at_peak_s"], 4.0) and approx(b["matmul_fraction_needed"], 3.5 / 4.5)
+  assert profile_ops.bound(10.0, 0.2, 0.2, 0.2, original_s=9.0)["matmul_fraction_needed"] is None
+  assert profile_ops.bound(10.0, 0.7, 0.7, 0.2)["ratio_bound"] is None
+
+
+@pytest.mark.slow
+def test_profile_ops_train_prints_the_bound_and_writes_json(tmp_path):
+  """The close-path command end to end on tiny_train: the breakdown, the executed
+  matmul FLOPs, the bound against a given original step, one JSON."""
+  out = tmp_path / "profile.json"
+  stdout = _run([sys.executable, str(REPO / "benchmarks" / "profile_ops.py"), "--task", "train",
+                 "--config", "tiny_train", "--steps", "1", "--original-step-s", "5.0", "--json", str(out)],
+                tmp_path)
+  res = json.loads(out.read_text())
+  b = res["bound"]
+  assert res["executed_matmul_tflop"] > 0 and b["original_s"] == 5.0
+  assert abs(b["matmul_s"] + b["non_matmul_s"] - res["wall_s_per_run"]) < 1e-9
+  assert abs(sum(v["share"] for v in res["kinds"].values()) - 1) < 1e-9
+  assert b["floor_s"] <= res["wall_s_per_run"] + 1e-9 or b["matmul_fraction_of_peak"] > 1
+  assert "ratio bound (original / floor)" in stdout and "by kind of op" in stdout
