@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from showo2_jax.convert.showo2_torch import load_original
-from showo2_jax.models import attention, omni_mask
+from showo2_jax.models import attention, attention_splash, omni_mask
 from showo2_jax.models import showo2 as s2
 from showo2_jax.models.config import ConfigError
 from showo2_jax.parity.metrics import relative_error
@@ -114,29 +114,34 @@ def test_semantic_layers_gradients_match_dense_with_chunked_attention():
 
 
 @pytest.mark.slow
-def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_dir):
-  """The training path (omni mask, both losses) with queries in chunks of 7."""
+@pytest.mark.parametrize("impl, options", [("chunked", {"attention_chunk_size": 7}), ("splash", {})])
+def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_dir, impl, options):
+  """The training path (omni mask, both losses; LLM and flow head): `chunked` with
+  queries in chunks of 7 (eager), `splash` through the kernel under jit (every layer's
+  kernel in interpret mode, ~1 min of CPU)."""
   cases = np.load(showo2_fixture_dir / "cases.npz")
   config, params = load_original(str(showo2_fixture_dir))
   args = [jnp.asarray(cases[k]) for k in ("text_tokens", "image_latents", "t", "modality_positions")]
-  assert args[0].shape[1] > 7
+  assert args[0].shape[1] > max(7, attention_splash.DECODE_MAX_QUERIES)
 
   def loss(cfg, p):
     out = s2.Showo2(cfg).apply({"params": p}, *args)
     fl = s2.flow_loss(out["v_tok"], cases["image_labels"], cases["image_masks"], cases["modality_positions"])
     return fl + s2.ntp_loss(out["logits"], cases["text_labels"]), out
 
-  chunked_cfg = config.replace(attention_impl="chunked", attention_chunk_size=7)
+  other_cfg = config.replace(attention_impl=impl, **options)
+  compile_ = jax.jit if impl == "splash" else (lambda f: f)
   (l_d, out_d), g_d = jax.value_and_grad(lambda p: loss(config, p), has_aux=True)(params)
-  (l_c, out_c), g_c = jax.value_and_grad(lambda p: loss(chunked_cfg, p), has_aux=True)(params)
-  assert relative_error(out_c["logits"], cases["logits"]) < 1e-4
+  (l_o, out_o), g_o = compile_(jax.value_and_grad(lambda p: loss(other_cfg, p), has_aux=True))(params)
+  if impl == "chunked":
+    assert relative_error(out_o["logits"], cases["logits"]) < 1e-4
   for key in ("logits", "v_tok"):
-    assert _rel(out_c[key], out_d[key]) < 1e-5, key
-  assert abs(float(l_c) - float(l_d)) <= 1e-5 * abs(float(l_d))
+    assert _rel(out_o[key], out_d[key]) < 1e-5, key
+  assert abs(float(l_o) - float(l_d)) <= 1e-5 * abs(float(l_d))
   # Per parameter, against the whole gradient's norm: a few params (zero-init
   # adaLN paths of the fixture) have gradients at round-off level themselves.
   total = float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(g_d))))
-  errs = jax.tree.map(lambda c, d: float(jnp.linalg.norm(c - d)) / total, g_c, g_d)
+  errs = jax.tree.map(lambda o, d: float(jnp.linalg.norm(o - d)) / total, g_o, g_d)
   worst = max(jax.tree.leaves(errs))
   assert worst < 1e-5, (worst, errs)
 

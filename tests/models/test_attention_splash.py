@@ -1,6 +1,8 @@
 """`attention_impl="splash"`: the Pallas TPU kernel (interpret mode on CPU) against
 `dense`, forward and backward, with the omni mask as a block-sparse mask. Every
-kernel test compiles the kernel in interpret mode (> 10 s on 2 cores): slow."""
+kernel test compiles the kernel in interpret mode (> 10 s on 2 cores): slow. The whole
+model's training path through the kernel is test_attention_impl.py's fixture test,
+parametrised over `chunked` and `splash`."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,34 +114,6 @@ def test_bfloat16_inputs_keep_float32_scores():
                                                 (100, 40, 40, (128, 128))])
 def test_block_sizes_are_whole_lanes_capped_at_the_sequence(size, lq, lk, want):
   assert attention_splash.block_sizes(lq, lk, size) == want
-
-
-@pytest.mark.slow
-def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_dir):
-  """The training path (omni mask, both losses; LLM and flow head) through the kernel
-  (slow: every layer's kernel in interpret mode, ~1 min of CPU)."""
-  from showo2_jax.convert.showo2_torch import load_original
-  from showo2_jax.models import showo2 as s2
-  cases = np.load(showo2_fixture_dir / "cases.npz")
-  config, params = load_original(str(showo2_fixture_dir))
-  args = [jnp.asarray(cases[k]) for k in ("text_tokens", "image_latents", "t", "modality_positions")]
-  assert args[0].shape[1] > attention_splash.DECODE_MAX_QUERIES
-
-  def loss(cfg, p):
-    out = s2.Showo2(cfg).apply({"params": p}, *args)
-    fl = s2.flow_loss(out["v_tok"], cases["image_labels"], cases["image_masks"], cases["modality_positions"])
-    return fl + s2.ntp_loss(out["logits"], cases["text_labels"]), out
-
-  splash_cfg = config.replace(attention_impl="splash")
-  (l_d, out_d), g_d = jax.value_and_grad(lambda p: loss(config, p), has_aux=True)(params)
-  (l_s, out_s), g_s = jax.jit(jax.value_and_grad(lambda p: loss(splash_cfg, p), has_aux=True))(params)
-  for key in ("logits", "v_tok"):
-    assert _rel(out_s[key], out_d[key]) < 1e-5, key
-  assert abs(float(l_s) - float(l_d)) <= 1e-5 * abs(float(l_d))
-  total = float(jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(g_d))))
-  errs = jax.tree.map(lambda s, d: float(jnp.linalg.norm(s - d)) / total, g_s, g_d)
-  worst = max(jax.tree.leaves(errs))
-  assert worst < 1e-5, (worst, errs)
 
 
 @pytest.mark.slow

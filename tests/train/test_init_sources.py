@@ -37,15 +37,24 @@ def _config(llm_hidden=None, tie=True, scan=False):
   return c
 
 
+_LAYOUTS = {}
+
+
 def _layout(c):
-  """(state layout, task, mesh) of config `c`, as the trainer builds them."""
-  task = tasks.build(c)
-  mesh = sharding_lib.create_mesh(c.mesh)
-  with jax.set_mesh(mesh), sharding_lib.axis_rules():
-    lay = state_lib.layout(task.init_params,
-                           lambda labels: optimizer_lib.make_optimizer(c.optim, 10, labels),
-                           task.labels, mesh)
-  return lay, task, mesh
+  """(state layout, task, mesh) of config `c`, as the trainer builds them; built once
+  per (task, model, frozen, optimizer, mesh), the parts of `c` they read (tracing the
+  model's init twice costs seconds; the tests differ in their init blocks)."""
+  key = tuple(str(x) for x in (c.train.get("task", "showo2"), c.model, c.train.get("frozen"),
+                               c.optim, c.mesh, c.max_seq_len))
+  if key not in _LAYOUTS:
+    task = tasks.build(c)
+    mesh = sharding_lib.create_mesh(c.mesh)
+    with jax.set_mesh(mesh), sharding_lib.axis_rules():
+      lay = state_lib.layout(task.init_params,
+                             lambda labels: optimizer_lib.make_optimizer(c.optim, 10, labels),
+                             task.labels, mesh)
+    _LAYOUTS[key] = lay, task, mesh
+  return _LAYOUTS[key]
 
 
 def _init(c):
