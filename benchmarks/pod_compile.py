@@ -6,8 +6,9 @@ TPU), one subprocess each, and one table row is printed: per-chip arguments,
 temporaries and XLA's peak (`peak_memory_in_bytes`, what the compiler checks
 against HBM), model FLOPs per chip per step (train/flops.py) beside the step's
 matmul FLOPs counted on its jaxpr (scanned layers times their count, remat
-recompute included) and XLA's count (which counts a scanned layer stack's body
-once), and the step time and tokens/s
+recompute included), the compiled HLO's matmuls (flops.hlo_matmul_flops: each
+loop body times its trip count) and XLA's cost analysis (which counts a scanned
+layer stack's body once), and the step time and tokens/s
 per chip implied at 50% of the chip's peak bf16 FLOP/s.
 
   python benchmarks/pod_compile.py --configs stage2_1p5b:b --topologies v5p-128 v5e-256 \
