@@ -341,6 +341,36 @@ def t2i_program(config_name: str, overrides):
   return (lambda: compiled(*args[1:])), compiled.as_text()
 
 
+def decode_program(config_name: str, overrides, new_tokens: int = 64):
+  """Greedy cached decoding of `new_tokens` after one image + ~40 prompt tokens, batch 1:
+  compare_original.py's decode task (prefill included; it is one run's first ~5%)."""
+  from showo2_jax.config_lib import load_config
+  from showo2_jax.models.config import Showo2Config
+  from showo2_jax.models.showo2 import Showo2
+  from showo2_jax.sample import decode, prefix, understanding
+  from showo2_jax.sample.tokens import GREEDY
+  from showo2_jax.train import config_overrides
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import inference_benchmark as ib  # pylint: disable=import-outside-toplevel
+  cfg = config_overrides.apply(load_config(config_name), overrides)
+  config = Showo2Config.from_config_dict(cfg.model)
+  model = Showo2(config, empty_slots_overwrite_bos=False)
+  params = ib.random_params(config, jnp.dtype(config.dtype))
+  side = cfg.resolution // 8
+  latents = jax.random.normal(jax.random.PRNGKey(1), (1, 16, side, side))
+  vis = understanding.image_tokens(model, params, latents.astype(jnp.float32))
+  n = vis.shape[1]
+  rng = np.random.default_rng(1)
+  head, tail = list(rng.integers(10, 200, 14)), list(rng.integers(10, 200, 23))
+  a = prefix.align([[ib.BOS] + head + [ib.BOI] + [ib.IMG_PAD] * n + [ib.EOI] + tail], ib.PAD,
+                   placement=np.asarray([[[len(head) + 2, n]]]), multiple=32)
+  args = (model, params, a.tokens, a.shift, a.lengths, a.placement, a.attention, vis,
+          decode.stop_array([]), ib.PAD, jax.random.PRNGKey(0))
+  kw = dict(max_new_tokens=new_tokens, sampling=GREEDY)
+  compiled = decode.generate.lower(*args, **kw).compile()
+  return (lambda: compiled(*args[1:]).tokens), compiled.as_text()
+
+
 def original_from_compare(path: str) -> tuple:
   """(the original's train step s or None, GEMM peaks {framework: TFLOP/s}) of a
   `compare_original.py --json` file."""
@@ -352,8 +382,8 @@ def original_from_compare(path: str) -> tuple:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--task", choices=("train", "t2i"), default="train")
-  p.add_argument("--config", default=None, help="default: small_train (train), small (t2i)")
+  p.add_argument("--task", choices=("train", "t2i", "decode"), default="train")
+  p.add_argument("--config", default=None, help="default: small_train (train), small (t2i, decode)")
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--json", default=None)
@@ -375,7 +405,7 @@ def main(argv=None):
     step, peaks = original_from_compare(args.compare_json)
     original_s = original_s or step
   name = args.config or ("small_train" if args.task == "train" else "small")
-  build = train_program if args.task == "train" else t2i_program
+  build = {"train": train_program, "t2i": t2i_program, "decode": decode_program}[args.task]
   run, hlo = build(name, args.config_overrides)
   jax.block_until_ready(run())  # warm
   if args.xla_dump:

@@ -237,3 +237,17 @@ def test_profile_ops_train_prints_the_bound_and_writes_json(tmp_path):
   assert abs(sum(v["share"] for v in res["kinds"].values()) - 1) < 1e-9
   assert b["floor_s"] <= res["untraced_wall_s_per_run"] + 1e-9 or b["matmul_fraction_of_peak"] > 1
   assert "ratio bound (original / floor)" in stdout and "by kind of op" in stdout
+
+
+@pytest.mark.slow
+def test_profile_ops_decode_counts_the_loop_body_per_token(tmp_path):
+  """`--task decode` profiles compare_original's decode (64 greedy tokens after an
+  image): the while body's ops are counted once per decoded token."""
+  out = tmp_path / "profile.json"
+  stdout = _run([sys.executable, str(REPO / "benchmarks" / "profile_ops.py"), "--task", "decode",
+                 "--config", "tiny", "--steps", "1", "--json", str(out)], tmp_path)
+  res = json.loads(out.read_text())
+  assert res["task"] == "decode" and "matmul" in res["kinds"]
+  body = [r for r in res["ops"] if r["kind"] == "matmul" and r["runs"] >= 60]
+  assert body, [(r["op"], r["runs"]) for r in res["ops"][:10]]
+  assert "decode [tiny]" in stdout
