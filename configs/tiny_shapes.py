@@ -62,7 +62,7 @@ def get_config(arg=None):
   c.vae = vae()
   c.vae_dtype = "float32"
   c.resolution = RESOLUTION
-  c.max_seq_len = 64      # a two-turn question row: system prompt, 17 visual slots, 2 Q/A (63)
+  c.max_seq_len = 56
   tc.add_training(c, num_steps=600, global_batch_size=16, seed=10086)
   c.mesh.update(dict(data=-1, fsdp=1, tensor=1))
   c.train.log_every = 50

@@ -62,11 +62,9 @@ QUESTIONS = {
     "position": "Where is the shape?",
 }
 
-# The questions each llava.json sample asks, in two turns, in turn: every sample
-# asks the shape (the hardest to read at 8x8 latents), first or second, and
-# colour or position (each kind also comes first, as an evaluation asks it).
-QUESTION_TURNS = (("shape", "colour"), ("colour", "shape"), ("shape", "position"),
-                  ("position", "shape"))
+# The kinds of question llava.json asks, in turn (shape is the hardest to read
+# at 8x8 latents, so it gets half of them).
+QUESTION_CYCLE = ("colour", "shape", "position", "shape")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,10 +226,9 @@ def write_world(root: str, *, num_images: int, num_clips: int, image_size: int, 
   """Writes the world's training files under `root` (see the module docstring).
 
   Image i has scene `scene(seed, i)`; question image i (`images/qNNNNNN.png`)
-  has `scene(seed, i, QUESTION)`. LLaVA samples ask two questions per image,
-  as a two-turn conversation (in turn `QUESTION_TURNS`: every one asks the
-  shape, the hardest to read) in the original's LLaVA format: the first human
-  turn `"<image>\\n" + question`, each answer from gpt.
+  has `scene(seed, i, QUESTION)`. LLaVA samples ask one question per image
+  (in turn `QUESTION_CYCLE`: half ask the shape, the hardest to read) as the
+  original's LLaVA data: `"<image>\\n" + question`, answer from gpt.
   Rewriting an existing world with the same arguments gives the same files.
   """
   os.makedirs(os.path.join(root, "images"), exist_ok=True)
@@ -247,11 +244,10 @@ def write_world(root: str, *, num_images: int, num_clips: int, image_size: int, 
     rel = f"images/q{i:06d}.png"
     Image.fromarray(render(s, image_size)).save(os.path.join(root, rel))
     caps.append({"path": rel, "prompt": s.caption(2 if s.combo in held else 0)})
-    turns = []
-    for t, kind in enumerate(QUESTION_TURNS[i % len(QUESTION_TURNS)]):
-      turns += [{"from": "human", "value": ("<image>\n" if t == 0 else "") + QUESTIONS[kind]},
-                {"from": "gpt", "value": s.answer(kind)}]
-    llava.append({"id": f"{i:06d}", "image": rel, "conversations": turns})
+    kind = QUESTION_CYCLE[i % len(QUESTION_CYCLE)]
+    llava.append({"id": f"{i:06d}", "image": rel, "conversations": [
+        {"from": "human", "value": "<image>\n" + QUESTIONS[kind]},
+        {"from": "gpt", "value": s.answer(kind)}]})
   clips = []
   for i in range(num_clips):
     s = scene(seed + 1, i)
