@@ -13,10 +13,11 @@ or `conditional` thunk's event encloses the events of its body on the same threa
 so their time is counted once, in the innermost op, and what the control-flow
 thunk keeps is its own overhead: "loop/cond control"). Each op is put in a part
 of the model from the name stack XLA keeps in its metadata (flax module path +
-JAX primitive) and in a kind: "matmul" is an op whose HLO holds a `dot` (its own
-or inside its fusion), so the executed matmul FLOPs are counted exactly: 2 per
-multiply-add of each dot, times the number of times the trace saw the op run
-(remat, skipped attention blocks and NTP chunks included as they ran).
+JAX primitive) and in a kind: "matmul" is an op whose HLO holds a `dot` or
+`convolution` (its own or inside its fusion; `flops.hlo_instruction_flops`), so the
+executed matmul FLOPs are counted exactly: 2 per multiply-add of each, times the
+number of times the trace saw the op run (remat, skipped attention blocks and NTP
+chunks included as they ran).
 
 Shares are of the op time; "seconds" of a part or kind are its share x the traced
 step's wall time (the bound instead scales the shares by the untraced step's wall, timed
@@ -52,29 +53,22 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*[^=]*?\s([\w\-]+)\(")
+from showo2_jax.train import flops  # noqa: E402
+
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
-_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 
 
 def hlo_metadata(hlo_text: str) -> dict:
   """HLO instruction name -> (opcode, op_name metadata), fusions take their first
-  fused instruction's op_name when they carry none themselves."""
-  out, comp_names, current = {}, collections.defaultdict(list), None
-  for line in hlo_text.splitlines():
-    if line and not line.startswith(" ") and "{" in line:
-      current = line.split()[0] if not line.startswith("ENTRY") else "ENTRY"
-      current = current.lstrip("%")
-      continue
-    m = _INSTR.match(line)
-    if not m:
-      continue
-    name, opcode = m.group(1), m.group(2)
-    op = _OP_NAME.search(line)
-    calls = _CALLS.search(line)
-    out[name] = (opcode, op.group(1) if op else "", calls.group(1) if calls else None)
-    if op and current:
-      comp_names[current].append(op.group(1))
+  fused instruction's op_name when they carry none themselves (`flops.parse_hlo`)."""
+  comps, _ = flops.parse_hlo(hlo_text)
+  out, comp_names = {}, collections.defaultdict(list)
+  for comp, body in comps.items():
+    for i in body:
+      op = _OP_NAME.search(i.args)
+      out[i.name] = (i.opcode, op.group(1) if op else "", (i.called.get("calls") or [None])[0])
+      if op:
+        comp_names[comp].append(op.group(1))
   resolved = {}
   for name, (opcode, op, calls) in out.items():
     if calls and comp_names.get(calls):
@@ -83,57 +77,6 @@ def hlo_metadata(hlo_text: str) -> dict:
       op = (dots or [max(names, key=len)])[0] if not op or opcode == "fusion" else op
     resolved[name] = (opcode, op)
   return resolved
-
-
-_SHAPE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
-_DOT = re.compile(r"=\s*\w+\[([\d,]*)\]\S*\s+dot\(%?([\w.\-]+),\s*%?([\w.\-]+)\).*?"
-                  r"lhs_contracting_dims=\{([\d,]*)\}")
-_PARAM = re.compile(r"([\w.\-]+):\s*\w+\[([\d,]*)\]")
-
-
-def _dims(text: str) -> list:
-  return [int(x) for x in text.split(",") if x]
-
-
-def hlo_dot_flops(hlo_text: str) -> dict:
-  """HLO instruction name -> matmul FLOPs of one execution (2 per multiply-add of
-  its `dot`, or of every dot in the computation its fusion calls, recursively).
-  Instructions without a dot are absent. Instruction names are unique in a module."""
-  shapes, comp_dots, calls, current, own = {}, collections.defaultdict(float), {}, None, {}
-  for line in hlo_text.splitlines():
-    if line and not line.startswith(" ") and "{" in line:
-      current = ("ENTRY" if line.startswith("ENTRY") else line.split()[0]).lstrip("%")
-      for name, dims in _PARAM.findall(line[:line.find("->")] if "->" in line else line):
-        shapes.setdefault(name.lstrip("%"), _dims(dims))
-      continue
-    m = _SHAPE.match(line)
-    if m:
-      shapes[m.group(1)] = _dims(m.group(2))
-    d = _DOT.search(line)
-    name = _INSTR.match(line)
-    if d and name:
-      own[name.group(1)] = (current, _dims(d.group(1)), d.group(2), _dims(d.group(4)))
-    c = _CALLS.search(line)
-    if c and name:
-      calls[name.group(1)] = (current, c.group(1))
-  flops = {}
-  for name, (comp, out, lhs, contract) in own.items():
-    k = 1.0
-    for i in contract:
-      k *= shapes.get(lhs, [0] * (i + 1))[i]
-    flops[name] = 2.0 * float(np.prod(out)) * k
-    comp_dots[comp] += flops[name]
-  # fusions calling fusions: resolve inner computations first (a few passes suffice)
-  comp_total = dict(comp_dots)
-  for _ in range(4):
-    for name, (comp, callee) in calls.items():
-      if callee in comp_total:
-        flops[name] = comp_total[callee]
-    comp_total = collections.defaultdict(float)
-    for name, f in flops.items():
-      comp = own[name][0] if name in own else calls[name][0]
-      comp_total[comp] += f
-  return {k: v for k, v in flops.items() if v > 0}
 
 
 PARTS = [  # first match wins; matched against the op_name metadata (name stack)
@@ -245,7 +188,7 @@ def self_times(lines) -> tuple:
 def trace_ops(run, steps: int, hlo_text: str) -> dict:
   """Runs `run()` `steps` times under the profiler; returns per-op, per-part and
   per-kind self seconds per run, and the executed matmul FLOPs per run."""
-  meta, dot_flops = hlo_metadata(hlo_text), hlo_dot_flops(hlo_text)
+  meta, dot_flops = hlo_metadata(hlo_text), flops.hlo_instruction_flops(hlo_text)
   trace_dir = tempfile.mkdtemp(prefix="profile_ops_")
   try:
     wall = time.perf_counter()
@@ -398,6 +341,36 @@ def t2i_program(config_name: str, overrides):
   return (lambda: compiled(*args[1:])), compiled.as_text()
 
 
+def decode_program(config_name: str, overrides, new_tokens: int = 64):
+  """Greedy cached decoding of `new_tokens` after one image + ~40 prompt tokens, batch 1:
+  compare_original.py's decode task (prefill included; it is one run's first ~5%)."""
+  from showo2_jax.config_lib import load_config
+  from showo2_jax.models.config import Showo2Config
+  from showo2_jax.models.showo2 import Showo2
+  from showo2_jax.sample import decode, prefix, understanding
+  from showo2_jax.sample.tokens import GREEDY
+  from showo2_jax.train import config_overrides
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import inference_benchmark as ib  # pylint: disable=import-outside-toplevel
+  cfg = config_overrides.apply(load_config(config_name), overrides)
+  config = Showo2Config.from_config_dict(cfg.model)
+  model = Showo2(config, empty_slots_overwrite_bos=False)
+  params = ib.random_params(config, jnp.dtype(config.dtype))
+  side = cfg.resolution // 8
+  latents = jax.random.normal(jax.random.PRNGKey(1), (1, 16, side, side))
+  vis = understanding.image_tokens(model, params, latents.astype(jnp.float32))
+  n = vis.shape[1]
+  rng = np.random.default_rng(1)
+  head, tail = list(rng.integers(10, 200, 14)), list(rng.integers(10, 200, 23))
+  a = prefix.align([[ib.BOS] + head + [ib.BOI] + [ib.IMG_PAD] * n + [ib.EOI] + tail], ib.PAD,
+                   placement=np.asarray([[[len(head) + 2, n]]]), multiple=32)
+  args = (model, params, a.tokens, a.shift, a.lengths, a.placement, a.attention, vis,
+          decode.stop_array([]), ib.PAD, jax.random.PRNGKey(0))
+  kw = dict(max_new_tokens=new_tokens, sampling=GREEDY)
+  compiled = decode.generate.lower(*args, **kw).compile()
+  return (lambda: compiled(*args[1:]).tokens), compiled.as_text()
+
+
 def original_from_compare(path: str) -> tuple:
   """(the original's train step s or None, GEMM peaks {framework: TFLOP/s}) of a
   `compare_original.py --json` file."""
@@ -409,8 +382,8 @@ def original_from_compare(path: str) -> tuple:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--task", choices=("train", "t2i"), default="train")
-  p.add_argument("--config", default=None, help="default: small_train (train), small (t2i)")
+  p.add_argument("--task", choices=("train", "t2i", "decode"), default="train")
+  p.add_argument("--config", default=None, help="default: small_train (train), small (t2i, decode)")
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--json", default=None)
@@ -432,7 +405,7 @@ def main(argv=None):
     step, peaks = original_from_compare(args.compare_json)
     original_s = original_s or step
   name = args.config or ("small_train" if args.task == "train" else "small")
-  build = train_program if args.task == "train" else t2i_program
+  build = {"train": train_program, "t2i": t2i_program, "decode": decode_program}[args.task]
   run, hlo = build(name, args.config_overrides)
   jax.block_until_ready(run())  # warm
   if args.xla_dump:
@@ -489,7 +462,7 @@ def model_tflop(config_name: str, overrides) -> float:
   """The model formula's TFLOP per step (showo2_jax.train.flops), as the benchmarks state MFU."""
   from showo2_jax.config_lib import load_config  # pylint: disable=import-outside-toplevel
   from showo2_jax.models.config import Showo2Config  # pylint: disable=import-outside-toplevel
-  from showo2_jax.train import config_overrides, data as data_lib, flops  # pylint: disable=import-outside-toplevel
+  from showo2_jax.train import config_overrides, data as data_lib  # pylint: disable=import-outside-toplevel
   config = config_overrides.apply(load_config(config_name), overrides)
   return flops.train_flops_per_step(Showo2Config.from_config_dict(config.model), int(config.max_seq_len),
                                     data_lib.slots_per_row(config),

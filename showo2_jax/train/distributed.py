@@ -62,3 +62,21 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   log.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
            jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+# Long enough for the slowest host's compile of a pod-sized step.
+BARRIER_TIMEOUT_S = 3600
+
+
+def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+  """Blocks until every process reaches the barrier `name`; a no-op in one process.
+
+  The coordination service's barrier (Orbax's `get_barrier_sync_fn`), not a device
+  collective: CPU (gloo) collectives give up when a peer is 30 s late, and one host
+  can finish compiling a step minutes after another. `name` must be unique per use.
+  Raises the distributed client's error after `timeout_s` seconds.
+  """
+  if jax.process_count() == 1:
+    return
+  from orbax.checkpoint import multihost  # pylint: disable=import-outside-toplevel
+  multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))

@@ -16,6 +16,7 @@ matrix is counted (the omni mask is dense), adaLN/time embeddings are ignored.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 
 def forward_flops_by_part(model, seq_len: int, images_per_row: int) -> dict:
@@ -110,6 +111,7 @@ _HLO_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
 _HLO_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*")
 _HLO_ARRAY = re.compile(r"^(\w+)\[([\d,]*)\]")
 _HLO_CALLS = re.compile(r"\b(calls|to_apply|body|condition|true_computation|false_computation)=%([\w.\-]+)")
+_HLO_LIST_KEYS = ("branch_computations", "called_computations")
 _HLO_CALL_LISTS = re.compile(r"\b(branch_computations|called_computations)=\{([^}]*)\}")
 
 
@@ -173,21 +175,29 @@ def _conv_flops(out, lhs, rhs, args) -> float:
   return 2.0 * fma
 
 
-def hlo_matmul_flops(hlo_text: str) -> dict:
-  """Matmul FLOPs (2 per multiply-add of every `dot` and `convolution`, TPU writes
-  most dots as convolutions) of compiled HLO text, per device, with every while
-  loop's body counted as many times as it runs: {"flops", "loops": [(body, trips)],
-  "unknown_trips": n}. A loop's trip count is read from XLA's `known_trip_count`
-  when the HLO carries one, else from its condition `counter < constant` (what a
-  `lax.scan` compiles to, its counter starting at 0); a loop with neither counts
-  once and is counted in "unknown_trips". Conditionals count their costliest
-  branch; custom calls (Pallas kernels) count nothing. This is the compiled
-  program's count, remat recompute and XLA's rewrites included, so it is XLA's
-  count with scanned layers counted per layer (its `cost_analysis` counts a
-  loop body once)."""
+class HloInstruction(NamedTuple):
+  """One instruction of compiled HLO text: its `name`, the `computation` it is in, its
+  `opcode`, its result `shape` text, `flops` (its own matmul FLOPs for one execution: 2 per multiply-add of a
+  `dot` or `convolution`, 0 for any other opcode), `called` (attribute -> names of the
+  computations it calls: calls, to_apply, body, condition, true/false_computation,
+  branch_computations) and `args` (the text after the opcode's '(')."""
+  name: str
+  computation: str
+  opcode: str
+  shape: str
+  flops: float
+  called: dict
+  args: str
+
+
+def parse_hlo(hlo_text: str) -> tuple:
+  """(computations, entry) of compiled HLO text (`compiled.as_text()`): computation
+  name -> its `HloInstruction`s in order, and the ENTRY computation's name (None when
+  the text has none). The one HLO parser of the package: `hlo_instruction_flops`
+  (per instruction, for profiler traces) and `hlo_matmul_flops` (per program, loop
+  bodies x trips) both read it."""
   comps: dict[str, list] = {}
-  shapes: dict[str, str] = {}
-  current, entry = None, None
+  raw, shapes, current, entry = [], {}, None, None
   for line in hlo_text.splitlines():
     if current is None:
       m = _HLO_COMP.match(line)
@@ -204,37 +214,82 @@ def hlo_matmul_flops(hlo_text: str) -> dict:
     if m:
       shape, op, args = _hlo_split(line[m.end():])
       shapes[m.group(1)] = shape
-      comps[current].append((m.group(1), shape, op, args))
-  consts = {}
-  for body in comps.values():
-    for name, shape, op, args in body:
-      if op == "constant" and shape.startswith("s32[]"):
-        consts[name] = int(args.split(")")[0])
+      raw.append((current, m.group(1), shape, op, args))
+  for comp, name, shape, op, args in raw:       # operands may be defined after their use
+    called = {k: [v] for k, v in _HLO_CALLS.findall(args)}
+    for k, v in _HLO_CALL_LISTS.findall(args):
+      called[k] = re.findall(r"%([\w.\-]+)", v)
+    flops = _own_flops(op, shape, args, shapes) if op in ("dot", "convolution") else 0.0
+    comps[comp].append(HloInstruction(name, comp, op, shape, flops, called, args))
+  return comps, entry
 
-  def trips(instr_args: str, cond: str):
-    m = re.search(r'"known_trip_count":\{"n":"(\d+)"', instr_args)
+
+def _own_flops(op: str, shape: str, args: str, shapes: dict) -> float:
+  """2 x the multiply-adds of one `dot` or `convolution` (output shape text `shape`,
+  operand text `args`, instruction name -> shape text `shapes`)."""
+  out = _dims(shape)
+  operands = re.findall(r"%([\w.\-]+)", args.split(")")[0])
+  if out is None or len(operands) < 2:
+    return 0.0
+  if op == "dot":
+    lhs = _dims(shapes.get(operands[0], ""))
+    m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", args)
+    k = _prod(lhs[int(d)] for d in m.group(1).split(",") if d) if lhs and m else 1.0
+    return 2.0 * _prod(out) * k
+  return _conv_flops(out, _dims(shapes.get(operands[0], "")), _dims(shapes.get(operands[1], "")),
+                     args)
+
+
+def hlo_instruction_flops(hlo_text: str) -> dict:
+  """HLO instruction name -> matmul FLOPs of one execution of it: a `dot`'s or
+  `convolution`'s own, or for an instruction that runs computations inside itself
+  (`calls=`: a fusion) the FLOPs of every instruction in them, recursively.
+  Loops, conditionals and calls (`body=`, `branch_computations=`, `to_apply=`)
+  get none of their bodies' FLOPs: their instructions run, and are traced, on their
+  own. Instructions without matmul FLOPs are absent; names are unique in a module.
+  What benchmarks/profile_ops.py multiplies by the executions a profiler trace saw."""
+  comps, _ = parse_hlo(hlo_text)
+  memo: dict[str, float] = {}
+
+  def inline(comp: str) -> float:
+    if comp not in memo:
+      memo[comp] = 0.0                     # guards against cycles (none in valid HLO)
+      memo[comp] = sum(one(i) for i in comps.get(comp, []))
+    return memo[comp]
+
+  def one(instr: HloInstruction) -> float:
+    return instr.flops + sum(inline(c) for c in instr.called.get("calls", []))
+
+  out = {i.name: one(i) for body in comps.values() for i in body}
+  return {k: v for k, v in out.items() if v > 0}
+
+
+def hlo_matmul_flops(hlo_text: str) -> dict:
+  """Matmul FLOPs (2 per multiply-add of every `dot` and `convolution`, TPU writes
+  most dots as convolutions) of compiled HLO text, per device, with every while
+  loop's body counted as many times as it runs: {"flops", "loops": [(body, trips)],
+  "unknown_trips": n}. A loop's trip count is read from XLA's `known_trip_count`
+  when the HLO carries one, else from its condition `counter < constant` (what a
+  `lax.scan` compiles to, its counter starting at 0); a loop with neither counts
+  once and is counted in "unknown_trips". Conditionals count their costliest
+  branch; custom calls (Pallas kernels) count nothing. This is the compiled
+  program's count, remat recompute and XLA's rewrites included, so it is XLA's
+  count with scanned layers counted per layer (its `cost_analysis` counts a
+  loop body once). Per instruction: `parse_hlo`."""
+  comps, entry = parse_hlo(hlo_text)
+  consts = {i.name: int(i.args.split(")")[0]) for body in comps.values() for i in body
+            if i.opcode == "constant" and i.shape.startswith("s32[]")}
+
+  def trips(loop: HloInstruction):
+    m = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop.args)
     if m:
       return int(m.group(1))
-    root = comps.get(cond, [])
-    for name, shape, op, args in reversed(root):
-      if op == "compare" and "direction=LT" in args:
-        operands = re.findall(r"%([\w.\-]+)", args.split(")")[0])
+    for i in reversed(comps.get(loop.called.get("condition", [""])[0], [])):
+      if i.opcode == "compare" and "direction=LT" in i.args:
+        operands = re.findall(r"%([\w.\-]+)", i.args.split(")")[0])
         if len(operands) == 2 and operands[1] in consts:
           return consts[operands[1]]
     return None
-
-  def own(op, shape, args):
-    out = _dims(shape)
-    operands = re.findall(r"%([\w.\-]+)", args.split(")")[0])
-    if out is None or len(operands) < 2:
-      return 0.0
-    if op == "dot":
-      lhs = _dims(shapes.get(operands[0], ""))
-      m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", args)
-      k = _prod(lhs[int(d)] for d in m.group(1).split(",") if d) if lhs and m else 1.0
-      return 2.0 * _prod(out) * k
-    return _conv_flops(out, _dims(shapes.get(operands[0], "")), _dims(shapes.get(operands[1], "")),
-                       args)
 
   memo, loops, unknown = {}, [], [0]
 
@@ -243,25 +298,21 @@ def hlo_matmul_flops(hlo_text: str) -> dict:
       return memo[comp]
     memo[comp] = 0.0                       # guards against cycles (none in valid HLO)
     flops = 0.0
-    for name, shape, op, args in comps.get(comp, []):
-      if op in ("dot", "convolution"):
-        flops += own(op, shape, args)
-      called = dict((k, v) for k, v in _HLO_CALLS.findall(args))
-      if op == "while":
-        n = trips(args, called.get("condition", ""))
+    for i in comps.get(comp, []):
+      flops += i.flops
+      if i.opcode == "while":
+        body, n = i.called.get("body", [""])[0], trips(i)
         if n is None:
           unknown[0] += 1
-        loops.append((called.get("body", ""), n))
-        flops += (n or 1) * total(called.get("body", ""))
+        loops.append((body, n))
+        flops += (n or 1) * total(body)
         continue
-      branches = [c for k, v in _HLO_CALL_LISTS.findall(args) if k == "branch_computations"
-                  for c in re.findall(r"%([\w.\-]+)", v)]
-      branches += [v for k, v in called.items() if k in ("true_computation", "false_computation")]
-      if op == "conditional" and branches:
+      branches = i.called.get("branch_computations", []) + [
+          c for k in ("true_computation", "false_computation") for c in i.called.get(k, [])]
+      if i.opcode == "conditional" and branches:
         flops += max(total(b) for b in branches)
         continue
-      for k, v in called.items():
-        flops += total(v)
+      flops += sum(total(c) for k, cs in i.called.items() if k not in _HLO_LIST_KEYS for c in cs)
     memo[comp] = flops
     return flops
 

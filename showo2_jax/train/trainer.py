@@ -35,7 +35,7 @@ import numpy as np
 
 from showo2_jax import paths, sharding as sharding_lib
 from showo2_jax.train import checkpointing, metrics as metrics_lib, optimizer as optimizer_lib
-from showo2_jax.train import data as data_lib, partition, tasks, warm_start
+from showo2_jax.train import data as data_lib, distributed, partition, tasks, warm_start
 from showo2_jax.train import state as state_lib, step as step_lib, vae_encoder
 from showo2_jax.train import workdir as workdir_lib
 
@@ -112,6 +112,21 @@ def _with_vae(train_step, vae_params, state, batch, rng):
   return train_step(state, batch, rng, vae_params)
 
 
+def _compile_step(jitted_step, state, batch, rng, vae_params=None):
+  """Compiles the step ahead of its first run; returns `(state, batch, rng) -> (state, metrics)`.
+
+  In a multi-process run every process then waits at a barrier, so all start the
+  step together: a host that finished compiling first would otherwise sit in the
+  step's first CPU (gloo) collective, which fails when a peer is 30 s late.
+  """
+  args = (state, batch, rng) + (() if vae_params is None else (vae_params,))
+  compiled = jitted_step.lower(*args).compile()
+  distributed.barrier("showo2/train_step_compiled")
+  if vae_params is None:
+    return compiled
+  return functools.partial(_with_vae, compiled, vae_params)
+
+
 def train(config, workdir: str, console=None) -> dict:
   """Runs (or resumes) a training run; returns a summary dict with `status`.
 
@@ -166,12 +181,11 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
   encoder, vae_params = (load_vae_if_needed(config, first, lay.mesh) if task.name == "showo2"
                          else (None, None))
   batch_spec = data_lib.slots_by_row(data_lib.step_fields(first))
-  train_step = step_lib.jit_train_step(
+  jitted_step = step_lib.jit_train_step(
       step_lib.make_train_step(task.objective, lay, grad_accum_steps=int(t.grad_accum_steps),
                                schedules=schedules, encoder=encoder),
       lay, batch_spec, with_vae=encoder is not None)
-  if encoder is not None:
-    train_step = functools.partial(_with_vae, train_step, vae_params)
+  train_step = None  # compiled ahead of the first step, below
   tokens_per_step = global_batch * task.tokens_per_row
   report = metrics_lib.ThroughputReport(num_steps, tokens_per_step, t.report_every, writers)
   profile = metrics_lib.profiler(workdir, int(t.profile_steps), int(t.profile_start))
@@ -211,8 +225,10 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
       batch = data_lib.to_global(local, lay.mesh, global_batch)
       rng = np.asarray(jax.random.fold_in(base_key, step))
       first_step = pending is None and step == int(restored or 0)
-      if first_step and console is not None:
-        console.compiling(step, num_steps)
+      if train_step is None:
+        if console is not None:
+          console.compiling(step, num_steps)
+        train_step = _compile_step(jitted_step, state, batch, rng, vae_params)
       state, m = train_step(state, batch, rng)
       step += 1
       if first_step:

@@ -176,13 +176,14 @@ def test_profile_counts_executed_matmul_flops_and_self_time():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import profile_ops  # pylint: disable=import-outside-toplevel
+  from showo2_jax.train import flops  # pylint: disable=import-outside-toplevel
 
   def body(c, x):
     return jax.lax.cond(x > 0, lambda c: jnp.tanh(c @ c), lambda c: c * 2, c), None
   f = jax.jit(lambda c, xs: jax.lax.scan(body, c, xs)[0])
   c, xs = jnp.full((256, 256), 0.01), jnp.array([1., -1., 1., 1.])
   hlo = f.lower(c, xs).compile().as_text()
-  assert sum(profile_ops.hlo_dot_flops(hlo).values()) > 0
+  assert sum(flops.hlo_instruction_flops(hlo).values()) > 0
   res = profile_ops.trace_ops(lambda: f(c, xs), 2, hlo)
   assert res["executed_matmul_tflop"] * 1e12 == 3 * 2 * 256 ** 3
   (mm,) = [r for r in res["ops"] if r["kind"] == "matmul"]
@@ -236,3 +237,17 @@ def test_profile_ops_train_prints_the_bound_and_writes_json(tmp_path):
   assert abs(sum(v["share"] for v in res["kinds"].values()) - 1) < 1e-9
   assert b["floor_s"] <= res["untraced_wall_s_per_run"] + 1e-9 or b["matmul_fraction_of_peak"] > 1
   assert "ratio bound (original / floor)" in stdout and "by kind of op" in stdout
+
+
+@pytest.mark.slow
+def test_profile_ops_decode_counts_the_loop_body_per_token(tmp_path):
+  """`--task decode` profiles compare_original's decode (64 greedy tokens after an
+  image): the while body's ops are counted once per decoded token."""
+  out = tmp_path / "profile.json"
+  stdout = _run([sys.executable, str(REPO / "benchmarks" / "profile_ops.py"), "--task", "decode",
+                 "--config", "tiny", "--steps", "1", "--json", str(out)], tmp_path)
+  res = json.loads(out.read_text())
+  assert res["task"] == "decode" and "matmul" in res["kinds"]
+  body = [r for r in res["ops"] if r["kind"] == "matmul" and r["runs"] >= 60]
+  assert body, [(r["op"], r["runs"]) for r in res["ops"][:10]]
+  assert "decode [tiny]" in stdout
