@@ -32,9 +32,9 @@ from showo2_jax.cli.train import quiet_libraries
 from showo2_jax import config_lib
 from showo2_jax.train import aot, config_overrides
 quiet_libraries()
-name, topo, impl, rows, overrides = json.loads(sys.argv[1])
+name, topo, impl, rows, overrides, slices = json.loads(sys.argv[1])
 c = config_lib.load_config(name)
-devs = aot.tpu_devices(topo)
+devs = aot.tpu_devices(topo, slices)
 c.train.global_batch_size = rows * len(devs)
 c.model.attention_impl = impl
 for kv in overrides:
@@ -46,7 +46,8 @@ for kv in overrides:
   node[leaf] = type(node[leaf])(json.loads(v) if not isinstance(node[leaf], str) else v)
 r = aot.compile_train_step(c, devs)
 print("RESULT", json.dumps(dict(
-    config=name, topology=topo, impl=impl, rows_per_chip=rows, devices=r.devices,
+    config=name, topology=topo if slices == 1 else f"{slices} x {topo}", impl=impl,
+    rows_per_chip=rows, devices=r.devices,
     device_kind=r.device_kind, remat=c.model.remat_policy, argument_gib=r.argument_bytes / 2**30,
     temp_gib=r.temp_bytes / 2**30, peak_gib=r.peak_bytes / 2**30,
     hbm_gib=aot.HBM_BYTES.get(r.device_kind, 0) / 2**30, model_tflop=r.model_flops / 1e12,
@@ -59,8 +60,8 @@ print("RESULT", json.dumps(dict(
 """
 
 
-def run_one(name, topo, impl, rows, overrides, timeout):
-  arg = json.dumps([name, topo, impl, rows, overrides])
+def run_one(name, topo, impl, rows, overrides, timeout, slices=1):
+  arg = json.dumps([name, topo, impl, rows, overrides, slices])
   p = subprocess.run([sys.executable, "-c", ONE, arg], capture_output=True, text=True, timeout=timeout)
   for line in p.stdout.splitlines():
     if line.startswith("RESULT "):
@@ -71,7 +72,8 @@ def run_one(name, topo, impl, rows, overrides, timeout):
                  matmul_over_model=row["program_tflop"] / row["model_tflop"])
       return row
   err = (p.stderr.strip().splitlines() or ["no output"])[-1]
-  return dict(config=name, topology=topo, impl=impl, rows_per_chip=rows, error=err[:200])
+  label = topo if slices == 1 else f"{slices} x {topo}"
+  return dict(config=name, topology=label, impl=impl, rows_per_chip=rows, error=err[:200])
 
 
 def flop_check(r) -> str:
@@ -116,6 +118,8 @@ def main(argv=None):
   p.add_argument("--impls", nargs="+", default=["dense"])
   p.add_argument("--rows-per-chip", type=int, default=8)
   p.add_argument("--set", nargs="*", default=[], help="config overrides key=value (e.g. model.remat_policy=full)")
+  p.add_argument("--slices", type=int, default=1,
+                 help="join this many copies of each topology over DCN (multislice; config.mesh.dcn_*)")
   p.add_argument("--timeout", type=int, default=3600)
   p.add_argument("--json", default=None,
                  help="write the rows here, rewritten after each row (a partial run keeps what it measured)")
@@ -125,9 +129,10 @@ def main(argv=None):
     for topo in args.topologies:
       for impl in args.impls:
         try:
-          rows.append(run_one(name, topo, impl, args.rows_per_chip, args.set, args.timeout))
+          rows.append(run_one(name, topo, impl, args.rows_per_chip, args.set, args.timeout, args.slices))
         except subprocess.TimeoutExpired:
-          rows.append(dict(config=name, topology=topo, impl=impl, rows_per_chip=args.rows_per_chip,
+          label = topo if args.slices == 1 else f"{args.slices} x {topo}"
+          rows.append(dict(config=name, topology=label, impl=impl, rows_per_chip=args.rows_per_chip,
                            error=f"compile did not finish in {args.timeout} s"))
         print(json.dumps(rows[-1]), flush=True)
         print(flop_check(rows[-1]), flush=True)
