@@ -243,14 +243,17 @@ def main(argv=None):
   p.add_argument("--reference-code", default=None, help="the original's show-o2 directory")
   p.add_argument("--reference-pythonpath", default=None,
                  help="extra PYTHONPATH for the original (default: 'stub' beside --reference-code)")
-  p.add_argument("--reference-bench", default=DEFAULT_REF_BENCH, help="shared/bench/ref_bench.py")
+  p.add_argument("--reference-bench", default=DEFAULT_REF_BENCH,
+                 help="the original's benchmark script, ref_bench.py of the shared bench/ folder "
+                      "(default: ../shared/bench/ref_bench.py beside this repository)")
   p.add_argument("--rounds", type=int, default=2, help="alternating rounds (ours, then the original)")
-  p.add_argument("--tasks", default=",".join(TASKS))
+  p.add_argument("--tasks", default=",".join(TASKS), help=f"comma list of {', '.join(TASKS)}")
   p.add_argument("--config", default="small", help="model config of T2I and decode")
   p.add_argument("--train-config", default="small_train")
   p.add_argument("--train-steps", type=int, default=3, help="timed steps after one warm-up step")
   p.add_argument("--t2i-points", type=int, default=50, help="Euler grid points (points-1 evaluations)")
-  p.add_argument("--new-tokens", type=int, default=64)
+  p.add_argument("--new-tokens", type=int, default=64,
+                 help="decode: tokens generated (the rate is (N - 1) / (time(N) - time(1)))")
   p.add_argument("--ref-calls", type=int, default=2, help="original: timed T2I CFG calls per round")
   p.add_argument("--ref-tokens", type=int, default=8, help="original: generated tokens per round")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="original's torch threads")
@@ -282,7 +285,18 @@ def main(argv=None):
     for flag, path in (("--reference-python", args.reference_python),
                        ("--reference-code", args.reference_code), ("--reference-bench", args.reference_bench)):
       if not os.path.exists(path):
-        p.error(f"{flag}: {path} does not exist")
+        p.error(f"{flag}: {path} does not exist" + (
+            " (pass the shared bench/ref_bench.py: --reference-bench PATH)"
+            if flag == "--reference-bench" else ""))
+  from showo2_jax.config_lib import UnknownConfigError, load_config  # pylint: disable=import-outside-toplevel
+  for flag, name in (("--config", args.config), ("--train-config", args.train_config)):
+    try:
+      load_config(name)
+    except UnknownConfigError as e:
+      p.error(f"{flag}: {e}")
+  # ref_bench.py has no config flag: the original always runs BENCHMARKS.md's small config.
+  comparable = (not with_ref or ((args.config == "small" or "t2i" not in tasks and "decode" not in tasks)
+                                 and (args.train_config == "small_train" or "train" not in tasks)))
 
   machine = dict(processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
                  threads_original=args.threads, load_avg_1m_start=os.getloadavg()[0])
@@ -347,6 +361,9 @@ def main(argv=None):
         f"{machine['processor']}, {machine['cpu_count']} cores, load (1 min) "
         f"{machine['load_avg_1m_start']:.1f} -> {machine['load_avg_1m_end']:.1f}")
   print(f"GEMM peak (fp32 2048^3): " + ", ".join(f"{k} {1000 * v:.0f} GFLOP/s" for k, v in peaks.items()))
+  if not comparable:
+    print(f"NOT COMPARABLE: the original (ref_bench.py) always runs the small / small_train configs, "
+          f"ours ran {args.config} / {args.train_config}; the ratios below only test the plumbing")
   print(f"| task | unit | original (PyTorch) | ours | ours vs original | ours peak RSS |")
   print("|---|---|---|---|---|---|")
   for t in table:
@@ -355,13 +372,17 @@ def main(argv=None):
   if ref_rows:
     print(f"original peak RSS (one process, all three tasks, train step last): "
           f"{fmt(ref.get('peak_rss_gib'), '{:.2f} GiB')}")
+  if "decode" in tasks and ours.get("decode_tok_per_s") is None:
+    print(f"decode: n/a: {args.new_tokens} new tokens took no longer than 1 (timing noise); "
+          f"use more --new-tokens")
   for t in table:
     if "mfu_ours" in t:
       print(f"train MFU vs measured GEMM peak: ours {fmt(t['mfu_ours'], '{:.0%}')}, original "
             f"{fmt(t['mfu_original'], '{:.0%}')} ({flop:.3f} TFLOP/step, showo2_jax.train.flops)")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump(dict(machine=machine, gemm_peak_tflops=peaks, table=table, ours_rounds=ours_rows,
+      json.dump(dict(machine=machine, gemm_peak_tflops=peaks, table=table, comparable=comparable,
+                     ours_rounds=ours_rows,
                      original_rounds=ref_rows, args={k: v for k, v in vars(args).items()
                                                      if k != "config_overrides"}), f, indent=1)
   return 0

@@ -139,7 +139,8 @@ def bench_decode(model, params, cfg, batch: int, new_tokens: int, baseline_token
   base = timed(decode.generate_uncached, *args, PAD, key, max_new_tokens=new_tokens,
                sampling=GREEDY, num_steps=baseline_tokens)
   return {"batch": batch, "prompt_tokens": int(a.lengths.max()), "prefill_s": one,
-          "cached_tok_s": batch * (new_tokens - 1) / max(full - one, 1e-9),
+          # None when the difference drowns in timing noise (tiny models, few tokens).
+          "cached_tok_s": batch * (new_tokens - 1) / (full - one) if full > one else None,
           "cached_total_s": full,
           "original_tok_s": batch * baseline_tokens / base,
           "original_total_s": base / baseline_tokens * new_tokens,
@@ -186,10 +187,13 @@ def main():
       for b in [int(x) for x in args.batches.split(",")]:
         d = bench_decode(model, params, cfg, b, args.new_tokens, args.baseline_tokens)
         entry["decode"].append(d)
+        cached = (f"{d['cached_tok_s']:.1f} tok/s" if d["cached_tok_s"] else
+                  f"n/a ({args.new_tokens} new tokens time no longer than 1: use more --new-tokens)")
+        speedup = (f"{d['cached_tok_s'] / d['original_tok_s']:.1f}x" if d["cached_tok_s"] else "n/a")
         print(f"[{name}] decode batch {b}, prompt {d['prompt_tokens']} tokens: prefill "
-              f"{1000 * d['prefill_s']:.1f} ms, cached {d['cached_tok_s']:.1f} tok/s, original-style "
+              f"{1000 * d['prefill_s']:.1f} ms, cached {cached}, original-style "
               f"{d['original_tok_s']:.2f} tok/s (measured over {d['original_measured_tokens']} "
-              f"tokens), speed-up {d['cached_tok_s'] / d['original_tok_s']:.1f}x", flush=True)
+              f"tokens), speed-up {speedup}", flush=True)
     results.append(entry)
   machine["load_avg_1m_at_end"] = os.getloadavg()[0]
   print("load average (1 min) at the end:", machine["load_avg_1m_at_end"])

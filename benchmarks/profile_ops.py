@@ -1,9 +1,12 @@
-"""Where the time goes: a JAX profiler trace of one task, summed per HLO op and per part,
-and (train) the bound on how fast the step can get with its non-matmul time as it is.
+"""Where the time goes: a JAX profiler trace of one task, its op self times summed per HLO op.
+
+Also summed per part of the model, per module and per kind of op, and (train) the
+bound on how fast the step can get with its non-matmul time as it is.
 
     python benchmarks/profile_ops.py --task train --config small_train --steps 2
     python benchmarks/profile_ops.py --task train --compare-json compare.json --json profile.json
     python benchmarks/profile_ops.py --task t2i --config small --steps 2
+    python benchmarks/profile_ops.py --task decode --config small --steps 2
     python benchmarks/profile_ops.py --task train --xla-dump DIR    # also the optimised HLO
 
 Traces `--steps` runs of the compiled program (compilation excluded) with
@@ -405,6 +408,21 @@ def main(argv=None):
     step, peaks = original_from_compare(args.compare_json)
     original_s = original_s or step
   name = args.config or ("small_train" if args.task == "train" else "small")
+  from showo2_jax.config_lib import UnknownConfigError, load_config  # pylint: disable=import-outside-toplevel
+  try:
+    load_config(name)
+  except UnknownConfigError as e:
+    p.error(f"--config: {e}")
+  if args.compare_json and args.task == "train":
+    with open(args.compare_json) as f:
+      compare = json.load(f)
+    compared = compare.get("args", {}).get("train_config")
+    if compare.get("comparable") is False:
+      p.error(f"--compare-json: {args.compare_json} compared configs the original does not run "
+              f"(ref_bench.py times small / small_train only): its original step bounds nothing")
+    if compared and compared != name:
+      p.error(f"--compare-json: {args.compare_json} timed the train config '{compared}', this profile "
+              f"'{name}': pass --config {compared} or --original-step-s")
   build = {"train": train_program, "t2i": t2i_program, "decode": decode_program}[args.task]
   run, hlo = build(name, args.config_overrides)
   jax.block_until_ready(run())  # warm

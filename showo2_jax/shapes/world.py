@@ -128,7 +128,7 @@ def random_scene(rng: np.random.Generator, combos: Sequence[tuple[str, str, str,
   size, colour, shape, position = combos[int(rng.integers(len(combos)))]
   return Scene(colour=colour, shape=shape, position=position, size=size,
                background=int(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]),
-               dx=float(rng.uniform(-0.03, 0.03)), dy=float(rng.uniform(-0.06, 0.06)),
+               dx=float(rng.uniform(-0.02, 0.02)), dy=float(rng.uniform(-0.06, 0.06)),
                phrasing=int(rng.choice(3, p=(0.5, 0.25, 0.25))))
 
 
@@ -150,10 +150,16 @@ def scene(seed: int, index: int, split: int = TRAIN) -> Scene:
 
 
 def geometry(s: Scene, size: int, shift: float = 0.0) -> tuple[float, float, float]:
-  """(centre x, centre y, radius) in pixels; `shift` moves the centre right (clips)."""
-  cx = {"left": 0.28, "center": 0.5, "right": 0.72}[s.position] + s.dx + shift
+  """(centre x, centre y, radius) in pixels; `shift` moves the centre right (clips).
+
+  Radius 0.18 / 0.25 of the width (5.8 / 8 px at 32 px), centres at 0.29 / 0.5 /
+  0.71 (+-0.02 jitter, so the centroid stays in its third): as large as fits (a
+  large triangle on the left reaches the edge). Was 0.16 / 0.23 with a square of
+  half-side 0.85 r, centres at 0.28 / 0.72 +-0.03: a circle and a square then differed in only 15-32 pixels at 32 px (0.6-2
+  latent pixels), and understanding confused the two (docs/shapes.md)."""
+  cx = {"left": 0.29, "center": 0.5, "right": 0.71}[s.position] + s.dx + shift
   cy = 0.5 + s.dy
-  radius = {"small": 0.16, "large": 0.23}[s.size]
+  radius = {"small": 0.18, "large": 0.25}[s.size]
   return cx * size, cy * size, radius * size
 
 
@@ -169,7 +175,7 @@ def render(s: Scene, size: int, shift: float = 0.0, supersample: int = 4) -> np.
   if s.shape == "circle":
     draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
   elif s.shape == "square":
-    h = r * 0.85   # a square about as large as the circle
+    h = r          # the circle's bounding square (corners: 21% of its area outside the circle)
     draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
   elif s.shape == "triangle":
     h = r * 1.1    # upward triangle with base 2h and height 2h

@@ -158,7 +158,10 @@ def test_profile_parts_and_the_part_by_part_comparison(tmp_path):
 
 
 @pytest.mark.parametrize("script,flag", [("train_benchmark.py", "--config"),
-                                         ("inference_benchmark.py", "--configs")])
+                                         ("inference_benchmark.py", "--configs"),
+                                         ("profile_ops.py", "--config"),
+                                         ("accelerator_suite.py", "--config"),
+                                         ("compare_original.py", "--train-config")])
 def test_an_unknown_config_is_a_one_line_error(tmp_path, script, flag):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), flag, "nosuch"],
@@ -251,3 +254,11 @@ def test_profile_ops_decode_counts_the_loop_body_per_token(tmp_path):
   body = [r for r in res["ops"] if r["kind"] == "matmul" and r["runs"] >= 60]
   assert body, [(r["op"], r["runs"]) for r in res["ops"][:10]]
   assert "decode [tiny]" in stdout
+
+
+def test_compare_original_says_when_the_configs_are_not_the_originals(tmp_path):
+  """ref_bench.py always runs the small config: ratios against ours on tiny are marked."""
+  out = tmp_path / "compare.json"
+  stdout = _compare_original(tmp_path, CLOCK_REFERENCE, out, "--t2i-points", "2", "--rounds", "1")
+  assert json.loads(out.read_text())["comparable"] is False
+  assert "NOT COMPARABLE" in stdout

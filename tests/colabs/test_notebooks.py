@@ -12,9 +12,6 @@ from pathlib import Path
 
 import pytest
 
-nbclient = pytest.importorskip("nbclient")
-nbformat = pytest.importorskip("nbformat")
-
 REPO = Path(__file__).resolve().parents[2]
 COLABS = REPO / "colabs"
 NOTEBOOKS = ["inference_demo.ipynb", "convert_and_train.ipynb"]
@@ -33,6 +30,8 @@ def _outputs(cell) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes(name, tmp_path, monkeypatch):
+  nbclient = pytest.importorskip("nbclient")   # the `dev` extra; imported here, not at collection
+  nbformat = pytest.importorskip("nbformat")
   nb = nbformat.read(COLABS / name, as_version=4)
   # The kernel, and the CLI it starts, import this checkout.
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(

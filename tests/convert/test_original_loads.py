@@ -4,6 +4,7 @@ its index) and nothing else, and its constructor reads `llm_model_path` and
 `clip_pretrained_model_path` from config.json. The export is loaded here by
 transformers' own `from_pretrained(use_safetensors=False)` machinery (file lookup,
 sharded index, torch.load) into a module with the original's parameter names."""
+import importlib.util
 import json
 
 import numpy as np
@@ -11,11 +12,16 @@ import pytest
 
 from showo2_jax.convert import checkpoint_io, pipeline
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+# torch (the `torch` extra) and transformers are imported by the tests that run, not at
+# collection: a worker that runs none of them does not pay for importing them.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                reason="torch is not installed (the `torch` extra)")
 
 
 def _original_layout_class():
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+
   class OriginalLayout(transformers.PreTrainedModel):
     """Parameters named and shaped as the original's Showo2Qwen2_5 state_dict."""
     config_class = transformers.PretrainedConfig
@@ -42,6 +48,7 @@ def _original_layout_class():
 @pytest.mark.parametrize("max_shard_size", [None, 200_000])
 def test_transformers_loads_the_export_with_use_safetensors_false(
     showo2_fixture_dir, tmp_path, max_shard_size):
+  import transformers  # pylint: disable=import-outside-toplevel
   ox, pt = tmp_path / "orbax", tmp_path / "torch"
   pipeline.to_orbax(str(showo2_fixture_dir), str(ox))
   kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
@@ -60,6 +67,7 @@ def test_transformers_loads_the_export_with_use_safetensors_false(
 
 
 def test_config_names_what_the_original_constructor_reads(showo2_fixture_dir, tmp_path):
+  import transformers  # pylint: disable=import-outside-toplevel
   ox = tmp_path / "orbax"
   pipeline.to_orbax(str(showo2_fixture_dir), str(ox))
   # The fixture's width (64) has no released Qwen2.5: the LLM config is written to llm/

@@ -2,14 +2,20 @@
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow_datasets")
+from showo2_jax.data import build, pipeline, sources, tasks, testing
 
-from showo2_jax.data import build, pipeline, sources, tasks, testing, tfds_builder  # noqa: E402
+
+@pytest.fixture(name="tfds_builder")
+def _tfds_builder():
+  """showo2_jax.data.tfds_builder, imported by the tests that use it rather than at
+  collection (it imports tensorflow_datasets, a required dependency)."""
+  from showo2_jax.data import tfds_builder  # pylint: disable=import-outside-toplevel
+  return tfds_builder
 
 R = 64
 
 
-def test_image_text_round_trip_gives_identical_rows(tmp_path, tok, special):
+def test_image_text_round_trip_gives_identical_rows(tmp_path, tok, special, tfds_builder):
   jsonl = testing.write_image_text_dataset(tmp_path, 5)
   rgba = np.random.default_rng(0).integers(0, 256, (64, 80, 4), np.uint8)
   from PIL import Image  # pylint: disable=import-outside-toplevel
@@ -28,7 +34,7 @@ def test_image_text_round_trip_gives_identical_rows(tmp_path, tok, special):
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_llava_records_and_text_only_samples(tmp_path, tok, special):
+def test_llava_records_and_text_only_samples(tmp_path, tok, special, tfds_builder):
   data_dir = tfds_builder.build_array_record_dataset(testing.write_llava_dataset(tmp_path, 3),
                                                      str(tmp_path / "tfds"))
   ds = tfds_builder.tfds_source(data_dir)
@@ -39,7 +45,7 @@ def test_llava_records_and_text_only_samples(tmp_path, tok, special):
   assert task(recs[0], np.random.default_rng(0))["modality_positions"][0, 1] == 17
 
 
-def test_stage_config_reads_tfds(tmp_path, tok, special):
+def test_stage_config_reads_tfds(tmp_path, tok, special, tfds_builder):
   import sys  # pylint: disable=import-outside-toplevel
   from showo2_jax import config_lib  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, str(config_lib.CONFIG_DIR.parent))
@@ -54,6 +60,6 @@ def test_stage_config_reads_tfds(tmp_path, tok, special):
   assert pipeline.SKIP_KEYS[0] not in batch
 
 
-def test_empty_or_missing_dataset_fails(tmp_path):
+def test_empty_or_missing_dataset_fails(tmp_path, tfds_builder):
   with pytest.raises(FileNotFoundError, match="no showo2_records dataset"):
     tfds_builder.tfds_source(str(tmp_path / "nothing"))

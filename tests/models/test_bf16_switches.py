@@ -6,8 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from showo2_jax.convert.showo2_torch import load_original
 from showo2_jax.models import layers, showo2 as s2
@@ -16,6 +14,8 @@ from showo2_jax.models.config import ConfigError, RopeScaling, Showo2Config
 
 def test_inv_freq_rounded_as_torch_module_to_bfloat16():
   """`model.to(torch.bfloat16)` rounds HF's inv_freq buffers; "compute" does the same."""
+  import torch  # pylint: disable=import-outside-toplevel  (here, not at collection)
+  import transformers  # pylint: disable=import-outside-toplevel
   cfg = transformers.Qwen2Config(hidden_size=256, num_attention_heads=2, num_key_value_heads=1,
                                  intermediate_size=64, num_hidden_layers=1, vocab_size=32,
                                  rope_theta=1e6)

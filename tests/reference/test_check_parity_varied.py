@@ -13,11 +13,10 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file, save_file
 
-from make_fixture import PRESETS, make_fixture
-from showo2_torch_ref import Showo2TorchRef, omni_allow, omni_attn_mask_naive
+# torch and the torch reference (make_fixture, showo2_torch_ref) are imported by the tests
+# that use them, not at collection: a worker that runs none of them does not import torch.
 from showo2_jax.cli import main as cli_main
 from showo2_jax.parity import showo2 as parity
 
@@ -53,6 +52,7 @@ def fixture_dirs(tmp_path_factory):
   made = {}
 
   def get(name):
+    from make_fixture import PRESETS, make_fixture  # pylint: disable=import-outside-toplevel
     if name not in made:
       made[name] = make_fixture(str(root / name), **PRESETS[name], cases=VARIED[name])
     return made[name]
@@ -77,6 +77,8 @@ def _run_cli(monkeypatch, capsys, path):
 
 # --------------------------------------------------------------------------- the reference itself
 def test_reference_reproduces_shipped_fixture(showo2_fixture_dir):
+  import torch  # pylint: disable=import-outside-toplevel
+  from showo2_torch_ref import Showo2TorchRef, omni_allow, omni_attn_mask_naive  # pylint: disable=import-outside-toplevel
   model = Showo2TorchRef.from_dir(str(showo2_fixture_dir))
   cases = np.load(showo2_fixture_dir / "cases.npz")
   arr = lambda k: torch.from_numpy(cases[k])
@@ -105,6 +107,8 @@ def test_reference_reproduces_shipped_fixture(showo2_fixture_dir):
 def test_hf_qwen2_takes_the_additive_4d_mask_as_given(showo2_fixture_dir):
   """transformers passes a 4D float mask straight to eager attention: an omni block is
   bidirectional (outputs inside it change), positions before it are untouched."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from showo2_torch_ref import Showo2TorchRef, omni_attn_mask_naive  # pylint: disable=import-outside-toplevel
   model = Showo2TorchRef.from_dir(str(showo2_fixture_dir))
   tokens = torch.arange(20)[None] % 300
   causal = omni_attn_mask_naive(1, 20, torch.zeros((1, 1, 2), dtype=torch.long))
