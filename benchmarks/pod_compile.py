@@ -13,6 +13,10 @@ per chip implied at 50% of the chip's peak bf16 FLOP/s.
 
   python benchmarks/pod_compile.py --configs stage2_1p5b:b --topologies v5p-128 v5e-256 \
       --impls dense chunked --rows-per-chip 8 --json /tmp/pod.json
+  python benchmarks/pod_compile.py --configs stage2_1p5b:b --topologies v5p:4x4x4 --slices 2
+
+`--slices S` compiles for S copies of each topology joined over DCN (multislice;
+the row's topology reads "S x NAME", the DCN mesh axes come from config.mesh.dcn_*).
 
 Big compiles take minutes and several GiB of host memory each; run them one at a time.
 """
