@@ -89,6 +89,14 @@ def _save_context():
   return ctx
 
 
+def barrier(name: str, timeout_s: float) -> None:
+  """Blocks until every jax process reaches the barrier `name` (unique per use), through
+  the distributed client's coordination service (no device collective); raises after
+  `timeout_s` seconds. A no-op in one process. Used by `train.distributed.barrier`."""
+  from orbax.checkpoint import multihost  # pylint: disable=import-outside-toplevel
+  multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
+
+
 def _trim_heap() -> None:
   """Hands freed memory back to the OS. Tensorstore's writer threads free their
   buffers into glibc arenas that would otherwise stay resident between chunks."""

@@ -78,5 +78,5 @@ def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
   """
   if jax.process_count() == 1:
     return
-  from orbax.checkpoint import multihost  # pylint: disable=import-outside-toplevel
-  multihost.get_barrier_sync_fn()(key=name, timeout_ms=int(timeout_s * 1000))
+  from showo2_jax.convert import orbax_io  # pylint: disable=import-outside-toplevel
+  orbax_io.barrier(name, timeout_s)
