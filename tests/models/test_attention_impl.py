@@ -90,6 +90,7 @@ def test_unknown_impl_is_a_config_error():
     s2.Showo2Config(attention_impl="flashy")
 
 
+@pytest.mark.slow  # > 8 s on 2 cores (README: slow above ~3 s)
 def test_semantic_layers_gradients_match_dense_with_chunked_attention():
   """SigLIP's unmasked attention through `chunked` (11 tokens, chunks of 4)."""
   from showo2_jax.models import siglip  # pylint: disable=import-outside-toplevel

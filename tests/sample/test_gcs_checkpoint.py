@@ -38,6 +38,7 @@ def test_convert_to_gs_and_generate_from_gs(gcs_bucket, tmp_path, wan_vae_fixtur
   np.testing.assert_array_equal(images["gs"], images["local"])
 
 
+@pytest.mark.slow  # > 8 s on 2 cores (README: slow above ~3 s)
 def test_every_input_and_output_in_the_bucket(gcs_bucket, tmp_path, wan_vae_fixture_dir, capsys):
   """The original directory, the tokenizer and every output live in the bucket:
   to-orbax from gs://, generate with a gs:// tokenizer into a gs:// --out, to-torch

@@ -76,6 +76,7 @@ def two_image_message(media_dir, question="Are these the same?"):
       {"type": "text", "text": question}]}]
 
 
+@pytest.mark.slow  # > 8 s on 2 cores (README: slow above ~3 s)
 def test_chat_with_two_images_matches_the_pipeline(server, client, pipe, media_dir):
   r = client.chat.completions.create(model="show-o2-tiny", messages=two_image_message(media_dir),
                                      max_tokens=6)
@@ -119,6 +120,7 @@ def test_stop_strings_and_max_tokens(client):
     assert cut.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.slow  # > 8 s on 2 cores (README: slow above ~3 s)
 def test_image_generation_is_seeded_and_sized(server, client, pipe):
   srv, _ = server
   size = srv.sizes[0]
@@ -316,6 +318,7 @@ def test_compilation_cache_persists_across_processes(tmp_path):
   assert runs == ["MISS", "HIT"] and any(cache.iterdir())
 
 
+@pytest.mark.slow  # > 8 s on 2 cores (README: slow above ~3 s)
 def test_lmms_eval_openai_compatible_requests(server, pipe, media_dir):
   """A faithful stand-in of lmms-eval's `openai_compatible` model (lmms-eval itself
   cannot be installed beside the pinned torch): its payload is one user message with

@@ -11,6 +11,7 @@ from showo2_jax.parity.metrics import relative_error
 from showo2_jax.vae import loading, wan
 
 
+@pytest.mark.slow  # > 8 s on 2 cores (README: slow above ~3 s)
 def test_matches_diffusers_autoencoder_kl_wan(wan_vae_cfg, tmp_path):
   diffusers = pytest.importorskip("diffusers")
   torch = pytest.importorskip("torch")
