@@ -109,7 +109,8 @@ def group(patterns, lr):
 # was compiled to fit 85% of the target's HBM at the paper's rows per chip (AOT
 # compiles, benchmarks/pod_compile.py, table in docs/training.md). Measured so far
 # (XLA peak per chip): stage2_1p5b at 8 rows/chip on v5p-128 fits with
-# `dots_with_no_batch_dims` (24.3 of 95 GiB; `full` 5.3), so that is its default;
+# `dots_with_no_batch_dims` (24.3 of 95 GiB; `full` 5.3), so that is its default,
+# and so is stage1_1p5b's (18.6 of 95; `full` 4.8);
 # v5e's 16 GiB needs `full` there (pass --config.model.remat_policy=full). The
 # configs not compiled with a lighter policy yet keep `full`, the one policy
 # measured to fit every target (stage2_1p5b:b on v5e-256 9.9 GiB of 16;
