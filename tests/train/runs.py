@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,13 @@ REFERENCE = ("--config.train.log_every=1", f"--config.train.num_steps={REFERENCE
 SHORT_STEPS = 6
 SHORT_RUN = LOGGED + (f"--config.train.num_steps={SHORT_STEPS}",
                       "--config.checkpoint.every_steps=100000")
+
+
+def free_port() -> int:
+  """A TCP port on localhost that nothing listens on now (for a jax.distributed coordinator)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
 
 
 def env(devices: int = 1) -> dict:

@@ -8,12 +8,13 @@ coordination-service barrier before the first run; here process 1 reaches it 35 
 late, and the cross-process sum still comes out right.
 """
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from tests.train import runs
 
 _CHILD = textwrap.dedent("""
   import sys, time
@@ -33,16 +34,11 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_late_compiler_still_joins_the_first_collective(tmp_path):
-  port = _free_port()
+  port = runs.free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
   procs = [subprocess.Popen([sys.executable, "-c", _CHILD, str(port), str(i), str(35.0 * i)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -10,7 +10,6 @@ equality. The run is compared with the first steps of the shared 1-device
 reference, asked for only after the run is done, so this xdist worker does not
 wait for the one that may still be producing it.
 """
-import socket
 
 import numpy as np
 import pytest
@@ -20,16 +19,11 @@ from tests.train import runs
 RTOL = 2e-4
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_8_fake_devices_in_2_processes_match_1_device(tmp_path, request):
-  port = _free_port()
+  port = runs.free_port()
   procs = [runs.start(tmp_path, *runs.SHORT_RUN, f"--coordinator_address=localhost:{port}",
                       "--num_processes=2", f"--process_id={i}", "--config.mesh.data=2",
                       "--config.mesh.fsdp=2", "--config.mesh.tensor=2", devices=4,

@@ -7,7 +7,6 @@ steps before and after equal those of one uninterrupted 1-process run.
 Each process is `tests/train/elastic_data_run.py` (no model, so no compilation).
 """
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,12 +15,6 @@ import pytest
 
 from showo2_jax.data import testing
 from tests.train import runs
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _cmd(out, data, tok, workdir, steps, *extra):
@@ -65,7 +58,7 @@ def test_two_processes_to_one_with_another_mesh_and_workers(tmp_path):
   logs = [tmp_path / f"log{i}.txt" for i in range(4)]
 
   ref = _start(_cmd(ref_out, data, tok, tmp_path / "ref", 5), 1, logs[0])
-  port = _free_port()
+  port = runs.free_port()
   pair = [_start(_cmd(tmp_path / f"a{i}.json", data, tok, work, 2, "--save",
                       f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
                  1, logs[1 + i]) for i in range(2)]
