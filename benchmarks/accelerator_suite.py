@@ -38,8 +38,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import compare_original  # noqa: E402
+import inference_benchmark  # noqa: E402
 import train_benchmark  # noqa: E402
-from showo2_jax.config_lib import UnknownConfigError, load_config  # noqa: E402
+from showo2_jax.config_lib import load_config  # noqa: E402
 from showo2_jax.train import config_overrides  # noqa: E402
 
 # Dense bf16 peak per chip (vendor figures, no sparsity), matched in device_kind.
@@ -85,10 +86,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   overrides = list(args.config_overrides or [])
   for flag, name in (("--config", args.config), ("--train-config", args.train_config)):
-    try:
-      load_config(name)
-    except UnknownConfigError as e:
-      p.error(f"{flag}: {e}")
+    config_overrides.load_config_flag(p, flag, name)
   dev = jax.devices()[0]
   on_cpu = dev.platform == "cpu"
   gemm_dtype = jnp.float32 if on_cpu else jnp.bfloat16
@@ -123,8 +121,8 @@ def main(argv=None):
     for b in batches if "decode" not in skip else []:
       r = compare_original.decode_rate(model, params, cfg, b, args.new_tokens)
       out["decode"].append(dict(batch=b, **r))
-      rate = (f"n/a ({args.new_tokens} new tokens time no longer than 1: use more --new-tokens)"
-              if r["tok_per_s"] is None else f"{r['tok_per_s']:.1f}")
+      rate = (inference_benchmark.no_rate(args.new_tokens) if r["tok_per_s"] is None
+              else f"{r['tok_per_s']:.1f}")
       print(f"decode batch {b}: {rate} tok/s (prefill {r['prefill_s']:.3f} s)", flush=True)
       save()
     del model, params

@@ -83,15 +83,14 @@ def t2i_seconds(model, params, cfg, batch: int = 1, points: int = 50, prompt_len
                   a.attention, None, None, noise, grid, 7.5, budget_s=0.0, max_repeats=1)
 
 
-def decode_rate(model, params, cfg, batch: int = 1, new_tokens: int = 64, text_len: int = 40) -> dict:
-  """Greedy cached decoding after one image + ~`text_len` prompt tokens per row:
-  tokens/s over all rows (prefill excluded) and the prefill seconds."""
+def decode_inputs(model, params, cfg, batch: int = 1, text_len: int = 40) -> tuple:
+  """The positional arguments of `decode.generate` for `batch` rows of one image +
+  ~`text_len` random prompt tokens (greedy, no stop ids), and the prompt length."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import inference_benchmark as ib  # pylint: disable=import-outside-toplevel
   from showo2_jax.sample import decode, prefix, understanding  # pylint: disable=import-outside-toplevel
-  from showo2_jax.sample.tokens import GREEDY  # pylint: disable=import-outside-toplevel
   side = cfg.resolution // 8
   latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 16, side, side))
   vis = understanding.image_tokens(model, params, latents.astype(jnp.float32))
@@ -103,13 +102,22 @@ def decode_rate(model, params, cfg, batch: int = 1, new_tokens: int = 64, text_l
     rows.append([ib.BOS] + head + [ib.BOI] + [ib.IMG_PAD] * n + [ib.EOI] + tail)
     mp.append([[len(head) + 2, n]])
   a = prefix.align(rows, ib.PAD, placement=np.asarray(mp), multiple=32)
-  rest = (model, params, a.tokens, a.shift, a.lengths, a.placement, a.attention, vis,
-          decode.stop_array([]), ib.PAD, jax.random.PRNGKey(0))
+  return ((model, params, a.tokens, a.shift, a.lengths, a.placement, a.attention, vis,
+           decode.stop_array([]), ib.PAD, jax.random.PRNGKey(0)), int(a.lengths.max()))
+
+
+def decode_rate(model, params, cfg, batch: int = 1, new_tokens: int = 64, text_len: int = 40) -> dict:
+  """Greedy cached decoding after one image + ~`text_len` prompt tokens per row:
+  tokens/s over all rows (prefill excluded) and the prefill seconds."""
+  import inference_benchmark as ib  # pylint: disable=import-outside-toplevel
+  from showo2_jax.sample import decode  # pylint: disable=import-outside-toplevel
+  from showo2_jax.sample.tokens import GREEDY  # pylint: disable=import-outside-toplevel
+  rest, prompt_tokens = decode_inputs(model, params, cfg, batch, text_len)
   one = ib.timed(decode.generate, *rest, max_new_tokens=1, sampling=GREEDY)
   full = ib.timed(decode.generate, *rest, max_new_tokens=new_tokens, sampling=GREEDY)
   # None when the difference drowns in timing noise (tiny models, few tokens).
   rate = batch * (new_tokens - 1) / (full - one) if full > one else None
-  return dict(tok_per_s=rate, prefill_s=one, total_s=full, prompt_tokens=int(a.lengths.max()))
+  return dict(tok_per_s=rate, prefill_s=one, total_s=full, prompt_tokens=prompt_tokens)
 
 
 def _ours_train(args) -> dict:
@@ -288,12 +296,8 @@ def main(argv=None):
         p.error(f"{flag}: {path} does not exist" + (
             " (pass the shared bench/ref_bench.py: --reference-bench PATH)"
             if flag == "--reference-bench" else ""))
-  from showo2_jax.config_lib import UnknownConfigError, load_config  # pylint: disable=import-outside-toplevel
   for flag, name in (("--config", args.config), ("--train-config", args.train_config)):
-    try:
-      load_config(name)
-    except UnknownConfigError as e:
-      p.error(f"{flag}: {e}")
+    config_overrides.load_config_flag(p, flag, name)
   # ref_bench.py has no config flag: the original always runs BENCHMARKS.md's small config.
   comparable = (not with_ref or ((args.config == "small" or "t2i" not in tasks and "decode" not in tasks)
                                  and (args.train_config == "small_train" or "train" not in tasks)))
@@ -373,8 +377,8 @@ def main(argv=None):
     print(f"original peak RSS (one process, all three tasks, train step last): "
           f"{fmt(ref.get('peak_rss_gib'), '{:.2f} GiB')}")
   if "decode" in tasks and ours.get("decode_tok_per_s") is None:
-    print(f"decode: n/a: {args.new_tokens} new tokens took no longer than 1 (timing noise); "
-          f"use more --new-tokens")
+    import inference_benchmark as ib  # pylint: disable=import-outside-toplevel
+    print(f"decode: {ib.no_rate(args.new_tokens)}")
   for t in table:
     if "mfu_ours" in t:
       print(f"train MFU vs measured GEMM peak: ours {fmt(t['mfu_ours'], '{:.0%}')}, original "

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from showo2_jax.config_lib import UnknownConfigError, load_config
 from showo2_jax import param_mapping
+from showo2_jax.train import config_overrides
 from showo2_jax.convert.showo2_torch import abstract_params
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.models.showo2 import Showo2
@@ -52,6 +52,11 @@ def random_params(config: Showo2Config, dtype, seed: int = 0):
     value = draw(jax.random.fold_in(key, i), scale, tuple(leaf.shape))
     out[path] = value + 1.0 if path.endswith("scale") else value
   return param_mapping.unflatten(out)
+
+
+def no_rate(new_tokens: int) -> str:
+  """What a decode rate of None (N tokens timed no longer than 1) prints as."""
+  return f"n/a ({new_tokens} new tokens timed no longer than 1: use more --new-tokens)"
 
 
 def timed(fn, *args, budget_s: float = 3.0, max_repeats: int = 5, **kwargs) -> float:
@@ -160,10 +165,8 @@ def main():
   p.add_argument("--skip", default="", help="comma list of tasks to skip: t2i,decode")
   p.add_argument("--json", help="write the results here")
   args = p.parse_args()
-  try:
-    loaded = {name: load_config(name) for name in args.configs.split(",")}
-  except UnknownConfigError as e:
-    p.error(f"--configs: {e}")
+  loaded = {name: config_overrides.load_config_flag(p, "--configs", name)
+            for name in args.configs.split(",")}
   machine = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
              "cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
              "xla_flags": os.environ.get("XLA_FLAGS", ""), "dtype": args.dtype,
@@ -187,8 +190,7 @@ def main():
       for b in [int(x) for x in args.batches.split(",")]:
         d = bench_decode(model, params, cfg, b, args.new_tokens, args.baseline_tokens)
         entry["decode"].append(d)
-        cached = (f"{d['cached_tok_s']:.1f} tok/s" if d["cached_tok_s"] else
-                  f"n/a ({args.new_tokens} new tokens time no longer than 1: use more --new-tokens)")
+        cached = f"{d['cached_tok_s']:.1f} tok/s" if d["cached_tok_s"] else no_rate(args.new_tokens)
         speedup = (f"{d['cached_tok_s'] / d['original_tok_s']:.1f}x" if d["cached_tok_s"] else "n/a")
         print(f"[{name}] decode batch {b}, prompt {d['prompt_tokens']} tokens: prefill "
               f"{1000 * d['prefill_s']:.1f} ms, cached {cached}, original-style "

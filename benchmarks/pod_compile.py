@@ -64,6 +64,11 @@ print("RESULT", json.dumps(dict(
 """
 
 
+def topology_label(topo: str, slices: int) -> str:
+  """A row's topology: the name, or "S x NAME" for S slices over DCN."""
+  return topo if slices == 1 else f"{slices} x {topo}"
+
+
 def run_one(name, topo, impl, rows, overrides, timeout, slices=1):
   arg = json.dumps([name, topo, impl, rows, overrides, slices])
   p = subprocess.run([sys.executable, "-c", ONE, arg], capture_output=True, text=True, timeout=timeout)
@@ -76,8 +81,8 @@ def run_one(name, topo, impl, rows, overrides, timeout, slices=1):
                  matmul_over_model=row["program_tflop"] / row["model_tflop"])
       return row
   err = (p.stderr.strip().splitlines() or ["no output"])[-1]
-  label = topo if slices == 1 else f"{slices} x {topo}"
-  return dict(config=name, topology=label, impl=impl, rows_per_chip=rows, error=err[:200])
+  return dict(config=name, topology=topology_label(topo, slices), impl=impl, rows_per_chip=rows,
+              error=err[:200])
 
 
 def flop_check(r) -> str:
@@ -135,8 +140,8 @@ def main(argv=None):
         try:
           rows.append(run_one(name, topo, impl, args.rows_per_chip, args.set, args.timeout, args.slices))
         except subprocess.TimeoutExpired:
-          label = topo if args.slices == 1 else f"{args.slices} x {topo}"
-          rows.append(dict(config=name, topology=label, impl=impl, rows_per_chip=args.rows_per_chip,
+          rows.append(dict(config=name, topology=topology_label(topo, args.slices), impl=impl,
+                           rows_per_chip=args.rows_per_chip,
                            error=f"compile did not finish in {args.timeout} s"))
         print(json.dumps(rows[-1]), flush=True)
         print(flop_check(rows[-1]), flush=True)

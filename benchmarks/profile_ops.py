@@ -346,39 +346,21 @@ def t2i_program(config_name: str, overrides):
 
 def decode_program(config_name: str, overrides, new_tokens: int = 64):
   """Greedy cached decoding of `new_tokens` after one image + ~40 prompt tokens, batch 1:
-  compare_original.py's decode task (prefill included; it is one run's first ~5%)."""
-  from showo2_jax.config_lib import load_config
-  from showo2_jax.models.config import Showo2Config
-  from showo2_jax.models.showo2 import Showo2
-  from showo2_jax.sample import decode, prefix, understanding
+  compare_original.py's decode task, same model and inputs (prefill included; it is
+  one run's first ~5%)."""
+  from showo2_jax.sample import decode
   from showo2_jax.sample.tokens import GREEDY
-  from showo2_jax.train import config_overrides
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  import inference_benchmark as ib  # pylint: disable=import-outside-toplevel
-  cfg = config_overrides.apply(load_config(config_name), overrides)
-  config = Showo2Config.from_config_dict(cfg.model)
-  model = Showo2(config, empty_slots_overwrite_bos=False)
-  params = ib.random_params(config, jnp.dtype(config.dtype))
-  side = cfg.resolution // 8
-  latents = jax.random.normal(jax.random.PRNGKey(1), (1, 16, side, side))
-  vis = understanding.image_tokens(model, params, latents.astype(jnp.float32))
-  n = vis.shape[1]
-  rng = np.random.default_rng(1)
-  head, tail = list(rng.integers(10, 200, 14)), list(rng.integers(10, 200, 23))
-  a = prefix.align([[ib.BOS] + head + [ib.BOI] + [ib.IMG_PAD] * n + [ib.EOI] + tail], ib.PAD,
-                   placement=np.asarray([[[len(head) + 2, n]]]), multiple=32)
-  args = (model, params, a.tokens, a.shift, a.lengths, a.placement, a.attention, vis,
-          decode.stop_array([]), ib.PAD, jax.random.PRNGKey(0))
-  kw = dict(max_new_tokens=new_tokens, sampling=GREEDY)
-  compiled = decode.generate.lower(*args, **kw).compile()
+  import compare_original  # pylint: disable=import-outside-toplevel
+  model, params, cfg = compare_original.build_model(config_name, overrides)
+  args, _ = compare_original.decode_inputs(model, params, cfg)
+  compiled = decode.generate.lower(*args, max_new_tokens=new_tokens, sampling=GREEDY).compile()
   return (lambda: compiled(*args[1:]).tokens), compiled.as_text()
 
 
-def original_from_compare(path: str) -> tuple:
+def original_from_compare(res: dict) -> tuple:
   """(the original's train step s or None, GEMM peaks {framework: TFLOP/s}) of a
-  `compare_original.py --json` file."""
-  with open(path) as f:
-    res = json.load(f)
+  loaded `compare_original.py --json` file."""
   step = next((r["original"] for r in res.get("table", []) if r.get("task", "").startswith("train")), None)
   return step, dict(res.get("gemm_peak_tflops", {}))
 
@@ -401,21 +383,17 @@ def main(argv=None):
   from showo2_jax.train import config_overrides  # pylint: disable=import-outside-toplevel
   config_overrides.accept_overrides(p)
   args = p.parse_args(argv)
-  original_s, peaks = args.original_step_s, {}
+  original_s, peaks, compare = args.original_step_s, {}, {}
   if args.compare_json:
     if not os.path.exists(args.compare_json):
       p.error(f"--compare-json: {args.compare_json} does not exist")
-    step, peaks = original_from_compare(args.compare_json)
-    original_s = original_s or step
-  name = args.config or ("small_train" if args.task == "train" else "small")
-  from showo2_jax.config_lib import UnknownConfigError, load_config  # pylint: disable=import-outside-toplevel
-  try:
-    load_config(name)
-  except UnknownConfigError as e:
-    p.error(f"--config: {e}")
-  if args.compare_json and args.task == "train":
     with open(args.compare_json) as f:
       compare = json.load(f)
+    step, peaks = original_from_compare(compare)
+    original_s = original_s or step
+  name = args.config or ("small_train" if args.task == "train" else "small")
+  config_overrides.load_config_flag(p, "--config", name)
+  if compare and args.task == "train":
     compared = compare.get("args", {}).get("train_config")
     if compare.get("comparable") is False:
       p.error(f"--compare-json: {args.compare_json} compared configs the original does not run "

@@ -29,7 +29,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from showo2_jax import sharding as sharding_lib  # noqa: E402
-from showo2_jax.config_lib import UnknownConfigError, load_config  # noqa: E402
 from showo2_jax.train import config_overrides, data as data_lib, flops, optimizer, tasks  # noqa: E402
 from showo2_jax.train import state as state_lib, step as step_lib  # noqa: E402
 
@@ -100,11 +99,8 @@ def main(argv=None):
   p.add_argument("--json", default=None, help="also write the result here")
   config_overrides.accept_overrides(p)
   args = p.parse_args(argv)
-  try:
-    base = load_config(args.config)
-  except UnknownConfigError as e:
-    p.error(f"--config: {e}")
-  config = config_overrides.apply(base, args.config_overrides)
+  config = config_overrides.apply(config_overrides.load_config_flag(p, "--config", args.config),
+                                  args.config_overrides)
   result = bench(config, args.steps)
   t = time.perf_counter()
   peak = args.peak_tflops or measured_peak_tflops()

@@ -113,3 +113,13 @@ def accept_overrides(parser: argparse.ArgumentParser, dest: str = "config_overri
 
   parser.parse_known_args = parse_known_args
   parser.set_defaults(**{dest: []})
+
+
+def load_config_flag(parser: argparse.ArgumentParser, flag: str, spec: str):
+  """`config_lib.load_config(spec)`; an unknown config ends the program with the
+  parser's one-line usage error naming `flag` (argparse's exit status 2)."""
+  from showo2_jax import config_lib  # pylint: disable=import-outside-toplevel
+  try:
+    return config_lib.load_config(spec)
+  except config_lib.UnknownConfigError as e:
+    parser.error(f"{flag}: {e}")
