@@ -136,8 +136,9 @@ def _stage_common(config, paths: Paths, name: str, vae_stats):
 
 
 def stage1_config(config, paths: Paths, vae_stats):
-  """Stage 1 (spec 7.2): generation and captioning rows, ntp 0.2 + flow 1.0, constant
-  lr with warm-up. Nothing is frozen: there is no pre-trained LLM or SigLIP here."""
+  """Stage 1 (spec 7.2): generation and captioning rows, ntp `ntp_coeff` (the original's
+  0.2 unless the recipe says; tiny_shapes: 1.0) + flow 1.0, constant lr with warm-up.
+  Nothing is frozen: there is no pre-trained LLM or SigLIP here."""
   from configs import data as data_configs  # pylint: disable=import-outside-toplevel
   c, r = _stage_common(config, paths, "stage1", vae_stats)
   c.train.ntp_coeff, c.train.flow_coeff = float(r.get("ntp_coeff", 0.2)), 1.0
