@@ -83,36 +83,13 @@ def t2i_seconds(model, params, cfg, batch: int = 1, points: int = 50, prompt_len
                   a.attention, None, None, noise, grid, 7.5, budget_s=0.0, max_repeats=1)
 
 
-def decode_inputs(model, params, cfg, batch: int = 1, text_len: int = 40) -> tuple:
-  """The positional arguments of `decode.generate` for `batch` rows of one image +
-  ~`text_len` random prompt tokens (greedy, no stop ids), and the prompt length."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import inference_benchmark as ib  # pylint: disable=import-outside-toplevel
-  from showo2_jax.sample import decode, prefix, understanding  # pylint: disable=import-outside-toplevel
-  side = cfg.resolution // 8
-  latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 16, side, side))
-  vis = understanding.image_tokens(model, params, latents.astype(jnp.float32))
-  n = vis.shape[1]
-  rng = np.random.default_rng(1)
-  rows, mp = [], []
-  for _ in range(batch):
-    head, tail = list(rng.integers(10, 200, 14)), list(rng.integers(10, 200, text_len - 17))
-    rows.append([ib.BOS] + head + [ib.BOI] + [ib.IMG_PAD] * n + [ib.EOI] + tail)
-    mp.append([[len(head) + 2, n]])
-  a = prefix.align(rows, ib.PAD, placement=np.asarray(mp), multiple=32)
-  return ((model, params, a.tokens, a.shift, a.lengths, a.placement, a.attention, vis,
-           decode.stop_array([]), ib.PAD, jax.random.PRNGKey(0)), int(a.lengths.max()))
-
-
 def decode_rate(model, params, cfg, batch: int = 1, new_tokens: int = 64, text_len: int = 40) -> dict:
   """Greedy cached decoding after one image + ~`text_len` prompt tokens per row:
   tokens/s over all rows (prefill excluded) and the prefill seconds."""
   import inference_benchmark as ib  # pylint: disable=import-outside-toplevel
   from showo2_jax.sample import decode  # pylint: disable=import-outside-toplevel
   from showo2_jax.sample.tokens import GREEDY  # pylint: disable=import-outside-toplevel
-  rest, prompt_tokens = decode_inputs(model, params, cfg, batch, text_len)
+  rest, prompt_tokens = ib.decode_inputs(model, params, cfg, batch, text_len)
   one = ib.timed(decode.generate, *rest, max_new_tokens=1, sampling=GREEDY)
   full = ib.timed(decode.generate, *rest, max_new_tokens=new_tokens, sampling=GREEDY)
   # None when the difference drowns in timing noise (tiny models, few tokens).

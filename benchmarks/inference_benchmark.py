@@ -122,9 +122,9 @@ def bench_t2i(model, params, cfg, steps: int, baseline_evals: int, prompt_len: i
           "original_measured_evals": baseline_evals, "evals": evals}
 
 
-def bench_decode(model, params, cfg, batch: int, new_tokens: int, baseline_tokens: int,
-                 text_len: int = 40):
-  """Prefill seconds and decode tokens/s, cached and original-style."""
+def decode_inputs(model, params, cfg, batch: int = 1, text_len: int = 40) -> tuple:
+  """The positional arguments of `decode.generate` for `batch` rows of one image +
+  ~`text_len` random prompt tokens (greedy, no stop ids), and the prompt length."""
   side = cfg.resolution // 8
   latents = jax.random.normal(jax.random.PRNGKey(1), (batch, 16, side, side))
   vis = understanding.image_tokens(model, params, latents.astype(jnp.float32))
@@ -132,18 +132,24 @@ def bench_decode(model, params, cfg, batch: int, new_tokens: int, baseline_token
   rng = np.random.default_rng(1)
   rows, mp = [], []
   for _ in range(batch):
-    head = list(rng.integers(10, 200, 14))
-    tail = list(rng.integers(10, 200, text_len - 14 - 3))
+    head, tail = list(rng.integers(10, 200, 14)), list(rng.integers(10, 200, text_len - 17))
     rows.append([BOS] + head + [BOI] + [IMG_PAD] * n + [EOI] + tail)
     mp.append([[len(head) + 2, n]])
   a = prefix.align(rows, PAD, placement=np.asarray(mp), multiple=32)
-  args = (model, params, a.tokens, a.shift, a.lengths, a.placement, a.attention, vis)
-  stop, key = decode.stop_array([]), jax.random.PRNGKey(0)
-  one = timed(decode.generate, *args, stop, PAD, key, max_new_tokens=1, sampling=GREEDY)
-  full = timed(decode.generate, *args, stop, PAD, key, max_new_tokens=new_tokens, sampling=GREEDY)
-  base = timed(decode.generate_uncached, *args, PAD, key, max_new_tokens=new_tokens,
+  return ((model, params, a.tokens, a.shift, a.lengths, a.placement, a.attention, vis,
+           decode.stop_array([]), PAD, jax.random.PRNGKey(0)), int(a.lengths.max()))
+
+
+def bench_decode(model, params, cfg, batch: int, new_tokens: int, baseline_tokens: int,
+                 text_len: int = 40):
+  """Prefill seconds and decode tokens/s, cached and original-style."""
+  rest, prompt_tokens = decode_inputs(model, params, cfg, batch, text_len)
+  args, pad, key = rest[:8], rest[9], rest[10]   # generate_uncached takes no stop ids
+  one = timed(decode.generate, *rest, max_new_tokens=1, sampling=GREEDY)
+  full = timed(decode.generate, *rest, max_new_tokens=new_tokens, sampling=GREEDY)
+  base = timed(decode.generate_uncached, *args, pad, key, max_new_tokens=new_tokens,
                sampling=GREEDY, num_steps=baseline_tokens)
-  return {"batch": batch, "prompt_tokens": int(a.lengths.max()), "prefill_s": one,
+  return {"batch": batch, "prompt_tokens": prompt_tokens, "prefill_s": one,
           # None when the difference drowns in timing noise (tiny models, few tokens).
           "cached_tok_s": batch * (new_tokens - 1) / (full - one) if full > one else None,
           "cached_total_s": full,

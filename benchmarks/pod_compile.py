@@ -51,7 +51,7 @@ for kv in overrides:
 r = aot.compile_train_step(c, devs)
 print("RESULT", json.dumps(dict(
     config=name, topology=topo if slices == 1 else f"{slices} x {topo}", impl=impl,
-    rows_per_chip=rows, devices=r.devices,
+    rows_per_chip=rows, devices=r.devices, mesh=r.mesh,
     device_kind=r.device_kind, remat=c.model.remat_policy, argument_gib=r.argument_bytes / 2**30,
     temp_gib=r.temp_bytes / 2**30, peak_gib=r.peak_bytes / 2**30,
     hbm_gib=aot.HBM_BYTES.get(r.device_kind, 0) / 2**30, model_tflop=r.model_flops / 1e12,
@@ -98,7 +98,8 @@ def flop_check(r) -> str:
           f"({within(ratio)} 10%); compiled HLO (loop bodies x trips) "
           f"{r.get('xla_layer_tflop', float('nan')):.1f} = {xla:.3f}x ({within(xla)} 10%); XLA cost "
           f"analysis {r['xla_tflop']:.1f} (scan bodies once); compile {r['compile_s']:.0f} s wall, "
-          f"{r['compile_cpu_s']:.0f} CPU s, {r['while_loops']} while loops, {r['max_rss_gib']:.1f} GiB RSS")
+          f"{r['compile_cpu_s']:.0f} CPU s, {r['while_loops']} while loops, {r['max_rss_gib']:.1f} GiB RSS; "
+          f"mesh {r.get('mesh', '-')}")
 
 
 def table(rows) -> str:

@@ -352,8 +352,9 @@ def decode_program(config_name: str, overrides, new_tokens: int = 64):
   from showo2_jax.sample.tokens import GREEDY
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import compare_original  # pylint: disable=import-outside-toplevel
+  import inference_benchmark  # pylint: disable=import-outside-toplevel
   model, params, cfg = compare_original.build_model(config_name, overrides)
-  args, _ = compare_original.decode_inputs(model, params, cfg)
+  args, _ = inference_benchmark.decode_inputs(model, params, cfg)
   compiled = decode.generate.lower(*args, max_new_tokens=new_tokens, sampling=GREEDY).compile()
   return (lambda: compiled(*args[1:]).tokens), compiled.as_text()
 

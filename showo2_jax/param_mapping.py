@@ -94,6 +94,13 @@ def flatten(tree: Mapping, prefix: str = "") -> dict:
   return out
 
 
+def leaf_shapes(tree: Mapping) -> dict[str, tuple]:
+  """Flat {path: shape} of a param tree of arrays or ShapeDtypeStructs; a Flax
+  logical-partitioning box is read through its `.value` (no sharding constraint, so
+  this works under a mesh)."""
+  return {k: tuple(getattr(v, "value", v).shape) for k, v in flatten(tree).items()}
+
+
 def unflatten(flat: Mapping[str, object]) -> dict:
   tree: dict = {}
   for path, v in flat.items():

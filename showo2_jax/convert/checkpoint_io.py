@@ -33,6 +33,7 @@ WEIGHT_FILE_NAMES = (
     "diffusion_pytorch_model.safetensors.index.json", "pytorch_model.safetensors",
     "pytorch_model.bin.index.json", "diffusion_pytorch_model.bin.index.json", "pytorch_model.bin",
     "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+    "Wan2.1_VAE.pth",
 )
 
 
@@ -203,6 +204,14 @@ class TorchFile:
 
   def close(self):
     self._sd = None
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """The whole state_dict of a checkpoint file or directory as numpy (for small
+  checkpoints such as the Wan VAE; large ones are read key by key with StateDict).
+  .pth/.bin are read weights-only. Raises CheckpointFormatError."""
+  with StateDict(os.fspath(path)) as sd:
+    return {k: sd[k] for k in sd.keys()}
 
 
 # ------------------------------------------------------------------- directories

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Optional
 
+import jax
 import numpy as np
 
 from showo2_jax import param_mapping, paths
@@ -103,41 +104,42 @@ def siglip_ignored(key: str, prefix: str, kept_layers: int) -> bool:
 def load_siglip_vision(path: str, dtype=np.float32) -> tuple[siglip_vision.SiglipVisionTower, dict]:
   """(tower, params) of the SigLIP pixel tower (the distillation teacher,
   models/siglip_vision.py) from a Hugging Face SigLIP directory (SiglipVisionModel or
-  SiglipModel; either key prefix). Raises CheckpointFormatError on a bad dir."""
+  SiglipModel; either key prefix). Raises CheckpointFormatError on a bad dir and
+  param_mapping.KeyMismatchError naming every missing, unexpected or wrong-shape key."""
   cfg_json = paths.read_json(paths.join(path, "config.json"))
   if cfg_json is None:
     raise checkpoint_io.CheckpointFormatError(f"{path}: no config.json (not a SigLIP directory)")
   config = siglip_vision.SiglipVisionConfig.from_hf(cfg_json)
+  tower = siglip_vision.SiglipVisionTower(config)
+  pixels = jax.ShapeDtypeStruct((1, 3, config.image_size, config.image_size), np.float32)
+  shapes = param_mapping.leaf_shapes(jax.eval_shape(tower.init, jax.random.PRNGKey(0), pixels)["params"])
   with checkpoint_io.StateDict(path) as sd:
-    p = siglip_prefix(sd.keys())
-    get = lambda k: np.asarray(sd[p + k], dtype)
-    params: dict = {
-        "patch_embedding": {"kernel": param_mapping.to_flax_layout(get("embeddings.patch_embedding.weight"),
-                                                                 "conv").astype(dtype),
-                            "bias": get("embeddings.patch_embedding.bias")},
-        "position_embedding": get("embeddings.position_embedding.weight"),
-        "post_layernorm": {"scale": get("post_layernorm.weight"), "bias": get("post_layernorm.bias")},
-    }
-    for i in range(config.num_layers):
-      layer: dict = {}
-      for flax_leaf, key, layout in _siglip_vision_layer_entries(i):
-        node = layer
-        parts = flax_leaf.split("/")
-        for part in parts[:-1]:
-          node = node.setdefault(part, {})
-        node[parts[-1]] = param_mapping.to_flax_layout(get(key), layout).astype(dtype)
-      params[f"layers_{i}"] = layer
-  return siglip_vision.SiglipVisionTower(config), params
+    prefix = siglip_prefix(sd.keys())
+    plan = param_mapping.Plan(
+        "siglip_vision", param_mapping.entries(shapes, lambda p: siglip_vision_key(p, prefix)), shapes,
+        ignore=lambda k: not k.startswith(prefix) or k[len(prefix):].startswith(_VISION_UNUSED),
+        key_prefix=prefix)
+    m = param_mapping.match(plan, sd)
+    m.raise_if_bad(path)
+    params = param_mapping.unflatten(param_mapping.read_params(sd, plan, m, dtype))
+  return tower, params
 
 
-def _siglip_vision_layer_entries(i: int):
-  """(flax leaf under layers_i, HF key after the prefix, layout) of one encoder layer."""
-  out = []
-  for mod, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "out_proj")), ("mlp", ("fc1", "fc2"))):
-    for n in names:
-      out.append((f"{mod}/{n}/kernel", f"encoder.layers.{i}.{mod}.{n}.weight", "linear"))
-      out.append((f"{mod}/{n}/bias", f"encoder.layers.{i}.{mod}.{n}.bias", "copy"))
-  for ln in ("layer_norm1", "layer_norm2"):
-    out.append((f"{ln}/scale", f"encoder.layers.{i}.{ln}.weight", "copy"))
-    out.append((f"{ln}/bias", f"encoder.layers.{i}.{ln}.bias", "copy"))
-  return out
+# Keys of a SigLIP vision tower the pixel tower does not use: the pooling head, the
+# position-id buffer of older checkpoints.
+_VISION_UNUSED = ("head.", "embeddings.position_ids")
+
+
+def siglip_vision_key(flax_path: str, prefix: str) -> tuple[str, str]:
+  """SiglipVisionTower param path -> (HF SigLIP key, layout hook): 'layers_3/mlp/fc1/kernel'
+  -> 'encoder.layers.3.mlp.fc1.weight' (linear); LayerNorm scale -> weight."""
+  parts = flax_path.split("/")
+  layout = {"kernel": "conv" if parts[0] == "patch_embedding" else "linear"}.get(parts[-1], "copy")
+  name = {"kernel": "weight", "scale": "weight"}.get(parts[-1], parts[-1])
+  if parts[0] == "position_embedding":
+    return prefix + _POS, layout
+  if parts[0] == "patch_embedding":
+    return f"{prefix}embeddings.patch_embedding.{name}", layout
+  if parts[0].startswith("layers_"):
+    return f"{prefix}encoder.layers.{parts[0][len('layers_'):]}.{'.'.join(parts[1:-1])}.{name}", layout
+  return f"{prefix}{'.'.join(parts[:-1])}.{name}", layout

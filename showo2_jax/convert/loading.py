@@ -143,6 +143,21 @@ class Vae:
     return wan.decode_video(self.params, jnp.asarray(latents, jnp.float32), self.config)
 
 
+def load_wan_vae_params(path: str, cfg=None, *, dtype=None) -> dict:
+  """Flax params of a Wan VAE from `Wan2.1_VAE.pth` (original keys) or a diffusers
+  AutoencoderKLWan checkpoint (a local file or directory; key table in vae/loading).
+  cfg (WanVAEConfig) defaults to the directory's config.json if there is one, else
+  the full Wan2.1 VAE. Raises CheckpointFormatError / vae.loading.WanVAECheckpointError."""
+  from showo2_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
+  path = os.fspath(path)
+  if cfg is None:
+    cfg_file = os.path.join(path, "config.json") if os.path.isdir(path) else None
+    cfg = wan.WanVAEConfig.from_json(cfg_file) if cfg_file and os.path.exists(cfg_file) \
+        else wan.WanVAEConfig()
+  return loading.torch_state_dict_to_flax(checkpoint_io.read_state_dict(path), cfg, dtype=dtype)
+
+
 def load_vae(path: str, dtype: str = "float32") -> Vae:
   """`Wan2.1_VAE.pth`, a directory with config.json + weights, or an Orbax wan_vae."""
   from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
@@ -154,7 +169,7 @@ def load_vae(path: str, dtype: str = "float32") -> Vae:
       cfg_file = os.path.join(local, "config.json") if os.path.isdir(local) else None
       config = wan.WanVAEConfig.from_json(cfg_file) if cfg_file and os.path.exists(cfg_file) \
           else wan.WanVAEConfig()
-      params = loading.load_wan_vae_params(local, config)
+      params = load_wan_vae_params(local, config)
   config = dataclasses.replace(config, dtype=dtype)
   return Vae(jax.tree.map(jnp.asarray, params), config)
 

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Optional
 import jax
 import numpy as np
 
-from showo2_jax import param_mapping, paths
+from showo2_jax import param_mapping, paths, sharding
 
 log = logging.getLogger(__name__)
 
@@ -308,24 +308,17 @@ def model_shardings(kind: str, config, mesh, *, scan_layers: bool = False):
   Partial kinds get the shardings of their subtree of the full model, so a
   stage-1 init restores with the same layout as the model it is merged into.
   """
-  from showo2_jax import sharding  # pylint: disable=import-outside-toplevel
   from showo2_jax.convert import showo2_torch  # pylint: disable=import-outside-toplevel
   from showo2_jax.models import config as model_config  # pylint: disable=import-outside-toplevel
   if kind == "wan_vae":
     return None  # replicated; see _abstract_tree
-  if kind == "showo2":
-    full = config.replace(scan_layers=scan_layers)
-  elif kind == "qwen2":
-    full = model_config.Showo2Config(llm=config, scan_layers=scan_layers)
-  elif kind == "siglip":
-    full = model_config.Showo2Config(siglip=config, scan_layers=scan_layers)
-  else:
-    raise OrbaxCheckpointError(f"unknown checkpoint kind '{kind}'")
+  try:
+    full = model_config.model_config_for(kind, config, scan_layers)
+  except ValueError:
+    raise OrbaxCheckpointError(f"unknown checkpoint kind '{kind}'") from None
   shardings = sharding.mesh_shardings(showo2_torch.abstract_params(full), mesh)
-  if kind == "qwen2":
-    return {"showo": shardings["showo"]}
-  if kind == "siglip":
-    return {"und_trans": shardings["und_trans"], "position_embedding": shardings["position_embedding"]}
+  if kind in model_config.KIND_SUBTREES:
+    return {g: shardings[g] for g in model_config.KIND_SUBTREES[kind]}
   return shardings
 
 
@@ -358,7 +351,6 @@ def restore_params(path: str, shardings=None, *, mesh=None, dtype=None, kind: Op
   `dtype` casts while reading (e.g. float32 master weights from a bf16 file).
   `config` is typed: Showo2Config, Qwen2Config, SiglipConfig or WanVAEConfig.
   """
-  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=import-outside-toplevel
   path = paths.as_str(path)
   meta = read_meta(path)
   if kind is not None and meta["kind"] != kind:
@@ -369,7 +361,7 @@ def restore_params(path: str, shardings=None, *, mesh=None, dtype=None, kind: Op
   if shardings is None and mesh is not None:
     shardings = model_shardings(kind, config, mesh, scan_layers=scan)
     if shardings is None:
-      shardings = NamedSharding(mesh, PartitionSpec())
+      shardings = sharding.replicated(mesh)
   ocp = _ocp()
   if shardings is None:
     params = ocp.load(path, param_mapping.unflatten(stored))

@@ -404,10 +404,7 @@ def _torch_dtype(torch, dt: np.dtype):
 
 
 def _torch_save(sd: dict, path: str) -> None:
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ConversionError(f"writing {os.path.basename(path)} needs PyTorch (pip install -e '.[torch]')") from e
+  torch = _import_torch(path)
   import ml_dtypes  # pylint: disable=import-outside-toplevel
   tensors = {}
   for k, v in sd.items():

@@ -17,9 +17,9 @@ from showo2_jax import param_mapping
 from showo2_jax.convert import hf, showo2_keys
 from showo2_jax.models import config as model_config
 
-# HF Qwen2 and Show-o2 names of a tied LM head: a copy of the embedding.
-TIED = {"showo2": showo2_keys.TIED,
-        "qwen2": ("lm_head.weight", "model.embed_tokens.weight")}
+# HF Qwen2's names of a tied LM head: a copy of the embedding (Show-o2's:
+# showo2_keys.TIED, applied by showo2_keys.plan).
+TIED = {"qwen2": ("lm_head.weight", "model.embed_tokens.weight")}
 
 
 @functools.lru_cache(maxsize=8)
@@ -32,23 +32,20 @@ def _model_shapes(config: model_config.Showo2Config) -> dict[str, tuple]:
 def build(kind: str, config, *, scan_layers: bool = False, key_prefix: str = "",
           resize_vocab: Optional[int] = None) -> param_mapping.Plan:
   """The plan of `kind` ('showo2' | 'qwen2' | 'siglip') for its typed `config`."""
+  if kind not in ("showo2", *model_config.KIND_SUBTREES):
+    raise ValueError(f"no tensor plan for kind '{kind}'")
+  shapes = dict(_model_shapes(model_config.model_config_for(kind, config, scan_layers)))
+  if kind in model_config.KIND_SUBTREES:
+    shapes = {k: v for k, v in shapes.items() if k.split("/")[0] in model_config.KIND_SUBTREES[kind]}
   if kind == "showo2":
-    shapes = dict(_model_shapes(config.replace(scan_layers=scan_layers)))
-    entries = param_mapping.entries(shapes, showo2_keys.torch_key)
-  elif kind == "qwen2":
-    full = model_config.Showo2Config(llm=config, scan_layers=scan_layers)
-    shapes = {k: v for k, v in _model_shapes(full).items() if k.startswith("showo/")}
+    return showo2_keys.plan(shapes)
+  if kind == "qwen2":
     rows = None
     if resize_vocab is not None:
       rows = {"model.embed_tokens.weight": config.vocab_size, "lm_head.weight": config.vocab_size}
     entries = param_mapping.entries(shapes, hf.qwen2_key, rows)
-  elif kind == "siglip":
-    full = model_config.Showo2Config(siglip=config, scan_layers=scan_layers)
-    shapes = {k: v for k, v in _model_shapes(full).items()
-              if k.startswith(("und_trans/", "position_embedding/"))}
-    entries = param_mapping.entries(shapes, lambda p: hf.siglip_key(p, key_prefix))
   else:
-    raise ValueError(f"no tensor plan for kind '{kind}'")
+    entries = param_mapping.entries(shapes, lambda p: hf.siglip_key(p, key_prefix))
   aliases = {}
   if kind in TIED:
     alias, target = TIED[kind]
@@ -57,6 +54,5 @@ def build(kind: str, config, *, scan_layers: bool = False, key_prefix: str = "",
   ignore = {
       "qwen2": hf.qwen2_ignored,
       "siglip": lambda k: hf.siglip_ignored(k, key_prefix, config.num_layers),
-  }.get(kind, lambda k: False)
-  return param_mapping.Plan(kind, entries, shapes, aliases, write_aliases=(kind == "showo2"),
-                            ignore=ignore, key_prefix=key_prefix)
+  }[kind]
+  return param_mapping.Plan(kind, entries, shapes, aliases, ignore=ignore, key_prefix=key_prefix)

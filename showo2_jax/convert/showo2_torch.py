@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -29,13 +28,8 @@ def abstract_params(config: Showo2Config):
 
 
 def expected_shapes(config: Showo2Config) -> dict[str, tuple]:
-  # Unboxed without `nn.meta.unbox`'s sharding constraint, which fails on
-  # ShapeDtypeStructs when a mesh is set (the trainer calls this under its mesh).
-  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
-  values = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x,
-                        abstract_params(config), is_leaf=is_box)
-  flat = param_mapping.flatten(values)
-  return {k: tuple(v.shape) for k, v in flat.items()}
+  """Flat {Flax path: shape} of the model's params (an abstract trace)."""
+  return param_mapping.leaf_shapes(abstract_params(config))
 
 
 def load_state_dict_params(state_dict, config: Showo2Config, *, dtype=None, source: str = "",

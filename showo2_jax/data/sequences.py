@@ -142,17 +142,18 @@ def t2i_null_row(special: SpecialTokens, *, num_visual_tokens: int, max_seq_len:
   return t2i_row([], special, num_visual_tokens=num_visual_tokens, max_seq_len=max_seq_len)
 
 
-def t2i_prompt_batch(tokenizer, prompts: Sequence[str], special: SpecialTokens, *,
-                     num_visual_tokens: int, max_seq_len: int) -> tuple[Row, Row]:
-  """(cond, null) batches for generation; CFG concatenates cond then null.
-
-  Inference prompts are tokenized as given (no caption cleaning), like
-  `prepare_gen_input`.
-  """
-  cond = [t2i_row(tokenizer_lib.encode(tokenizer, p), special, num_visual_tokens=num_visual_tokens,
-                  max_seq_len=max_seq_len) for p in prompts]
-  null = t2i_null_row(special, num_visual_tokens=num_visual_tokens, max_seq_len=max_seq_len)
-  return stack_rows(cond), stack_rows([null] * len(prompts))
+def t2i_prompt_rows(prompt_ids: Sequence[Sequence[int]], special: SpecialTokens, *,
+                    context: Sequence[int] = (), cfg: bool = True) -> list[list[int]]:
+  """The unpadded generation prefixes of a batch: `[bos] context ids [boi]` per prompt,
+  then (with `cfg`) as many null rows `[bos] context [boi]` (CFG concatenates cond then
+  null, as `prepare_gen_input`). The visual block follows each row's boi; padding and
+  alignment are the sampler's (sample/prefix.align). `context`: a leading visual block
+  (image-to-image / video conditioning), e.g. `visual_block(special, n)`."""
+  head = [special.bos] + list(context)
+  rows = [head + list(ids) + [special.boi] for ids in prompt_ids]
+  if cfg:
+    rows += [head + [special.boi]] * len(prompt_ids)
+  return rows
 
 
 # ----------------------------------------------------------------------------- captioning

@@ -256,6 +256,24 @@ class Showo2Config:
     return top, llm, sig
 
 
+# The top-level parameter groups of Show-o2 that each partial checkpoint kind holds:
+# an HF Qwen2.5 checkpoint is the LLM (`showo`), an HF SigLIP one the vision tower the
+# semantic layers are cut from. Conversion, Orbax restores and warm starts read it here.
+KIND_SUBTREES = {"qwen2": ("showo",), "siglip": ("und_trans", "position_embedding")}
+
+
+def model_config_for(kind: str, config, scan_layers: bool = False) -> Showo2Config:
+  """The full Show-o2 config whose params contain checkpoint `kind`'s ('showo2',
+  'qwen2', 'siglip') with typed `config`; ValueError for another kind."""
+  if kind == "showo2":
+    return config.replace(scan_layers=scan_layers)
+  if kind == "qwen2":
+    return Showo2Config(llm=config, scan_layers=scan_layers)
+  if kind == "siglip":
+    return Showo2Config(siglip=config, scan_layers=scan_layers)
+  raise ValueError(f"no Show-o2 params for checkpoint kind '{kind}'")
+
+
 def qwen2_config_from_hf(d: Mapping[str, Any]) -> Qwen2Config:
   """HF `Qwen2Config` json -> ours (vocab left as in the json)."""
   # transformers >= 5 writes rope settings under `rope_parameters`.

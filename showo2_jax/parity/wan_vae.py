@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from showo2_jax.parity.metrics import relative_error
-from showo2_jax.vae import loading, wan
+from showo2_jax.convert import loading as convert_loading
+from showo2_jax.vae import wan
 
 THRESHOLD = 1e-4
 
@@ -33,7 +34,7 @@ def run_wan_vae_parity(fixture_dir) -> list[tuple[str, float, float]]:
   """
   fixture_dir = Path(fixture_dir)
   cfg = wan.WanVAEConfig.from_json(fixture_dir / "config.json")
-  params = loading.load_wan_vae_params(fixture_dir / "model.safetensors", cfg)
+  params = convert_loading.load_wan_vae_params(fixture_dir / "model.safetensors", cfg)
   with np.load(fixture_dir / "cases.npz") as npz:
     cases = {k: npz[k] for k in npz.files}
   results = []

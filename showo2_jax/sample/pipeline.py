@@ -60,6 +60,7 @@ class FlowSampling:
     if not (math.isfinite(self.time_shifting_factor) and self.time_shifting_factor > 0):
       raise ValueError(f"time_shifting_factor must be finite and > 0, got "
                        f"{self.time_shifting_factor}")
+    transport.evaluations(self.method, self.num_steps)   # ValueError for an unknown method
 
   def evaluations(self) -> Optional[int]:
     """Model evaluations per image (None: adaptive)."""
@@ -222,10 +223,9 @@ class Pipeline:
     """
     sp = self.special
     use_cfg = sampling.guidance_scale != 0
-    head = [sp.bos]
-    placement = ctx_vis = ctx_te = None
+    context, placement, ctx_vis, ctx_te = (), None, None, None
     if sources is not None:
-      head = [sp.bos] + sequences.visual_block(sp, self.image_block)
+      context = sequences.visual_block(sp, self.image_block)
       n = len(prompt_ids) * (2 if use_cfg else 1)
       placement = np.tile(np.asarray([[[2, self.image_block]]], np.int32), (n, 1, 1))
       ctx_vis, ctx_te = understanding.visual_tokens(
@@ -234,9 +234,7 @@ class Pipeline:
       if use_cfg:
         ctx_vis = jnp.concatenate([ctx_vis, ctx_vis])
         ctx_te = jnp.concatenate([ctx_te, ctx_te])
-    rows = [head + list(r) + [sp.boi] for r in prompt_ids]
-    if use_cfg:
-      rows += [head + [sp.boi]] * len(prompt_ids)
+    rows = sequences.t2i_prompt_rows(prompt_ids, sp, context=context, cfg=use_cfg)
     longest = max(len(r) for r in rows)
     if longest + self.image_block > self.max_context:
       raise PromptTooLongError(f"prompt of {longest} tokens does not fit the context")

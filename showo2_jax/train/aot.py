@@ -225,13 +225,14 @@ def trace_train_step(config, devices):
   jaxpr gives the matmul FLOPs, `flops.jaxpr_matmul_flops`)."""
   task = tasks.build(config)
   num_steps = int(config.train.num_steps)
-  mesh = sharding_lib.create_mesh(config.mesh, devices)
+  abstract = state_lib.abstract_state(
+      task.init_params, lambda labels: optimizer_lib.make_optimizer(config.optim, num_steps, labels),
+      task.labels)
+  mesh = sharding_lib.create_mesh(config.mesh, devices, fit_to=abstract.boxed)
   data_lib.check_global_batch(int(config.train.global_batch_size), mesh,
                               int(config.train.grad_accum_steps))
   with jax.set_mesh(mesh), sharding_lib.axis_rules():
-    lay = state_lib.layout(
-        task.init_params, lambda labels: optimizer_lib.make_optimizer(config.optim, num_steps, labels),
-        task.labels, mesh)
+    lay = state_lib.layout(task.init_params, None, task.labels, mesh, abstract=abstract)
     shapes = data_lib.batch_shapes(config)
     shard = step_lib.batch_shardings(mesh, shapes)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shard[k]) for k, v in shapes.items()}

@@ -82,8 +82,8 @@ def wan_encoder(cfg, weights: Optional[str], *, deterministic: bool, seed: int =
   """pixels -> {"latents": normalised posterior mean, "latents_logvar"} with the Wan VAE."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from showo2_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
-  from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
+  from showo2_jax.convert import loading, orbax_io  # pylint: disable=g-import-not-at-top
+  from showo2_jax.vae import wan  # pylint: disable=g-import-not-at-top
   if weights and orbax_io.is_orbax_dir(weights):
     # An Orbax wan_vae checkpoint carries its own architecture and latent statistics.
     _, vae_cfg, params = orbax_io.restore_params(weights, kind="wan_vae")

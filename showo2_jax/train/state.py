@@ -58,18 +58,38 @@ def make_state(params, rng, labels, tx) -> TrainState:
                     rng=rng)
 
 
-def layout(init_params_fn: Callable, make_tx: Callable, labels_fn: Callable, mesh: Mesh,
-           rules=sharding_lib.LOGICAL_AXIS_RULES) -> StateLayout:
+@dataclasses.dataclass
+class AbstractState:
+  """The train state's shapes with their logical names, before any mesh."""
+  labels: dict                   # flat {path: group or FROZEN}
+  tx: optax.GradientTransformation
+  boxed: Any                     # TrainState of boxed ShapeDtypeStructs (nn.Partitioned leaves)
+
+
+def abstract_state(init_params_fn: Callable, make_tx: Callable, labels_fn: Callable) -> AbstractState:
   """init_params_fn(rng) -> boxed params (no 'params' collection key);
   labels_fn(params) -> flat labels; make_tx(labels) -> optax transform.
-
-  Runs nothing on the mesh's devices (shapes only), so `mesh` may be made of
-  abstract devices of a TPU topology description (AOT on a CPU host)."""
+  Shapes only (`jax.eval_shape`): nothing runs, no mesh is needed (so the mesh can
+  be chosen for it: `sharding.create_mesh(..., fit_to=abstract.boxed)`)."""
   rng = jax.ShapeDtypeStruct((2,), jnp.uint32)   # a raw PRNGKey's shape, not a value
   boxed = jax.eval_shape(init_params_fn, rng)
   labels = labels_fn(values(boxed))
   tx = make_tx(partition.trainable_labels(labels))
   boxed_state = jax.eval_shape(lambda p, r: make_state(p, r, labels, tx), boxed, rng)
+  return AbstractState(labels=labels, tx=tx, boxed=boxed_state)
+
+
+def layout(init_params_fn: Callable, make_tx: Callable, labels_fn: Callable, mesh: Mesh,
+           rules=sharding_lib.LOGICAL_AXIS_RULES, abstract: AbstractState | None = None) -> StateLayout:
+  """init_params_fn(rng) -> boxed params (no 'params' collection key);
+  labels_fn(params) -> flat labels; make_tx(labels) -> optax transform;
+  `abstract`: their `abstract_state` when already built (not built again).
+
+  Runs nothing on the mesh's devices (shapes only), so `mesh` may be made of
+  abstract devices of a TPU topology description (AOT on a CPU host)."""
+  if abstract is None:
+    abstract = abstract_state(init_params_fn, make_tx, labels_fn)
+  labels, tx, boxed_state = abstract.labels, abstract.tx, abstract.boxed
   specs = nn.get_partition_spec(boxed_state)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
   shardings = sharding_lib.fit_shardings(shardings, values(boxed_state), mesh)

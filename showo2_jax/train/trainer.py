@@ -143,7 +143,10 @@ def train(config, workdir: str, console=None) -> dict:
   task = tasks.build(config)
   t = config.train
   num_steps = int(t.num_steps)
-  mesh = sharding_lib.create_mesh(config.mesh)
+  abstract = state_lib.abstract_state(
+      task.init_params, lambda labels: optimizer_lib.make_optimizer(config.optim, num_steps, labels),
+      task.labels)
+  mesh = sharding_lib.create_mesh(config.mesh, fit_to=abstract.boxed)
   data_lib.check_global_batch(int(t.global_batch_size), mesh, int(t.grad_accum_steps))
   writers = metrics_lib.Writers(workdir, primary, bool(t.get("tensorboard", True)))
   ckpt = checkpointing.Checkpointer(paths.join(workdir, "checkpoints"),
@@ -154,9 +157,7 @@ def train(config, workdir: str, console=None) -> dict:
   schedules = optimizer_lib.schedules(config.optim, num_steps)
   try:
     with jax.set_mesh(mesh), sharding_lib.axis_rules():
-      lay = state_lib.layout(
-          task.init_params, lambda labels: optimizer_lib.make_optimizer(config.optim, num_steps, labels),
-          task.labels, mesh)
+      lay = state_lib.layout(task.init_params, None, task.labels, mesh, abstract=abstract)
       counts = partition.summary(lay.abstract.params, lay.labels)
       log.info("params per group: %s", {k: f"{v / 1e6:.2f}M" for k, v in sorted(counts.items())})
       iterator = task.make_iterator(mesh)

@@ -41,9 +41,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from showo2_jax import paths
+from showo2_jax import paths, sharding
 from showo2_jax.convert import orbax_io
 from showo2_jax.vae import wan
 
@@ -133,7 +133,7 @@ def prepare_visuals(batch: Mapping[str, jax.Array], rng: jax.Array,
 
 def abstract_params(cfg: wan.WanVAEConfig, mesh: Mesh):
   """ShapeDtypeStructs of the encoder's params, replicated on `mesh`."""
-  rep = NamedSharding(mesh, P())
+  rep = sharding.replicated(mesh)
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=rep),
                       _param_shapes(dataclasses.replace(cfg, dtype="float32")))
 
@@ -178,7 +178,7 @@ def load_params(config, mesh: Mesh):
     host = _restore_orbax(path, cfg)
     source = path
   else:
-    from showo2_jax.vae import loading  # pylint: disable=import-outside-toplevel
+    from showo2_jax.convert import loading  # pylint: disable=import-outside-toplevel
     host = loading.load_wan_vae_params(path, dataclasses.replace(cfg, dtype="float32"))
     source = path
   params = state_lib.place(encoder_half(host), abstract)

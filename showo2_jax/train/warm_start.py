@@ -56,6 +56,7 @@ from flax import traverse_util
 
 from showo2_jax import param_mapping, paths
 from showo2_jax.convert import orbax_io
+from showo2_jax.models import config as model_config
 from showo2_jax.models.config import Showo2Config
 from showo2_jax.train import partition
 
@@ -64,8 +65,7 @@ log = logging.getLogger(__name__)
 KINDS = ("qwen2", "siglip", "semantic", "original", "orbax", "checkpoint")
 SEMANTIC_PREFIXES = ("image_embedder_und", "position_embedding", "und_trans")
 # Top-level param groups each kind can provide (None: the whole model).
-DOMAIN = {"qwen2": ("showo",), "siglip": ("und_trans", "position_embedding"),
-          "semantic": SEMANTIC_PREFIXES}
+DOMAIN = {**model_config.KIND_SUBTREES, "semantic": SEMANTIC_PREFIXES}
 FRESH = "random init"
 
 

@@ -13,7 +13,6 @@ RMS_norm gammas (C, 1, 1[, 1]) -> (C,) (`gamma`); biases as they are (`copy`).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -234,40 +233,3 @@ def _to_numpy(value) -> np.ndarray:
       return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return value.numpy()
   return np.asarray(value)
-
-
-_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "Wan2.1_VAE.pth",
-                 "diffusion_pytorch_model.bin")
-
-
-def read_state_dict(path) -> dict[str, np.ndarray]:
-  """Reads a .pth / .pt / .bin (safely) or .safetensors file, or a directory holding one."""
-  path = Path(path)
-  if path.is_dir():
-    for name in _WEIGHT_NAMES:
-      if (path / name).exists():
-        return read_state_dict(path / name)
-    raise FileNotFoundError(f"{path}: no VAE weights in it (looked for {', '.join(_WEIGHT_NAMES)})")
-  if not path.exists():
-    raise FileNotFoundError(f"{path}: no such file")
-  if path.suffix == ".safetensors":
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    return load_file(str(path))
-  import torch  # pylint: disable=g-import-not-at-top
-  obj = torch.load(str(path), map_location="cpu", weights_only=True)
-  if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-    obj = obj["state_dict"]
-  if not isinstance(obj, Mapping):
-    raise WanVAECheckpointError(f"{path}: expected a state_dict, got {type(obj).__name__}")
-  return {k: _to_numpy(v) for k, v in obj.items()}
-
-
-def load_wan_vae_params(path, cfg: Optional[WanVAEConfig] = None, *, dtype=None) -> dict:
-  """Flax params from `Wan2.1_VAE.pth` (original keys) or a diffusers AutoencoderKLWan
-  checkpoint (file or directory). cfg defaults to the directory's config.json if there is
-  one, else the full Wan2.1 VAE."""
-  path = Path(path)
-  if cfg is None:
-    cfg_file = path / "config.json" if path.is_dir() else None
-    cfg = WanVAEConfig.from_json(cfg_file) if cfg_file and cfg_file.exists() else WanVAEConfig()
-  return torch_state_dict_to_flax(read_state_dict(path), cfg, dtype=dtype)

@@ -259,3 +259,25 @@ def test_profile_ops_decode_counts_the_loop_body_per_token(tmp_path):
   assert body, [(r["op"], r["runs"]) for r in res["ops"][:10]]
   assert "decode [tiny]" in stdout
 
+
+
+@pytest.mark.slow
+def test_pod_compile_compiles_tiny_for_two_tpu_slices(tmp_path):
+  """benchmarks/pod_compile.py --slices 2: tiny_train's step compiled by the TPU compiler
+  for 2 x v5p:2x2x1 (8 abstract chips over DCN, no TPU), its row written and tabled."""
+  from tests.train import runs  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "pod.json"
+  p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pod_compile.py"), "--configs",
+                      "tiny_train", "--topologies", "v5p:2x2x1", "--slices", "2", "--rows-per-chip",
+                      "1", "--set", "mesh.data=1", "mesh.fsdp=-1", "--json", str(out)], cwd=tmp_path, env=runs.env(1), capture_output=True,
+                     text=True, timeout=900)
+  assert p.returncode == 0, p.stderr[-3000:]
+  [row] = json.loads(out.read_text())
+  assert "error" not in row, row
+  assert row["topology"] == "2 x v5p:2x2x1" and row["devices"] == 8
+  assert row["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}      # data over DCN, fsdp inside a slice
+  assert row["device_kind"] == "TPU v5" and row["hbm_gib"] == 95
+  assert 0 < row["argument_gib"] < 1 and 0 < row["peak_gib"] < 1 and row["rows_per_chip"] == 1
+  assert row["collectives"].get("all-reduce", 0) > 0                 # the cross-slice gradient sum
+  assert "| tiny_train | 2 x v5p:2x2x1 | dense | 1 | " in p.stdout
+  assert "FLOP check tiny_train 2 x v5p:2x2x1 dense" in p.stdout

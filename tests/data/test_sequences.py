@@ -39,14 +39,15 @@ def test_null_prompt_equals_a_dropped_caption(special):
   assert null["modality_positions"].tolist() == [[2, NV]]
 
 
-def test_t2i_prompt_batch_is_cond_then_null(tok, special):
-  cond, null = sequences.t2i_prompt_batch(tok, ["a cat", "a dog on the table"], special,
-                                          num_visual_tokens=NV, max_seq_len=24)
-  assert cond["text_tokens"].shape == null["text_tokens"].shape == (2, 24)
-  ids = enc(tok, "a dog on the table")
-  assert cond["text_tokens"][1, 1:1 + len(ids)].tolist() == ids
-  assert cond["modality_positions"][:, 0, 0].tolist() == [len(enc(tok, "a cat")) + 2, len(ids) + 2]
-  assert (null["modality_positions"][:, 0] == [2, NV]).all()
+def test_t2i_prompt_rows_are_cond_then_null(tok, special):
+  s = special
+  a, b = enc(tok, "a cat"), enc(tok, "a dog on the table")
+  rows = sequences.t2i_prompt_rows([a, b], s)
+  assert rows == [[s.bos] + a + [s.boi], [s.bos] + b + [s.boi], [s.bos, s.boi], [s.bos, s.boi]]
+  assert sequences.t2i_prompt_rows([a], s, cfg=False) == [[s.bos] + a + [s.boi]]
+  ctx = sequences.visual_block(s, 3)
+  assert sequences.t2i_prompt_rows([a], s, context=ctx) == [[s.bos] + ctx + a + [s.boi],
+                                                            [s.bos] + ctx + [s.boi]]
 
 
 def test_caption_cleaning_matches_remove_prefix():

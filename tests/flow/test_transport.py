@@ -162,7 +162,7 @@ def test_euler_evaluates_n_minus_1_times_never_at_one():
 
 def test_samplers_keep_fp32_state_with_bf16_model():
   v = lambda x, t: (LAM * x).astype(jnp.bfloat16)
-  for method in ("euler", "heun", "dopri5"):
+  for method in tp.SAMPLERS:   # every registered sampler
     out = tp.sample_ode(v, jnp.ones((2, 3), jnp.bfloat16), tp.time_grid(4), method=method)
     assert out.dtype == jnp.float32, method
 
@@ -195,7 +195,7 @@ def test_dopri5_accuracy_and_tolerance_control():
 def test_samplers_under_jit_match_eager():
   grid = tp.time_grid(6)
   x0 = jax.random.normal(jax.random.PRNGKey(4), (2, 3, 4))
-  for method in ("euler", "heun", "dopri5"):
+  for method in tp.SAMPLERS:   # every registered sampler
     eager = tp.sample_ode(_linear_v, x0, grid, method=method)
     jitted = jax.jit(lambda x, g, m=method: tp.sample_ode(_linear_v, x, g, method=m))(x0, grid)
     np.testing.assert_allclose(jitted, eager, rtol=1e-6, err_msg=method)
@@ -305,3 +305,10 @@ def test_one_sampler_registry_drives_evaluations_and_cli_choices():
   assert tuple(method.choices) == tuple(tp.SAMPLERS)
   with pytest.raises(ValueError, match="unknown ODE method"):
     tp.evaluations("rk4", 5)
+
+
+def test_flow_sampling_rejects_an_unknown_method_before_any_weights_load():
+  from showo2_jax.sample.pipeline import FlowSampling  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError, match="unknown ODE method 'rk4'; expected one of euler"):
+    FlowSampling(method="rk4")
+  assert FlowSampling(method="heun").evaluations() == 2 * 49

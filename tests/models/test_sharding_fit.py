@@ -57,3 +57,63 @@ def test_tiny_step_lowers_with_fsdp_wider_than_its_siglip_dims():
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert "do not divide by their mesh axes and were re-laid out" in proc.stderr
   assert int(proc.stdout.split("OK")[1].split()[0]) > 0     # SigLIP kernels: fsdp moved off the 48-wide dim
+
+
+def _boxed(shape, names):
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  return nn.Partitioned(jax.ShapeDtypeStruct(shape, jnp.float32), names=names)
+
+
+# A wide "LLM" kernel every fsdp size divides, and a "SigLIP" kernel whose dims 8 divides
+# neither of (12 = 4 x 3, 180 = 4 x 45): fsdp=8 replicates it, fsdp=4 shards it.
+TREE = dict(llm=_boxed((64, 32), ("embed", "mlp")), vit=_boxed((12, 180), ("embed", "mlp")))
+ONE_SLICE = (1, 1, 1)
+
+
+def test_bytes_per_device_counts_replicated_arrays_whole():
+  sizes = {"data": 1, "fsdp": 8, "tensor": 1}
+  assert sharding.bytes_per_device(TREE, sizes) == 64 * 32 * 4 // 8 + 12 * 180 * 4
+  sizes = {"data": 2, "fsdp": 4, "tensor": 1}
+  assert sharding.bytes_per_device(TREE, sizes) == 64 * 32 * 4 // 4 + 12 * 180 * 4 // 4
+
+
+def test_fit_mesh_config_moves_devices_to_data_when_fsdp_would_replicate():
+  cfg, reason = sharding.fit_mesh_config({"data": 1, "fsdp": -1, "tensor": 1}, 8, ONE_SLICE, TREE)
+  assert (cfg["data"], cfg["fsdp"], cfg["tensor"]) == (2, 4, 1)
+  assert "data=2 x fsdp=4 instead of data=1 x fsdp=8" in reason
+
+
+def test_fit_mesh_config_keeps_a_dividing_or_explicit_fsdp():
+  llm_only = dict(llm=TREE["llm"])
+  assert sharding.fit_mesh_config({"data": 1, "fsdp": -1, "tensor": 1}, 8, ONE_SLICE, llm_only) == (
+      {"data": 1, "fsdp": -1, "tensor": 1}, None)
+  assert sharding.fit_mesh_config({"data": 1, "fsdp": 8, "tensor": 1}, 8, ONE_SLICE, TREE) == (
+      {"data": 1, "fsdp": 8, "tensor": 1}, None)
+
+
+FAKE_DEVICES = textwrap.dedent("""
+    import jax, numpy as np
+    from tests.models.test_sharding_fit import TREE
+    from showo2_jax import sharding
+    assert jax.device_count() == 8
+    cfg = {"data": 1, "fsdp": -1, "tensor": 1}
+    shapes = lambda mesh: {k: jax.device_put(np.zeros(v.value.shape, np.float32), s).addressable_shards[0].data.shape
+                           for (k, v), s in zip(TREE.items(), sharding.mesh_shardings(TREE, mesh).values())}
+    print("PLAIN", dict(sharding.create_mesh(cfg).shape), shapes(sharding.create_mesh(cfg)))
+    mesh = sharding.create_mesh(cfg, fit_to=TREE)
+    print("FIT", dict(mesh.shape), shapes(mesh))
+""")
+
+
+def test_create_mesh_fit_to_shards_what_fsdp_8_replicates_on_8_fake_devices():
+  proc = subprocess.run([sys.executable, "-c", FAKE_DEVICES], env=runs.env(8), cwd=runs.REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line[:4] in ("PLAI", "FIT "))
+  # fsdp=8: the 12 x 180 kernel is whole on every device (replicated)
+  assert out["PLAIN"] == "{'data': 1, 'fsdp': 8, 'tensor': 1} {'llm': (8, 32), 'vit': (12, 180)}"
+  # chosen data=2 x fsdp=4: it is sharded 4 ways, the reason is printed
+  assert out["FIT"] == "{'data': 2, 'fsdp': 4, 'tensor': 1} {'llm': (16, 32), 'vit': (3, 180)}"
+  assert "data=2 x fsdp=4 instead of data=1 x fsdp=8" in proc.stderr

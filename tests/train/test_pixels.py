@@ -11,6 +11,7 @@ import pytest
 from showo2_jax import sharding as sharding_lib
 from showo2_jax.config_lib import load_config
 from showo2_jax.train import aot, trainer, vae_encoder
+from showo2_jax.convert import loading as convert_loading
 from showo2_jax.vae import loading, wan
 
 
@@ -23,7 +24,7 @@ def test_vae_checkpoint_sources_give_the_same_params(tmp_path, wan_vae_fixture_d
   encoder, from_file = vae_encoder.load_params(config, mesh)
   config.vae_checkpoint = str(wan_vae_fixture_dir)
   _, from_dir = vae_encoder.load_params(config, mesh)
-  host = loading.load_wan_vae_params(wan_vae_fixture_dir)
+  host = convert_loading.load_wan_vae_params(wan_vae_fixture_dir)
   orbax_dir = tmp_path / "vae_orbax"
   orbax_io.save_params(str(orbax_dir), host, wan.WanVAEConfig.from_json(
       wan_vae_fixture_dir / "config.json"), kind="wan_vae")

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from showo2_jax.convert import loading as convert_loading
 from showo2_jax.vae import loading, wan
 
 
@@ -12,7 +13,7 @@ def wan_vae_cfg(wan_vae_fixture_dir):
 
 @pytest.fixture(scope="session")
 def wan_vae_params(wan_vae_fixture_dir, wan_vae_cfg):
-  return loading.load_wan_vae_params(wan_vae_fixture_dir / "model.safetensors", wan_vae_cfg)
+  return convert_loading.load_wan_vae_params(wan_vae_fixture_dir / "model.safetensors", wan_vae_cfg)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from showo2_jax.parity.metrics import relative_error
+from showo2_jax.convert import loading as convert_loading
 from showo2_jax.vae import loading, wan
 
 
@@ -31,7 +32,7 @@ def test_matches_diffusers_autoencoder_kl_wan(wan_vae_cfg, tmp_path):
   assert loading.detect_layout(sd) == "diffusers"
   params = loading.torch_state_dict_to_flax(sd, cfg)
   model.save_pretrained(tmp_path)  # config.json (diffusers fields) + safetensors
-  from_dir = loading.load_wan_vae_params(tmp_path)
+  from_dir = convert_loading.load_wan_vae_params(tmp_path)
   np.testing.assert_array_equal(from_dir["decoder"]["upsamples_3"]["time_conv"]["kernel"],
                                 params["decoder"]["upsamples_3"]["time_conv"]["kernel"])
   assert wan.WanVAEConfig.from_json(tmp_path / "config.json").dim == cfg.dim

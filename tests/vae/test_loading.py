@@ -1,11 +1,12 @@
 """Checkpoint loading: key mapping both ways, file formats, and the error report."""
-import pickle
 
 import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from showo2_jax.convert import checkpoint_io
+from showo2_jax.convert import loading as convert_loading
 from showo2_jax.vae import loading, wan
 
 
@@ -96,30 +97,30 @@ def test_pth_files_load_without_running_pickled_code(tmp_path, original_sd, wan_
   torch = pytest.importorskip("torch")
   path = tmp_path / "Wan2.1_VAE.pth"
   torch.save({k: torch.from_numpy(v) for k, v in original_sd.items()}, path)
-  params = loading.load_wan_vae_params(path, wan_vae_cfg)
+  params = convert_loading.load_wan_vae_params(path, wan_vae_cfg)
   for (_, a), (_, b) in zip(sorted(_leaves(params)), sorted(_leaves(wan_vae_params))):
     np.testing.assert_array_equal(a, b)
   evil = tmp_path / "evil.pth"
   torch.save({"x": _Unsafe()}, evil)
-  with pytest.raises(pickle.UnpicklingError):
-    loading.read_state_dict(evil)
+  with pytest.raises(checkpoint_io.CheckpointFormatError, match="weights-only"):
+    checkpoint_io.read_state_dict(evil)
 
 
 def test_bfloat16_pth_keeps_its_dtype(tmp_path, original_sd, wan_vae_cfg):
   torch = pytest.importorskip("torch")
   path = tmp_path / "bf16.pth"
   torch.save({k: torch.from_numpy(v).bfloat16() for k, v in original_sd.items()}, path)
-  params = loading.load_wan_vae_params(path, wan_vae_cfg)
+  params = convert_loading.load_wan_vae_params(path, wan_vae_cfg)
   assert str(params["conv1"]["kernel"].dtype) == "bfloat16"
-  params32 = loading.load_wan_vae_params(path, wan_vae_cfg, dtype=np.float32)
+  params32 = convert_loading.load_wan_vae_params(path, wan_vae_cfg, dtype=np.float32)
   assert params32["conv1"]["kernel"].dtype == np.float32
 
 
 def test_directory_loading_reads_its_config(wan_vae_fixture_dir, wan_vae_params):
-  params = loading.load_wan_vae_params(wan_vae_fixture_dir)
+  params = convert_loading.load_wan_vae_params(wan_vae_fixture_dir)
   np.testing.assert_array_equal(params["conv2"]["kernel"], wan_vae_params["conv2"]["kernel"])
-  with pytest.raises(FileNotFoundError):
-    loading.read_state_dict(wan_vae_fixture_dir / "nope.pth")
+  with pytest.raises(checkpoint_io.CheckpointFormatError, match="nope.pth: no such file"):
+    checkpoint_io.read_state_dict(wan_vae_fixture_dir / "nope.pth")
 
 
 class _Unsafe:
