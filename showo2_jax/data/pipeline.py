@@ -191,7 +191,14 @@ def concat_batches(batches: Sequence[dict]) -> dict:
   than the widest stream (t2i: M = 1 beside interleaved rows: M = 4) get empty
   slots, position (0, 0) and zero images, as an interleaved row with fewer images
   has: the step gives them no tokens and no loss.
+
+  A stream stored as the posterior mean (`precompute-latents --deterministic`: no
+  `latents_logvar`) beside one sampled every step gets `latents_logvar` =
+  `MEAN_LOGVAR` (-30, the floor of the original's clamp, spec 6.6: std 3.1e-7 on
+  normalised latents of std ~1), so its rows stay its stored mean to fp32 precision.
   """
+  batches = [_with_mean_logvar(b) if "latents_logvar" not in b and "latents" in b
+             and any("latents_logvar" in o for o in batches) else b for b in batches]
   keys = set(batches[0])
   for b in batches[1:]:
     if set(b) != keys:
@@ -205,6 +212,14 @@ def concat_batches(batches: Sequence[dict]) -> dict:
     if tasks_lib.is_visual_key(k):
       out[k] = out[k].reshape((-1,) + out[k].shape[2:])
   return out
+
+
+# logvar of a posterior-mean stream mixed with sampled ones (concat_batches).
+MEAN_LOGVAR = -30.0
+
+
+def _with_mean_logvar(batch: dict) -> dict:
+  return dict(batch, latents_logvar=np.full(batch["latents"].shape, MEAN_LOGVAR, np.float32))
 
 
 def _pad_slots(v: np.ndarray, m: int) -> np.ndarray:

@@ -136,11 +136,12 @@ def _stage_common(config, paths: Paths, name: str, vae_stats):
 
 
 def stage1_config(config, paths: Paths, vae_stats):
-  """Stage 1 (spec 7.2): generation and captioning rows, ntp 0.2 + flow 1.0, constant
-  lr with warm-up. Nothing is frozen: there is no pre-trained LLM or SigLIP here."""
+  """Stage 1 (spec 7.2): generation and captioning rows, ntp `ntp_coeff` (the original's
+  0.2 unless the recipe says; tiny_shapes: 1.0) + flow 1.0, constant lr with warm-up.
+  Nothing is frozen: there is no pre-trained LLM or SigLIP here."""
   from configs import data as data_configs  # pylint: disable=import-outside-toplevel
   c, r = _stage_common(config, paths, "stage1", vae_stats)
-  c.train.ntp_coeff, c.train.flow_coeff = 0.2, 1.0
+  c.train.ntp_coeff, c.train.flow_coeff = float(r.get("ntp_coeff", 0.2)), 1.0
   c.train.frozen = ()
   c.optim.schedule = "constant_with_warmup"
   c.optim.warmup_steps = int(r.warmup_steps)
@@ -161,7 +162,7 @@ def stage2_config(config, paths: Paths, vae_stats):
   from configs import _train_common as tc  # pylint: disable=import-outside-toplevel
   from configs import data as data_configs  # pylint: disable=import-outside-toplevel
   c, r = _stage_common(config, paths, "stage2", vae_stats)
-  c.train.ntp_coeff, c.train.flow_coeff = 1.0, 1.0
+  c.train.ntp_coeff, c.train.flow_coeff = float(r.get("ntp_coeff", 1.0)), 1.0
   c.train.frozen = ()
   c.optim.schedule = "cosine"
   c.optim.warmup_ratio = 0.03
@@ -246,18 +247,34 @@ def export_vae(config, paths: Paths):
   return mean, std
 
 
+LATENT_JOBS = ("t2i", "captions", "llava")
+
+
+def _latents_option(config) -> tuple:
+  """recipe.latents.posterior_mean: the latent jobs stored as the posterior mean only
+  (`precompute-latents --deterministic`); the others keep `latents_logvar` and are
+  sampled every step (spec 6.6). ValueError names the flag."""
+  names = tuple(config.recipe.get("latents", {}).get("posterior_mean", ()) or ())
+  bad = [n for n in names if n not in LATENT_JOBS]
+  if bad:
+    raise ValueError(f"--config.recipe.latents.posterior_mean: {', '.join(bad)} is not a latent "
+                     f"job; choose from {', '.join(LATENT_JOBS)}")
+  return names
+
+
 def phase_latents(config, paths: Paths) -> dict:
   from showo2_jax import config_lib  # pylint: disable=import-outside-toplevel
   from showo2_jax.train import latents  # pylint: disable=import-outside-toplevel
   jobs = (("t2i", "image_text", "t2i.jsonl"), ("captions", "image_text", "captions.jsonl"),
           ("llava", "llava", "llava.json"))
   model_config = config_lib.load_config(config.get("config_name", "tiny_shapes"))
+  mean_only = set(_latents_option(config))
   for name, kind, file in jobs:
     out = os.path.join(paths.latents, name)
     result = latents.precompute(
         model_config, kind=kind, data=os.path.join(paths.world, file), out=out, encoder="wan",
         vae_weights=paths.vae_export, resolution=int(config.resolution), batch_size=64,
-        records_per_shard=100000, threads=2, seed=0)
+        records_per_shard=100000, threads=2, seed=0, deterministic=name in mean_only)
     print(latents.summary(result, out))
   return {}
 

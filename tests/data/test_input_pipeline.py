@@ -199,3 +199,23 @@ def test_mixed_streams_must_agree_on_fields():
     pipeline.concat_batches([a, b])
   out = pipeline.concat_batches([a, a])
   assert out["pixel_values"].shape == (2, 3, 2, 2)
+
+
+def test_posterior_mean_stream_beside_a_sampled_one():
+  """A --deterministic stream (no latents_logvar) mixes with a sampled one: its rows
+  get the clamp floor's logvar, so the step's posterior sample is its stored mean."""
+  import jax
+  from showo2_jax.vae import wan
+  rng = np.random.default_rng(0)
+  sampled = {"text_tokens": np.zeros((2, 4)), "latents": rng.normal(size=(2, 1, 8, 1, 2, 2)),
+             "latents_logvar": np.zeros((2, 1, 8, 1, 2, 2), np.float32)}
+  mean = {"text_tokens": np.zeros((3, 4)), "latents": rng.normal(size=(3, 1, 8, 1, 2, 2))}
+  out = pipeline.concat_batches([sampled, mean])
+  assert out["latents_logvar"].shape == out["latents"].shape == (5, 8, 1, 2, 2)
+  np.testing.assert_array_equal(out["latents_logvar"][:2], 0.0)
+  np.testing.assert_array_equal(out["latents_logvar"][2:], pipeline.MEAN_LOGVAR)
+  z = np.asarray(wan.sample_posterior(out["latents"], out["latents_logvar"], jax.random.PRNGKey(0)))
+  np.testing.assert_allclose(z[2:], out["latents"][2:], atol=2e-6)
+  assert np.abs(z[:2] - out["latents"][:2]).mean() > 0.3     # std 1 there: really sampled
+  # Without a sampled stream nothing is added.
+  assert "latents_logvar" not in pipeline.concat_batches([mean, mean])

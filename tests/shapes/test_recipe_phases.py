@@ -48,3 +48,13 @@ def test_redo_of_a_finished_phase_runs_it_again(tmp_path):
 def test_a_phase_option_that_names_no_phase_is_refused(tmp_path, key):
   with pytest.raises(ValueError, match=f"--config.recipe.{key}=stage3: not a phase"):
     recipe.run(_config(**{key: "stage3"}), str(tmp_path))
+
+
+def test_posterior_mean_names_latent_jobs():
+  assert recipe._latents_option(_config()) == ()
+  c = _config()
+  c.recipe.latents.posterior_mean = ("captions", "llava")
+  assert recipe._latents_option(c) == ("captions", "llava")
+  c.recipe.latents.posterior_mean = ("llava", "questions")
+  with pytest.raises(ValueError, match="posterior_mean: questions is not a latent job"):
+    recipe._latents_option(c)
