@@ -46,6 +46,8 @@ def run(args) -> int:
   scenes = scenes[:args.num] if args.num else scenes
   pipe, cfg = report.load_pipeline(args.workdir)
   fractions, _ = report.evaluate(pipe, cfg, scenes, size, seed=args.seed)
+  print(f"on {len(scenes)} held-out scenes (prompts and images never trained on; the run's own "
+        f"report uses its first {_report_count(args.workdir)}):")
   for k, v in fractions.items():
     target = report.TARGETS.get(k)
     note = f"  (target >= {target}, chance {report.CHANCE[k]:.2f})" if target else \
@@ -54,3 +56,10 @@ def run(args) -> int:
   if args.json:
     paths.write_text(args.json, json.dumps({"num_scenes": len(scenes), **fractions}, indent=2))
   return 0
+
+
+def _report_count(workdir: str) -> str:
+  """How many held-out scenes the run's report scored (its metrics.json), or '?'."""
+  m = paths.read_json(paths.join(workdir, "metrics.json")) or {}
+  n = m.get("num_eval")
+  return str(n) if n else "?"

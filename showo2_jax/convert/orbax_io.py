@@ -522,8 +522,17 @@ def run_params_shapes(path: str) -> dict[tuple, tuple]:
   directory, step = find_step_dir(path)
   if step is None:
     step = max(int(d) for d in paths.listdir(directory) if d.isdigit())
-  with _ocp_v0().PyTreeCheckpointer() as ckptr:
-    meta = ckptr.metadata(paths.join(directory, str(step), "state"))
+  absl_log = logging.getLogger("absl")
+  level = absl_log.level
+  # Orbax looks for a step-level _CHECKPOINT_METADATA inside the item dir and warns
+  # that it "does not exist" on every run (the file lives one level up); the item's
+  # own metadata, which is what is read here, is there.
+  absl_log.setLevel(logging.ERROR)
+  try:
+    with _ocp_v0().PyTreeCheckpointer() as ckptr:
+      meta = ckptr.metadata(paths.join(directory, str(step), "state"))
+  finally:
+    absl_log.setLevel(level)
   tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", None) or meta
   stored = {}
 

@@ -13,7 +13,7 @@ import math
 import jax
 
 from showo2_jax import paths
-from showo2_jax.convert import loading
+from showo2_jax.convert import loading, training_run
 from showo2_jax.sample.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,10 @@ def fill_from_training_run(args) -> None:
   """Fills --tokenizer / --vae from a training workdir's config when not given."""
   run = training_run_defaults(args)
   if not run:
+    if args.checkpoint and paths.exists(paths.join(args.checkpoint, training_run.PHASES_FILE)):
+      raise InferenceSetupError(f"--checkpoint {args.checkpoint}: a multi-phase training workdir "
+                                "with no trained Show-o2 phase yet; run `showo2-jax train` on it "
+                                "to the end first")
     if not args.tokenizer:
       raise InferenceSetupError("--tokenizer is required (unless --checkpoint is a training "
                                 "workdir, whose config names its tokenizer)")

@@ -275,7 +275,7 @@ def phase_latents(config, paths: Paths) -> dict:
         model_config, kind=kind, data=os.path.join(paths.world, file), out=out, encoder="wan",
         vae_weights=paths.vae_export, resolution=int(config.resolution), batch_size=64,
         records_per_shard=100000, threads=2, seed=0, deterministic=name in mean_only)
-    print(latents.summary(result, out))
+    _say(latents.summary(result, out))
   return {}
 
 
@@ -334,7 +334,8 @@ def run(config, workdir: str) -> dict:
   done = state["phases"]
   if all(p in done for p in PHASES):
     _say(f"{workdir}: this run is complete (all {len(PHASES)} phases done; "
-         f"delete {paths.state} to redo the report).")
+         "--config.recipe.redo=report writes the report again, redo=PHASE redoes a phase and "
+         "those after it).")
     print_next_steps(paths, state)
     return state
   t_all = time.perf_counter()
@@ -374,12 +375,19 @@ def print_next_steps(paths: Paths, state: dict) -> None:
     _say("eval-shapes (held-out prompts and images): " + ", ".join(
         f"{k} {v:.2f}" for k, v in ev.items() if isinstance(v, float)))
   root = paths.root
+  from showo2_jax.shapes import world  # pylint: disable=import-outside-toplevel
+  held = os.path.join(root, "world", "heldout", "000.png")
+  try:   # worlds written before heldout/ existed have no image to point at
+    scenes, _ = world.read_heldout(os.path.join(root, "world", "heldout.json"))
+    caption = f"   # a held-out image: {scenes[0].caption()}" if os.path.exists(held) else ""
+  except (OSError, ValueError, KeyError, IndexError):
+    caption = ""
   _say("\n".join([
       f"look at: {os.path.join(root, 'samples.png')}, {os.path.join(root, 'answers.txt')}, "
-      f"{os.path.join(root, 'loss.png')}",
+      f"{os.path.join(root, 'loss.png')}, {os.path.join(root, 'metrics.json')}",
       "next:",
       f"  showo2-jax generate --checkpoint {root} \"a blue square on the left\" --out {root}/generated",
-      f"  showo2-jax understand --checkpoint {root} --image {root}/world/images/000000.png "
-      f"--question \"What colour is the shape?\"",
+      f"  showo2-jax understand --checkpoint {root} --image {held} "
+      f"--question \"What shape is it?\"" + caption,
       f"  showo2-jax eval-shapes --workdir {root}",
       f"  tensorboard --logdir {root}"]))

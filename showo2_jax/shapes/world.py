@@ -20,6 +20,7 @@ docs/data.md:
   videos/NNNNNN.gif      short clips of a shape moving left to right
   video.jsonl            {"path", "prompt"}        (video paths)
   heldout.json           the held-out scenes eval-shapes uses (never in the files above)
+  heldout/NNN.png        their images, to try `understand` on (eval-shapes renders its own)
 Held-out: every combination (size, colour, shape, position) listed by
 `heldout_combos` is left out of the generation file, and its full caption out of
 every file, so the evaluation's prompts are unseen as a whole, while each word is
@@ -266,9 +267,17 @@ def write_world(root: str, *, num_images: int, num_clips: int, image_size: int, 
   _write_jsonl(files.video, clips)
   with open(files.llava, "w", encoding="utf-8") as f:
     json.dump(llava, f)
-  held = [dataclasses.asdict(scene(seed, i, HELDOUT)) for i in range(num_heldout)]
+  held, held_images = [], []
+  os.makedirs(os.path.join(root, "heldout"), exist_ok=True)
+  for i in range(num_heldout):
+    s = scene(seed, i, HELDOUT)
+    rel = f"heldout/{i:03d}.png"
+    Image.fromarray(render(s, image_size)).save(os.path.join(root, rel))
+    held.append(dataclasses.asdict(s))
+    held_images.append(rel)
   with open(files.heldout, "w", encoding="utf-8") as f:
-    json.dump({"seed": seed, "image_size": image_size, "scenes": held}, f, indent=1)
+    json.dump({"seed": seed, "image_size": image_size, "scenes": held, "images": held_images}, f,
+              indent=1)
   return files
 
 

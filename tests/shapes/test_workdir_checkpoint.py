@@ -61,3 +61,11 @@ def test_cli_takes_tokenizer_and_vae_from_the_run(workdir, tmp_path):
   plain = type("A", (), dict(checkpoint=str(tmp_path), tokenizer=None, vae=None, config=None))()
   with pytest.raises(cli_args.InferenceSetupError, match="--tokenizer is required"):
     cli_args.fill_from_training_run(plain)
+
+
+def test_an_unfinished_recipe_workdir_says_so(tmp_path):
+  """A tiny_shapes workdir stopped before any Show-o2 phase: the error names that, not --tokenizer."""
+  (tmp_path / "phases.json").write_text(json.dumps({"final_run": "stage2", "phases": {"world": {}}}))
+  args = type("A", (), dict(checkpoint=str(tmp_path), tokenizer=None, vae=None, config=None))()
+  with pytest.raises(cli_args.InferenceSetupError, match="no trained Show-o2 phase yet"):
+    cli_args.fill_from_training_run(args)

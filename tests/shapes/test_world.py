@@ -87,6 +87,8 @@ def test_write_world_files(tmp_path):
   assert clip.n_frames == 5
   scenes, size = world.read_heldout(files.heldout)
   assert size == 32 and len(scenes) == 5 and scenes[0] == world.scene(0, 0, world.HELDOUT)
+  for i, rel in enumerate(json.load(open(files.heldout))["images"]):   # files to try `understand` on
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / rel)), world.render(scenes[i], 32))
 
 
 def test_pipeline_reads_the_world(tmp_path):
