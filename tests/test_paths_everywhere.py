@@ -29,7 +29,6 @@ ALLOWED = {
     ("convert/checkpoint_io.py", "save_safetensors"): _MMAP + "; to_torch writes it into " + _STAGED,
     ("convert/checkpoint_io.py", "StateDict._open"): _MMAP,
     ("convert/checkpoint_io.py", "_resolve"): _MMAP,
-    ("convert/loading.py", "load_vae"): "reads the local copy made by paths.local_copy just above",
     ("convert/orbax_io.py", "ParamWriter.close"): "removes its own local staging folder (tempfile)",
     ("convert/orbax_io.py", "ParamWriter.__exit__"): "removes its own local staging folder (tempfile)",
     ("convert/pipeline.py", "_write_shards"): _STAGED,

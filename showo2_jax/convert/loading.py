@@ -149,26 +149,28 @@ def load_wan_vae_params(path: str, cfg=None, *, dtype=None) -> dict:
   cfg (WanVAEConfig) defaults to the directory's config.json if there is one, else
   the full Wan2.1 VAE. Raises CheckpointFormatError / vae.loading.WanVAECheckpointError."""
   from showo2_jax.convert import checkpoint_io  # pylint: disable=g-import-not-at-top
-  from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
+  from showo2_jax.vae import loading  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
-  if cfg is None:
-    cfg_file = os.path.join(path, "config.json") if os.path.isdir(path) else None
-    cfg = wan.WanVAEConfig.from_json(cfg_file) if cfg_file and os.path.exists(cfg_file) \
-        else wan.WanVAEConfig()
+  cfg = cfg if cfg is not None else _wan_vae_config(path)
   return loading.torch_state_dict_to_flax(checkpoint_io.read_state_dict(path), cfg, dtype=dtype)
+
+
+def _wan_vae_config(path: str):
+  """The WanVAEConfig of a VAE file or directory: its config.json, else the full Wan2.1."""
+  from showo2_jax.vae import wan  # pylint: disable=g-import-not-at-top
+  cfg_file = paths.join(path, "config.json")
+  return wan.WanVAEConfig.from_json(cfg_file) if paths.isdir(path) and paths.exists(cfg_file) \
+      else wan.WanVAEConfig()
 
 
 def load_vae(path: str, dtype: str = "float32") -> Vae:
   """`Wan2.1_VAE.pth`, a directory with config.json + weights, or an Orbax wan_vae."""
-  from showo2_jax.vae import loading, wan  # pylint: disable=g-import-not-at-top
   path = _check_exists(path, "VAE checkpoint")
   if orbax_io.is_orbax_dir(path):
     _, config, params = orbax_io.restore_params(path, kind="wan_vae")
   else:
     with paths.local_copy(path) as local:  # torch.load / mmap read local files: gs:// is copied
-      cfg_file = os.path.join(local, "config.json") if os.path.isdir(local) else None
-      config = wan.WanVAEConfig.from_json(cfg_file) if cfg_file and os.path.exists(cfg_file) \
-          else wan.WanVAEConfig()
+      config = _wan_vae_config(local)
       params = load_wan_vae_params(local, config)
   config = dataclasses.replace(config, dtype=dtype)
   return Vae(jax.tree.map(jnp.asarray, params), config)
