@@ -150,15 +150,21 @@ def logical_specs(boxed_tree):
   return nn.get_partition_spec(boxed_tree)
 
 
+def unboxed(tree):
+  """Strips Flax's logical-axis boxes (without the sharding constraint that
+  `nn.meta.unbox` adds for LogicallyPartitioned leaves under a mesh, which fails on
+  ShapeDtypeStructs)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
+                      is_leaf=is_box)
+
+
 def mesh_shardings(boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
   """Tree of NamedShardings for a boxed param tree (or its eval_shape), every
   dimension divisible by the mesh axes it is split over (`fit_spec`)."""
   specs = logical_specs(boxed_tree)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
-  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
-  shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, boxed_tree,
-                        is_leaf=is_box)
-  return fit_shardings(shardings, shapes, mesh)
+  return fit_shardings(shardings, unboxed(boxed_tree), mesh)
 
 
 def entry_axes(entry) -> tuple:
@@ -211,9 +217,7 @@ def bytes_per_device(boxed_tree, axis_sizes: Mapping[str, int], rules=LOGICAL_AX
   """Bytes one device holds of a boxed (nn.Partitioned) abstract tree laid out by
   `rules` and `fit_spec` on a mesh of `axis_sizes` (full sizes, ICI x DCN)."""
   specs = nn.logical_to_mesh(logical_specs(boxed_tree), list(rules))
-  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
-  leaves = jax.tree.leaves(jax.tree.map(
-      lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, boxed_tree, is_leaf=is_box))
+  leaves = jax.tree.leaves(unboxed(boxed_tree))
   spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P) or x is None)
   if len(spec_leaves) != len(leaves):
     raise ValueError(f"{len(spec_leaves)} partition specs for {len(leaves)} arrays")

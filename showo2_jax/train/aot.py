@@ -232,7 +232,7 @@ def trace_train_step(config, devices):
   data_lib.check_global_batch(int(config.train.global_batch_size), mesh,
                               int(config.train.grad_accum_steps))
   with jax.set_mesh(mesh), sharding_lib.axis_rules():
-    lay = state_lib.layout(task.init_params, None, task.labels, mesh, abstract=abstract)
+    lay = state_lib.layout_of(abstract, mesh)
     shapes = data_lib.batch_shapes(config)
     shard = step_lib.batch_shardings(mesh, shapes)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=shard[k]) for k, v in shapes.items()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,12 +43,7 @@ class StateLayout:
     return self.shardings.params
 
 
-def values(tree):
-  """Strips the logical-axis boxes (without the sharding constraint that
-  `nn.meta.unbox` adds for LogicallyPartitioned leaves under a mesh)."""
-  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
-  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
-                      is_leaf=is_box)
+values = sharding_lib.unboxed   # the state's arrays without their logical-axis boxes
 
 
 def make_state(params, rng, labels, tx) -> TrainState:
@@ -80,22 +74,23 @@ def abstract_state(init_params_fn: Callable, make_tx: Callable, labels_fn: Calla
 
 
 def layout(init_params_fn: Callable, make_tx: Callable, labels_fn: Callable, mesh: Mesh,
-           rules=sharding_lib.LOGICAL_AXIS_RULES, abstract: AbstractState | None = None) -> StateLayout:
+           rules=sharding_lib.LOGICAL_AXIS_RULES) -> StateLayout:
   """init_params_fn(rng) -> boxed params (no 'params' collection key);
-  labels_fn(params) -> flat labels; make_tx(labels) -> optax transform;
-  `abstract`: their `abstract_state` when already built (not built again).
+  labels_fn(params) -> flat labels; make_tx(labels) -> optax transform.
+  `layout_of(abstract_state(...), mesh)`, for callers without the abstract state."""
+  return layout_of(abstract_state(init_params_fn, make_tx, labels_fn), mesh, rules)
+
+
+def layout_of(abstract: AbstractState, mesh: Mesh, rules=sharding_lib.LOGICAL_AXIS_RULES) -> StateLayout:
+  """The state's shardings on `mesh` (logical names by `rules`, fitted to the shapes).
 
   Runs nothing on the mesh's devices (shapes only), so `mesh` may be made of
   abstract devices of a TPU topology description (AOT on a CPU host)."""
-  if abstract is None:
-    abstract = abstract_state(init_params_fn, make_tx, labels_fn)
-  labels, tx, boxed_state = abstract.labels, abstract.tx, abstract.boxed
-  specs = nn.get_partition_spec(boxed_state)
-  shardings = nn.logical_to_mesh_sharding(specs, mesh, list(rules))
-  shardings = sharding_lib.fit_shardings(shardings, values(boxed_state), mesh)
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          values(boxed_state), shardings)
-  return StateLayout(labels=labels, tx=tx, abstract=abstract, shardings=shardings, mesh=mesh)
+  shardings = sharding_lib.mesh_shardings(abstract.boxed, mesh, rules)
+  placed = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        values(abstract.boxed), shardings)
+  return StateLayout(labels=abstract.labels, tx=abstract.tx, abstract=placed, shardings=shardings,
+                     mesh=mesh)
 
 
 def init_params(init_params_fn: Callable, lay: StateLayout, rng) -> Any:

@@ -157,7 +157,7 @@ def train(config, workdir: str, console=None) -> dict:
   schedules = optimizer_lib.schedules(config.optim, num_steps)
   try:
     with jax.set_mesh(mesh), sharding_lib.axis_rules():
-      lay = state_lib.layout(task.init_params, None, task.labels, mesh, abstract=abstract)
+      lay = state_lib.layout_of(abstract, mesh)
       counts = partition.summary(lay.abstract.params, lay.labels)
       log.info("params per group: %s", {k: f"{v / 1e6:.2f}M" for k, v in sorted(counts.items())})
       iterator = task.make_iterator(mesh)
