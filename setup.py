@@ -36,6 +36,9 @@ EXTRAS = {
     # `showo2-jax compile --topology tpu:v5p-128` compile for a pod it does not have.
     # The version jax[tpu] pins for our jax (0.10.x); jax itself is not re-pinned.
     "tpu": ["libtpu==0.0.42.*"],
+    # tokamax: GPU flash attention kernels for model.attention_impl=flash (the omni
+    # mask as per-query key ranges, through tokamax's op objects: pinned).
+    "gpu": ["tokamax==0.0.12"],
     # diffusers: only for the AutoencoderKLWan parity test.
     # gcp-storage-emulator: a GCS API on 127.0.0.1 for the gs:// tests.
     # nbclient + ipykernel: the notebooks are executed as notebooks in the tests.
@@ -44,7 +47,8 @@ EXTRAS = {
     # `showo2-jax serve` (OpenAI-compatible HTTP); openai + httpx are the tests' clients.
     "serve": ["fastapi", "uvicorn", "python-multipart", "openai", "httpx"],
 }
-EXTRAS["test"] = EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["tpu"] + EXTRAS["dev"] + EXTRAS["serve"]
+EXTRAS["test"] = (EXTRAS["torch"] + EXTRAS["tf"] + EXTRAS["tpu"] + EXTRAS["gpu"] + EXTRAS["dev"]
+                  + EXTRAS["serve"])
 
 setup(
     name="showo2-jax",

@@ -2,6 +2,7 @@
 
     python benchmarks/attention_benchmark.py                    # small config's LLM layer
     python benchmarks/attention_benchmark.py --chunks 128,256,512 --torch --json out.json
+    python benchmarks/attention_benchmark.py --also flash --seq 4352   # on a GPU (pip install -e '.[gpu]')
 
 One layer's attention core of the `small` config (B 2, L 1024, 8 query / 2 KV
 heads of 64; the omni mask of `../shared/bench/ref_bench.py`: one 730-token image
@@ -78,6 +79,8 @@ def main(argv=None):
   p.add_argument("--heads", default="8,2", help="query heads,kv heads")
   p.add_argument("--head-dim", type=int, default=64)
   p.add_argument("--chunks", default="64,128,256", help="chunk sizes of `chunked`")
+  p.add_argument("--also", default="", help="more implementations to time, e.g. flash (GPU, tokamax) "
+                 "or splash (TPU); off their accelerator they run reference paths")
   p.add_argument("--reps", type=int, default=3)
   p.add_argument("--torch", action="store_true", help="also time PyTorch SDPA")
   p.add_argument("--json", default=None)
@@ -89,6 +92,7 @@ def main(argv=None):
   q, k, v, w, mask = inputs(args.batch, l, hq, hkv, d, blocks)
   scale = d ** -0.5
   cases = [("dense", None)] + [("chunked", int(c)) for c in args.chunks.split(",") if c]
+  cases += [(impl, None) for impl in args.also.split(",") if impl]
   rows = []
   for impl, chunk in cases:
     wall, cpu = timed(jax_case(impl, chunk or 512, q, k, v, w, mask, scale), args.reps)

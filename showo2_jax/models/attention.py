@@ -30,6 +30,10 @@ in float32 in every implementation.
   block size, rounded to 128). Off TPU it runs in Pallas interpret mode (exact,
   slow: for tests). KV-cached decoding steps (Lq <= DECODE_MAX_QUERIES = 8) use
   `dense`: one query row has no blocks to skip.
+- `flash`: GPU flash attention from tokamax (Triton / Mosaic GPU kernels) with
+  the mask as one key range per query (`attention_flash.py`; blocks outside a
+  query block's ranges skipped). Off GPU the same call runs tokamax's XLA
+  reference (for tests). Decoding steps use `dense`, as for `splash`.
 
 Sources: the omni-attention of Show-o2 (paper section 3.2, spec section 3); the
 query chunking is the memory-efficient attention of Rabe & Staats (2021) without
@@ -44,9 +48,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from showo2_jax.models import attention_splash, layers
+from showo2_jax.models import attention_flash, attention_splash, layers
 
-ATTENTION_IMPLS = ("dense", "chunked", "splash")
+ATTENTION_IMPLS = ("dense", "chunked", "splash", "flash")
 DEFAULT_CHUNK_SIZE = 512
 
 
@@ -62,7 +66,9 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array
   impl = check_impl(impl)
   if impl == "splash" and q.shape[1] > attention_splash.DECODE_MAX_QUERIES:
     return attention_splash.splash_attention(q, k, v, mask, scale, block_size=chunk_size)
-  if impl in ("dense", "splash"):
+  if impl == "flash" and q.shape[1] > attention_splash.DECODE_MAX_QUERIES:
+    return attention_flash.flash_attention(q, k, v, mask, scale)
+  if impl in ("dense", "splash", "flash"):
     return layers.dot_product_attention(q, k, v, mask, scale)
   return chunked_attention(q, k, v, mask, scale, chunk_size)
 

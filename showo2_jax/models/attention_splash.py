@@ -86,6 +86,23 @@ def _kernel_block_sizes(bq: int, bk: int):
                            block_q_dq=bq, block_kv_dq=bk)
 
 
+def mesh_axes(b: int, hq: int, hkv: int):
+  """(batch, heads) mesh axes for running a Pallas kernel in `shard_map` under the
+  current mesh: rows over (`data`, `fsdp`) when they divide the batch, heads over
+  `tensor` when it divides both head counts; (None, None) without a mesh."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return None, None
+  batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+  shards = 1
+  for a in batch_axes:
+    shards *= mesh.shape[a]
+  batch = batch_axes if batch_axes and b % shards == 0 else None
+  t = mesh.shape.get("tensor", 1) if "tensor" in mesh.axis_names else 1
+  heads = "tensor" if t > 1 and hq % t == 0 and hkv % t == 0 else None
+  return batch, heads
+
+
 def _one_row(q, k, v, mask, *, bq: int, bk: int, interpret: bool):
   """q (Hq, Lq, D), k/v (Hkv, Lk, D), mask (Lq, Lk) -> (Hq, Lq, D)."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=import-outside-toplevel
@@ -136,13 +153,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[ja
 
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty:
-    batch_axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
-    shards = 1
-    for a in batch_axes:
-      shards *= mesh.shape[a]
-    batch = batch_axes if batch_axes and b % shards == 0 else None
-    t = mesh.shape.get("tensor", 1) if "tensor" in mesh.axis_names else 1
-    heads = "tensor" if t > 1 and hq % t == 0 and hkv % t == 0 else None
+    batch, heads = mesh_axes(b, hq, hkv)
     qkv_spec = P(batch, heads, None, None)
     rows = jax.shard_map(rows, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, P(batch, None, None)),
                          out_specs=qkv_spec, check_vma=False)

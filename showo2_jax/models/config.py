@@ -98,13 +98,15 @@ class Showo2Config:
   # LLM and flow-head attention (models/attention.py): "dense" (the reference),
   # "chunked" (pure JAX, attention_chunk_size query rows at a time; same numbers,
   # O(chunk * L) instead of O(L^2) attention memory) or "splash" (TPU Pallas kernel,
-  # block-sparse omni mask, attention_chunk_size = its block; interpret mode off TPU).
+  # block-sparse omni mask, attention_chunk_size = its block; interpret mode off TPU)
+  # or "flash" (GPU, tokamax kernels, the mask as one key range per query).
   attention_impl: str = "dense"
   attention_chunk_size: int = 512
 
   def __post_init__(self):
-    if self.attention_impl not in ("dense", "chunked", "splash"):
-      raise ConfigError(f"attention_impl must be 'dense', 'chunked' or 'splash', got {self.attention_impl!r}")
+    if self.attention_impl not in ("dense", "chunked", "splash", "flash"):
+      raise ConfigError("attention_impl must be 'dense', 'chunked', 'splash' or 'flash', "
+                        f"got {self.attention_impl!r}")
     if self.rope_inv_freq_dtype not in ("compute", "float32"):
       raise ConfigError(f"rope_inv_freq_dtype must be 'compute' or 'float32', got {self.rope_inv_freq_dtype!r}")
 

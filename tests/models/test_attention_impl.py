@@ -115,11 +115,13 @@ def test_semantic_layers_gradients_match_dense_with_chunked_attention():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("impl, options", [("chunked", {"attention_chunk_size": 7}), ("splash", {})])
+@pytest.mark.parametrize("impl, options", [("chunked", {"attention_chunk_size": 7}), ("splash", {}),
+                                           ("flash", {})])
 def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_dir, impl, options):
   """The training path (omni mask, both losses; LLM and flow head): `chunked` with
   queries in chunks of 7 (eager), `splash` through the kernel under jit (every layer's
-  kernel in interpret mode, ~1 min of CPU)."""
+  kernel in interpret mode, ~1 min of CPU), `flash` through tokamax under jit (its
+  `xla` implementation on CPU, with the per-query key ranges the GPU kernels take)."""
   cases = np.load(showo2_fixture_dir / "cases.npz")
   config, params = load_original(str(showo2_fixture_dir))
   args = [jnp.asarray(cases[k]) for k in ("text_tokens", "image_latents", "t", "modality_positions")]
@@ -131,7 +133,7 @@ def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_d
     return fl + s2.ntp_loss(out["logits"], cases["text_labels"]), out
 
   other_cfg = config.replace(attention_impl=impl, **options)
-  compile_ = jax.jit if impl == "splash" else (lambda f: f)
+  compile_ = jax.jit if impl in ("splash", "flash") else (lambda f: f)
   (l_d, out_d), g_d = jax.value_and_grad(lambda p: loss(config, p), has_aux=True)(params)
   (l_o, out_o), g_o = compile_(jax.value_and_grad(lambda p: loss(other_cfg, p), has_aux=True))(params)
   if impl == "chunked":
