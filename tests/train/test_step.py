@@ -87,9 +87,17 @@ def test_stage1_pixel_step_consumes_the_vae_sample_and_keeps_frozen_params():
       np.testing.assert_allclose(float(metrics[k]), float(lat_metrics[k]), rtol=1e-5, err_msg=k)
     assert abs(float(mean_metrics["flow_loss"]) - float(metrics["flow_loss"])) > 1e-3
     lat_params = _flat(lat_state.params)
+    # Adam's first step moves each element by lr * g / (|g| + eps): an element whose
+    # gradient is near eps turns the two programs' round-off into a visible change
+    # (seen: 1 of 7168 elements of fusion_proj/fc1 off by 1.6e-5 with lr 1e-3, on one
+    # machine and not another). Allow 0.1% of a param's elements off, by < lr / 10.
+    lr = float(config.optim.learning_rate)
     for path, value in _flat(state.params).items():
-      np.testing.assert_allclose(value, lat_params[path], rtol=1e-5, atol=1e-6,
-                                 err_msg=partition.path_name(path))
+      want = lat_params[path]
+      off = ~np.isclose(value, want, rtol=1e-5, atol=1e-6)
+      name = partition.path_name(path)
+      assert off.mean() <= 1e-3, (name, int(off.sum()), off.size)
+      assert np.max(np.abs(value - want), initial=0.0) < lr / 10, name
 
     for step in (1, 2):
       key = np.asarray(jax.random.fold_in(jax.random.PRNGKey(0), step))
