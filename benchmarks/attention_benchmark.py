@@ -96,7 +96,10 @@ def main(argv=None):
   rows = []
   for impl, chunk in cases:
     wall, cpu = timed(jax_case(impl, chunk or 512, q, k, v, w, mask, scale), args.reps)
-    rows.append(dict(impl=impl if chunk is None else f"{impl} {chunk}", wall_s=wall, cpu_s=cpu))
+    name = impl if chunk is None else f"{impl} {chunk}"
+    if (impl, jax.default_backend()) in (("flash", "cpu"), ("splash", "cpu")):
+      name += " (reference path off its accelerator)"
+    rows.append(dict(impl=name, wall_s=wall, cpu_s=cpu))
   if args.torch:
     import torch  # pylint: disable=import-outside-toplevel
     wall, cpu = timed(torch_case(q, k, v, w, mask, scale, hq, hkv), args.reps)

@@ -13,6 +13,7 @@ Three constructors cover every source of truth:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from typing import Any, Mapping, Optional
 
@@ -107,6 +108,8 @@ class Showo2Config:
     if self.attention_impl not in ("dense", "chunked", "splash", "flash"):
       raise ConfigError("attention_impl must be 'dense', 'chunked', 'splash' or 'flash', "
                         f"got {self.attention_impl!r}")
+    if self.attention_impl == "flash" and importlib.util.find_spec("tokamax") is None:
+      raise ConfigError("attention_impl='flash' needs tokamax: pip install -e '.[gpu]'")
     if self.rope_inv_freq_dtype not in ("compute", "float32"):
       raise ConfigError(f"rope_inv_freq_dtype must be 'compute' or 'float32', got {self.rope_inv_freq_dtype!r}")
 

@@ -190,8 +190,10 @@ def _loop(config, task, lay, state, restored, iterator, ckpt, writers, schedules
   tokens_per_step = global_batch * task.tokens_per_row
   report = metrics_lib.ThroughputReport(num_steps, tokens_per_step, t.report_every, writers)
   profile = metrics_lib.profiler(workdir, int(t.profile_steps), int(t.profile_start))
-  log.info("training %s from step %d to %d: global batch %d, %d tokens/step, mesh %s",
-           task.name, step, num_steps, global_batch, tokens_per_step, dict(lay.mesh.shape))
+  model_cfg = config.get("model", {})
+  log.info("training %s from step %d to %d: global batch %d, %d tokens/step, mesh %s, attention %s, "
+           "remat %s", task.name, step, num_steps, global_batch, tokens_per_step, dict(lay.mesh.shape),
+           model_cfg.get("attention_impl", "dense"), model_cfg.get("remat_policy", "none"))
   pending: Optional[tuple[int, dict]] = None
   last: dict = {}
   status = "done"

@@ -4,7 +4,9 @@ A workdir holds one run: `config.json` (the config it was started with) and
 `checkpoints/`. Resuming it with another model, optimizer or frozen set cannot
 restore its checkpoints (Orbax would report the whole tree difference), so that
 is refused up front with the fields that differ. Run-length and logging fields
-(`train.num_steps`, `log_every`, `data`, ...) may change between resumptions.
+(`train.num_steps`, `log_every`, `data`, ...) and how the step computes
+(HOW_COMPUTED: attention implementation, remat policy) may change between
+resumptions.
 """
 from __future__ import annotations
 
@@ -15,6 +17,10 @@ from etils import epath
 
 # Config blocks whose values decide the structure of the saved TrainState.
 STATE_SHAPING = ("model", "optim", "train.frozen")
+# Fields inside those blocks that only choose how the step computes (the same params
+# and optimizer state): a run may resume with another attention kernel or remat
+# policy (e.g. started on TPU with `splash`, continued on GPU with `flash`).
+HOW_COMPUTED = ("model.attention_impl", "model.attention_chunk_size", "model.remat_policy")
 MAX_LISTED = 5
 
 
@@ -36,10 +42,11 @@ def _pick(flat: dict, keys) -> dict:
 
 
 def config_differences(saved: dict, new: dict, keys=STATE_SHAPING) -> list[str]:
-  """'field: saved -> new' for every state-shaping field that differs."""
+  """'field: saved -> new' for every state-shaping field that differs (HOW_COMPUTED
+  fields aside)."""
   a, b = _pick(_flatten(saved), keys), _pick(_flatten(new), keys)
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in HOW_COMPUTED]
 
 
 def check(config, workdir) -> None:

@@ -18,6 +18,12 @@ from showo2_jax.sample import prefix
 from tests.train import runs
 
 
+# On a GPU the kernels run; their float32 products may be TF32 (not measured: no GPU
+# was lent while writing these), so the comparison there is looser.
+ON_GPU = jax.default_backend() == "gpu"
+TOL = 1e-2 if ON_GPU else 1e-6
+
+
 def _rel(a, b):
   return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
@@ -61,10 +67,12 @@ def test_flash_matches_dense_values_and_gradients_under_the_omni_mask():
   """GQA (4 query heads on 2 kv heads), visual blocks and an empty slot, and a row
   that may attend to nothing (dense and tokamax's xla path: the uniform average of
   every value; the GPU kernels would give zeros there)."""
-  b, l, hq, hkv, d = 2, 37, 4, 2, 8
+  b, l, hq, hkv, d = 2, 37, 4, 2, 16
   q, k, v = _qkv(b, l, l, hq, hkv, d)
   mp = jnp.asarray([[[3, 10], [20, 9]], [[0, 0], [12, 17]]], jnp.int32)
-  mask = omni_mask.omni_attention_mask(mp, l).at[1, 2].set(False)
+  mask = omni_mask.omni_attention_mask(mp, l)
+  if not ON_GPU:
+    mask = mask.at[1, 2].set(False)
   w = jnp.asarray(np.random.default_rng(1).normal(size=(b, l, hq, d)), jnp.float32)
 
   def loss(impl, q, k, v):
@@ -76,16 +84,16 @@ def test_flash_matches_dense_values_and_gradients_under_the_omni_mask():
   (l_d, out_d), g_d = grad("dense")
   (l_f, out_f), g_f = grad("flash")
   assert out_f.shape == out_d.shape and out_f.dtype == out_d.dtype
-  assert _rel(out_f, out_d) < 1e-6
+  assert _rel(out_f, out_d) < TOL
   for gf, gd in zip(g_f, g_d):
-    assert _rel(gf, gd) < 1e-6
+    assert _rel(gf, gd) < TOL
 
 
 def test_decoding_steps_use_dense_and_cached_blocks_use_flash():
   """A KV-cached step (Lq <= DECODE_MAX_QUERIES) is dense; a block of queries
   against a longer cache (the cached flow sampler) goes through tokamax, with a
   mask that only broadcasts to (B, Lq, Lk)."""
-  b, lk, h, d = 2, 40, 2, 8
+  b, lk, h, d = 2, 40, 2, 16
   mp = jnp.asarray([[[20, 12]], [[22, 10]]], jnp.int32)
   for lq, through_tokamax in ((1, False), (attention_splash.DECODE_MAX_QUERIES, False), (12, True)):
     q, k, v = _qkv(b, lq, lk, h, h, d, seed=3)
@@ -97,7 +105,7 @@ def test_decoding_steps_use_dense_and_cached_blocks_use_flash():
     jaxpr = str(jax.make_jaxpr(fn)(q, k, v, mask))
     assert ("argmax" in jaxpr) == through_tokamax, lq          # key_ranges runs only for tokamax
     ref = attention.attention(q, k, v, mask, d ** -0.5, impl="dense")
-    assert _rel(fn(q, k, v, mask), ref) < 1e-6, lq
+    assert _rel(fn(q, k, v, mask), ref) < TOL, lq
 
 
 ON_A_MESH = textwrap.dedent("""
@@ -154,6 +162,17 @@ def test_flash_on_tpu_points_to_splash(monkeypatch):
   q, k, v = _qkv(1, 12, 12, 2, 2, 8)
   with pytest.raises(ValueError, match="attention_impl=splash"):
     attention_flash.flash_attention(q, k, v, None, 0.3)
+
+
+def test_flash_without_tokamax_is_a_config_error(monkeypatch):
+  """Checked when the model config is built, before anything is compiled."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  from showo2_jax.models import showo2 as s2  # pylint: disable=import-outside-toplevel
+  from showo2_jax.models.config import ConfigError  # pylint: disable=import-outside-toplevel
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tokamax" else real(name, *a))
+  with pytest.raises(ConfigError, match=r"pip install -e '.\[gpu\]'"):
+    s2.Showo2Config(attention_impl="flash")
 
 
 @pytest.mark.slow

@@ -42,3 +42,16 @@ def test_resuming_with_more_steps_or_other_logging_is_allowed(tmp_path):
   c.train.frozen = ("showo",)
   with pytest.raises(workdir.WorkdirError, match="train.frozen"):
     workdir.check(c, str(wd))
+
+
+def test_resuming_with_another_attention_kernel_or_remat_is_allowed(tmp_path):
+  """Same params and optimizer state: started with splash on TPU, continued with
+  flash on GPU (or another remat policy). A model width is still refused."""
+  wd = _old_run(tmp_path / "run", "tiny_train")
+  c = load_config("tiny_train")
+  c.model.attention_impl, c.model.attention_chunk_size, c.model.remat_policy = "flash", 64, "full"
+  workdir.check(c, str(wd))  # no error
+  c.model.llm.hidden_size = 2 * c.model.llm.hidden_size
+  with pytest.raises(workdir.WorkdirError, match="model.llm.hidden_size"):
+    workdir.check(c, str(wd))
+
