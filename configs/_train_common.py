@@ -106,15 +106,13 @@ def group(patterns, lr):
 
 # Remat for the pod stage configs (names: showo2_jax/models/layers.remat_policy).
 # Each stage config states its own choice: the policy with the least recompute that
-# was compiled to fit 85% of the target's HBM at the paper's rows per chip (AOT
-# compiles, benchmarks/pod_compile.py, table in docs/training.md). Measured so far
-# (XLA peak per chip): stage2_1p5b at 8 rows/chip on v5p-128 fits with
-# `dots_with_no_batch_dims` (24.3 of 95 GiB; `full` 5.3), so that is its default,
-# and so is stage1_1p5b's (18.6 of 95; `full` 4.8);
-# v5e's 16 GiB needs `full` there (pass --config.model.remat_policy=full). The
-# configs not compiled with a lighter policy yet keep `full`, the one policy
-# measured to fit every target (stage2_1p5b:b on v5e-256 9.9 GiB of 16;
-# mixed_modality_1p5b at 2 rows/chip 11.5 GiB dense, 3.7 splash on v5p-128).
+# was compiled to fit 85% of a v5p chip's HBM at the paper's rows per chip (AOT
+# compiles, benchmarks/pod_compile.py, the summary table in docs/training.md), and
+# what to pass on the smaller chips. stage1_1p5b, stage2_1p5b, stage2_7b and
+# mixed_modality_1p5b all default to `dots_with_no_batch_dims` (XLA peak 15.7-26.6
+# of 95 GiB on v5p); v5e's 16 GiB needs `full` (4.2-11.1 GiB); v6e's 32 GiB takes
+# dots except mixed_modality_1p5b with `dense` attention. POD_REMAT_POLICY is the
+# fallback of configs that were not compiled for a pod (it fits every target).
 POD_REMAT_POLICY = "full"
 
 

@@ -23,7 +23,12 @@ def get_config(arg=None):
   if phase not in ("frozen", "full"):
     raise ValueError(f"mixed_modality_1p5b: phase must be frozen or full, got {phase!r}")
   c = common.base_config()
-  c.model = tc.bf16_training(models.showo2_1p5b(tokens_per_side=27), remat_policy="full")
+  # Remat: the least recompute that fits 85% of a v5p chip at the paper's 2 rows x 4352 tokens
+  # per chip (AOT, docs/training.md): dots_with_no_batch_dims, XLA peak 26.6 of 95 GiB on
+  # v5p-128 (`full` 11.4). v6e (32 GiB): with `dense` pass --config.model.remat_policy=full
+  # (21.2 GiB; dots needs 35.4 GiB of temporaries), or keep dots with
+  # --config.model.attention_impl=splash (17.9 GiB). v5e (16 GiB): remat_policy=full (11.1).
+  c.model = tc.bf16_training(models.showo2_1p5b(tokens_per_side=27), remat_policy="dots_with_no_batch_dims")
   c.vae = models.wan_vae()
   c.resolution, c.max_seq_len = 432, 4352
   tc.add_training(c, num_steps=40_000 if phase == "frozen" else 50_000, global_batch_size=2 * GPUS,

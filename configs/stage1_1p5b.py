@@ -35,7 +35,7 @@ def get_config(arg=None):
   c = common.base_config()
   # Remat: the least recompute that fits 85% of a v5p chip at the paper's 8 rows/chip
   # (stage1_1p5b on v5p-128, AOT: XLA peak 18.6 of 95 GiB against 4.8 with `full`;
-  # docs/training.md). v5e (16 GiB): pass --config.model.remat_policy=full.
+  # docs/training.md; v6e-256 18.3 of 32). v5e (16 GiB): pass --config.model.remat_policy=full (4.2).
   c.model = tc.bf16_training(models.showo2_1p5b(tokens_per_side=27),
                              remat_policy="dots_with_no_batch_dims")
   c.vae = models.wan_vae()

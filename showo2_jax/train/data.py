@@ -88,7 +88,9 @@ def check_global_batch(global_batch: int, mesh: Mesh, grad_accum_steps: int) -> 
                      f"grad_accum_steps {grad_accum_steps}")
   micro = global_batch // grad_accum_steps
   if micro % shards:
-    raise ValueError(f"a microbatch of {micro} rows does not split over {shards} data*fsdp shards")
+    fit = -(-micro // shards) * shards * grad_accum_steps
+    raise ValueError(f"a microbatch of {micro} rows does not split over {shards} data*fsdp shards: "
+                     f"pass a global batch that does, e.g. --config.train.global_batch_size={fit}")
   return micro
 
 
