@@ -101,10 +101,20 @@ def run(args) -> int:
   print("global batch: " + ", ".join(f"{k} {tuple(v.shape)} {np.dtype(v.dtype).name}"
                                      for k, v in shapes.items()))
   logging.getLogger(__name__).info("compiling the train step of %s for %s", args.config, args.topology)
+  import jax  # pylint: disable=import-outside-toplevel
   try:
     report = aot.compile_train_step(config, devices)
   except ValueError as e:          # a mesh or batch that does not fit the topology
     raise CliError(str(e)) from None
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    # The TPU compiler refuses a step whose buffers exceed the chip's HBM.
+    raise CliError(f"the step does not fit {args.topology}: {str(e).splitlines()[0]} Try a remat policy "
+                   f"that recomputes more (now {config.model.get('remat_policy', 'none')!r}; "
+                   "--config.model.remat_policy=full), fewer rows per chip "
+                   "(--config.train.global_batch_size) or --config.model.attention_impl=splash; "
+                   "docs/training.md lists what fits each chip") from None
   for line in report.lines():
     print(line)
   return 0

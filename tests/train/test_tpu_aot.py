@@ -223,3 +223,17 @@ def test_scanned_layer_stacks_stay_loops_so_compile_work_does_not_grow_with_dept
     sizes[layers] = len([l for l in text.splitlines() if " = " in l])
   assert loops[2] == loops[6] >= 6, loops       # 3 stacks x (forward, backward) at least
   assert abs(sizes[6] - sizes[2]) <= 0.02 * sizes[2], sizes
+
+
+@pytest.mark.slow
+def test_a_step_that_does_not_fit_hbm_is_one_line_naming_the_remedies():
+  """The TPU compiler's RESOURCE_EXHAUSTED (tiny_train at 65536 rows per v5e chip:
+  ~98 GiB of temporaries against 15.75) is one line, not a traceback."""
+  out = subprocess.run([sys.executable, "-m", "showo2_jax.cli.main", "compile", "--config", "tiny_train",
+                        "--topology", "tpu:v5e-4", "--config.train.global_batch_size=262144"],
+                       capture_output=True, text=True, cwd=runs.REPO, env=runs.env(1), timeout=600)
+  assert out.returncode == 1, out.stderr[-3000:]
+  err = [l for l in out.stderr.splitlines() if l.startswith("showo2-jax compile: error:")]
+  assert len(err) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert "does not fit tpu:v5e-4" in err[0] and "exceeds available HBM" in err[0]
+  assert "--config.model.remat_policy=full" in err[0]
