@@ -150,10 +150,14 @@ def test_model_forward_and_gradients_match_dense_on_the_fixture(showo2_fixture_d
 
 
 @pytest.mark.slow
-def test_cached_decoding_and_flow_sampler_match_the_original_with_chunked_attention(showo2_fixture_dir):
-  """Prefill in chunks of 5 queries, then KV-cached steps (t2i flow sampler with
-  CFG, greedy understanding): the original's golden outputs still hold."""
-  results = run_sampling_parity(showo2_fixture_dir, attention_impl="chunked", attention_chunk_size=5)
+@pytest.mark.parametrize("impl, options", [("chunked", {"attention_chunk_size": 5}), ("splash", {}),
+                                           ("flash", {})])
+def test_cached_decoding_and_flow_sampler_match_the_original(showo2_fixture_dir, impl, options):
+  """Prefill (in chunks of 5 queries for `chunked`; through the Pallas kernel for
+  `splash`, through tokamax for `flash`), then KV-cached steps (t2i flow sampler
+  with CFG, greedy understanding; text decoding steps are dense for `splash` and
+  `flash`): the original's golden outputs still hold."""
+  results = run_sampling_parity(showo2_fixture_dir, attention_impl=impl, **options)
   assert results
   for name, err, threshold in results:
     assert err < threshold, (name, err)

@@ -1,8 +1,8 @@
 """`attention_impl="splash"`: the Pallas TPU kernel (interpret mode on CPU) against
 `dense`, forward and backward, with the omni mask as a block-sparse mask. Every
 kernel test compiles the kernel in interpret mode (> 10 s on 2 cores): slow. The whole
-model's training path through the kernel is test_attention_impl.py's fixture test,
-parametrised over `chunked` and `splash`."""
+model's training path and the cached samplers through the kernel are
+test_attention_impl.py's fixture tests, parametrised over the implementations."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -115,13 +115,3 @@ def test_bfloat16_inputs_keep_float32_scores():
 def test_block_sizes_are_whole_lanes_capped_at_the_sequence(size, lq, lk, want):
   assert attention_splash.block_sizes(lq, lk, size) == want
 
-
-@pytest.mark.slow
-def test_cached_decoding_and_flow_sampler_match_the_original_with_splash(showo2_fixture_dir):
-  """Prefill and the flow sampler's image blocks through the kernel, text decoding
-  steps dense: the original's golden outputs still hold."""
-  from showo2_jax.parity.sampling import run_sampling_parity
-  results = run_sampling_parity(showo2_fixture_dir, attention_impl="splash")
-  assert results
-  for name, err, threshold in results:
-    assert err < threshold, (name, err)
