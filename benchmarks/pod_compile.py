@@ -27,6 +27,10 @@ import json
 import subprocess
 import sys
 
+# The paper's rows per GPU, one chip each (spec 7): 6 t2i + 2 captioning (stage 1),
+# 4 + 4 (1.5B stage 2), 2 + 2 (7B stage 2), 2 sequences of 4352 tokens (mixed modality).
+PAPER_ROWS_PER_CHIP = {"stage1_1p5b": 8, "stage2_1p5b": 8, "stage2_7b": 4, "mixed_modality_1p5b": 2}
+
 # Peak dense bf16 TFLOP/s per device (Cloud TPU docs; v4 devices are TensorCores).
 PEAK_BF16_TFLOPS = {"TPU v4": 137.5, "TPU v5": 459.0, "TPU v5 lite": 197.0, "TPU v6 lite": 918.0}
 
@@ -126,7 +130,9 @@ def main(argv=None):
   p.add_argument("--configs", nargs="+", default=["stage2_1p5b:b"])
   p.add_argument("--topologies", nargs="+", default=["v5p-128"])
   p.add_argument("--impls", nargs="+", default=["dense"])
-  p.add_argument("--rows-per-chip", type=int, default=8)
+  p.add_argument("--rows-per-chip", type=int, default=None,
+                 help="rows per chip (global batch = rows x chips); default: the paper's per-GPU rows "
+                      f"of the config ({', '.join(f'{k} {v}' for k, v in PAPER_ROWS_PER_CHIP.items())})")
   p.add_argument("--set", nargs="*", default=[], help="config overrides key=value (e.g. model.remat_policy=full)")
   p.add_argument("--slices", type=int, default=1,
                  help="join this many copies of each topology over DCN (multislice; config.mesh.dcn_*)")
@@ -134,15 +140,19 @@ def main(argv=None):
   p.add_argument("--json", default=None,
                  help="write the rows here, rewritten after each row (a partial run keeps what it measured)")
   args = p.parse_args(argv)
+  for name in args.configs:
+    if args.rows_per_chip is None and name.split(":")[0] not in PAPER_ROWS_PER_CHIP:
+      p.error(f"no paper rows per chip known for {name}: pass --rows-per-chip")
   rows = []
   for name in args.configs:
     for topo in args.topologies:
       for impl in args.impls:
         try:
-          rows.append(run_one(name, topo, impl, args.rows_per_chip, args.set, args.timeout, args.slices))
+          per_chip = args.rows_per_chip or PAPER_ROWS_PER_CHIP[name.split(":")[0]]
+          rows.append(run_one(name, topo, impl, per_chip, args.set, args.timeout, args.slices))
         except subprocess.TimeoutExpired:
           rows.append(dict(config=name, topology=topology_label(topo, args.slices), impl=impl,
-                           rows_per_chip=args.rows_per_chip,
+                           rows_per_chip=per_chip,
                            error=f"compile did not finish in {args.timeout} s"))
         print(json.dumps(rows[-1]), flush=True)
         print(flop_check(rows[-1]), flush=True)

@@ -82,7 +82,12 @@ class CompileReport:
     fit = ""
     if hbm:
       fit = f" of {_bytes(hbm)} HBM ({100 * self.peak_bytes / hbm:.0f}%)"
-      fit += "" if self.peak_bytes <= hbm else ": DOES NOT FIT"
+      if self.peak_bytes > hbm:
+        fit += ": DOES NOT FIT"
+      elif self.peak_bytes > FIT_FRACTION * hbm:
+        fit += f": fits, but above {FIT_FRACTION:.0%} of HBM (little room for the runtime's own buffers)"
+      else:
+        fit += f": fits, within {FIT_FRACTION:.0%} of HBM"
     peak_src = ("XLA peak_memory_in_bytes" if self.xla_peak_is_meaningful else
                 f"upper bound: args + outputs + temps - aliased; {self.platform} reports no real peak")
     return [
@@ -110,6 +115,10 @@ class CompileReport:
 
 
 # Per-device HBM by `device_kind` (chip for v5p/v5e/v6e; one TensorCore's share on v4).
+# The share of HBM a step's peak may take and still be called a fit: the rest is
+# left to the runtime (collectives' buffers, the input pipeline's prefetch); the
+# pod configs' remat choices are made against it (docs/training.md).
+FIT_FRACTION = 0.85
 HBM_BYTES = {
     "TPU v4": 16 * 2 ** 30,       # 32 GiB per chip, two cores
     "TPU v5": 95 * 2 ** 30,       # v5p: 95 GiB per chip

@@ -113,6 +113,9 @@ def accept_overrides(parser: argparse.ArgumentParser, dest: str = "config_overri
 
   parser.parse_known_args = parse_known_args
   parser.set_defaults(**{dest: []})
+  note = ("--config.KEY=VALUE overrides any config field (e.g. --config.model.remat_policy=full, "
+          "--config.train.global_batch_size=512); repeatable.")
+  parser.epilog = f"{parser.epilog} {note}" if parser.epilog else note
 
 
 def load_config_flag(parser: argparse.ArgumentParser, flag: str, spec: str):
