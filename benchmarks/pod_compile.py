@@ -140,15 +140,17 @@ def main(argv=None):
   p.add_argument("--json", default=None,
                  help="write the rows here, rewritten after each row (a partial run keeps what it measured)")
   args = p.parse_args(argv)
-  for name in args.configs:
-    if args.rows_per_chip is None and name.split(":")[0] not in PAPER_ROWS_PER_CHIP:
+  rows_per_chip = {name: args.rows_per_chip or PAPER_ROWS_PER_CHIP.get(name.split(":")[0])
+                   for name in args.configs}
+  for name, per_chip in rows_per_chip.items():
+    if per_chip is None:
       p.error(f"no paper rows per chip known for {name}: pass --rows-per-chip")
   rows = []
   for name in args.configs:
+    per_chip = rows_per_chip[name]
     for topo in args.topologies:
       for impl in args.impls:
         try:
-          per_chip = args.rows_per_chip or PAPER_ROWS_PER_CHIP[name.split(":")[0]]
           rows.append(run_one(name, topo, impl, per_chip, args.set, args.timeout, args.slices))
         except subprocess.TimeoutExpired:
           rows.append(dict(config=name, topology=topology_label(topo, args.slices), impl=impl,

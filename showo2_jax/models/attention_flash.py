@@ -14,17 +14,18 @@ scores and the online softmax are float32 (`logits_dtype=float32`).
 A query with no allowed key gets the empty range (0, 0): tokamax's `xla` path then
 returns the uniform average over all keys, as `dense` does, its GPU kernels zeros
 (none of our masks has such a row: `prefix_mask` lets pad queries see themselves;
-`splash` requires the same). A mask that is not one range per query would be widened to its hull: `key_ranges`
-is exact only for range masks (tests/models/test_attention_flash.py checks every
-mask builder above).
+`splash` requires the same). A mask that is not one range per query would be
+widened to its hull: `key_ranges` is exact only for range masks
+(tests/models/test_attention_flash.py checks every mask builder above).
 
 tokamax's public `dot_product_attention` takes a dense boolean mask only; the
 per-query ranges go through its op objects (`tokamax._src.ops.attention`), so
 the `gpu` extra pins tokamax's version. Implementations tried in order: on GPU
 `mosaic_gpu` (sm90 / sm100), then `triton`; elsewhere tokamax's `xla` reference,
 which builds the same ranges into a dense mask (how CI checks this path on CPU;
-the GPU kernels themselves need a GPU). On TPU it raises ValueError: use `splash`. Under a mesh the call runs in
-`shard_map` with rows over (`data`, `fsdp`) and heads over `tensor`, as `splash`.
+the GPU kernels themselves need a GPU). On TPU it raises ValueError: use
+`splash`. Under a mesh the call runs in `shard_map` with rows over (`data`,
+`fsdp`) and heads over `tensor`, as `splash`.
 
 Sources: FlashAttention-2 (Dao, 2023); tokamax (github.com/openxla/tokamax)
 `dot_product_attention` and its `Mask(k_start, k_end)`; Show-o2 omni-attention

@@ -83,6 +83,21 @@ def test_chunked_keeps_float32_scores_with_bfloat16_inputs():
   np.testing.assert_array_equal(np.asarray(chunked, np.float32), np.asarray(dense, np.float32))
 
 
+@pytest.mark.parametrize("impl", [pytest.param("splash", marks=pytest.mark.slow), "flash"])
+def test_kernels_keep_float32_scores_with_bfloat16_inputs(impl):
+  """`splash` (interpret mode off TPU) and `flash` (tokamax) on bf16 inputs: bf16
+  out, within bf16 output rounding (2^-8) plus q pre-scaled in bf16 (splash) of
+  `dense`'s float32-score result, not a bf16 score path."""
+  b, l, h, d = 1, 130, 2, 16
+  rng = np.random.default_rng(5)
+  q, k, v = (jnp.asarray(rng.normal(size=(b, l, h, d)), jnp.bfloat16) for _ in range(3))
+  mask = omni_mask.omni_attention_mask(jnp.asarray([[[4, 60]]], jnp.int32), l)
+  out = attention.attention(q, k, v, mask, d ** -0.5, impl=impl)
+  ref = attention.attention(q, k, v, mask, d ** -0.5, impl="dense")
+  assert out.dtype == jnp.bfloat16
+  assert _rel(out.astype(jnp.float32), ref.astype(jnp.float32)) < 1e-2
+
+
 def test_unknown_impl_is_a_config_error():
   with pytest.raises(ValueError, match="attention_impl"):
     attention.attention(*(jnp.zeros((1, 2, 1, 4)),) * 3, None, 0.5, impl="flashy")
